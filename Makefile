@@ -1,0 +1,40 @@
+# One entry point for people and CI: `make demo` (main job) and `make test` (tests).
+# Both create the project-local virtualenv .venv on first use and install into it.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-slow lint format bench clean-venv
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/icl-circuits train demo --out checkpoints/demo --analyze
+
+test: $(STAMP)
+	$(BIN)/ruff check icl_circuits probes tests benchmarks
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check icl_circuits probes tests benchmarks
+	$(BIN)/ruff format --check icl_circuits probes tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format icl_circuits probes tests benchmarks
+	$(BIN)/ruff check --fix icl_circuits probes tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean-venv:
+	rm -rf $(VENV)

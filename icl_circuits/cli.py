@@ -1,0 +1,167 @@
+"""The ``icl-circuits`` command line.
+
+Every error caused by the user (config, arguments, files) prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from icl_circuits.errors import ICLError
+
+DEFAULT_ROOT = Path("checkpoints")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage block
+        raise ICLError(f"{self.prog}: {message}")
+
+
+def _cmd_presets(args: argparse.Namespace) -> None:
+    from icl_circuits.presets import describe
+
+    for name, line in describe().items():
+        print(f"{name:22s} {line}")
+
+
+def _load_config(args: argparse.Namespace):
+    from icl_circuits.config import RunConfig, apply_overrides
+    from icl_circuits.presets import get_preset
+
+    if args.config:
+        path = Path(args.config)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ICLError(f"{path}: no such config file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ICLError(f"{path}: not valid JSON ({err})") from None
+        raw.pop("format_version", None) if isinstance(raw, dict) else None
+        cfg = RunConfig.from_dict(raw)
+    else:
+        cfg = get_preset(args.preset)
+    return apply_overrides(cfg, args.overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from icl_circuits.runs.read import read_metrics
+    from icl_circuits.training import train
+
+    if args.preset and "=" in args.preset:
+        args.overrides.insert(0, args.preset)
+        args.preset = None
+    if not args.preset and not args.config:
+        raise ICLError("train: give a preset name (see `icl-circuits presets`) or --config FILE")
+    cfg = _load_config(args)
+    out = Path(args.out) if args.out else DEFAULT_ROOT / cfg.name
+    run = train(cfg, out, progress=not args.no_progress)
+    metrics = read_metrics(run)
+    print(f"run folder: {run}")
+    print(f"metrics:    {run / 'metrics.jsonl'} ({metrics.step.nunique()} checkpoints)")
+    _print_last(metrics)
+    if args.analyze:
+        args.run = run
+        args.eval_size, args.ablation, args.induction_heads, args.prev_token_heads = 512, "mean", None, None
+        _cmd_analyze(args)
+
+
+def _print_last(metrics) -> None:
+    if metrics.empty:
+        return
+    last = metrics[metrics.step == metrics.step.max()]
+    table = last.pivot_table(index="split", columns="metric", values="value")
+    print(f"step {int(metrics.step.max())}:")
+    print(table.round(3).to_string())
+
+
+def _cmd_show(args: argparse.Namespace) -> None:
+    from icl_circuits.runs.read import load_config, read_metrics
+    from icl_circuits.runs.store import list_checkpoints
+
+    run = Path(args.run)
+    cfg = load_config(run)
+    steps = list_checkpoints(run)
+    print(f"run folder:  {run}")
+    print(f"config:      {cfg.name} (seed {cfg.seed}, data {cfg.data.family}, {cfg.model.n_layers} layers x {cfg.model.n_heads} heads)")
+    span = f"steps {steps[0]}..{steps[-1]}" if steps else "none yet"
+    print(f"checkpoints: {len(steps)} ({span}) of {cfg.train.steps} steps")
+    if args.config:
+        print(cfg.to_json())
+    _print_last(read_metrics(run))
+
+
+def _cmd_analyze(args: argparse.Namespace) -> None:
+    from probes.circuits import FoundCircuit
+    from probes.report import SUMMARY, write_report
+
+    circuit = None
+    if args.induction_heads:
+        circuit = FoundCircuit(_parse_heads(args.prev_token_heads or ""), _parse_heads(args.induction_heads))
+    out = write_report(
+        args.run, progress=not args.no_progress, circuit=circuit, eval_size=args.eval_size, ablation=args.ablation
+    )
+    print(f"analysis:   {out}")
+    print((out / SUMMARY).read_text(), end="")
+
+
+def _parse_heads(text: str) -> tuple[tuple[int, int], ...]:
+    """``"0.1,1.0"`` -> ((0, 1), (1, 0))."""
+    heads = []
+    for item in filter(None, text.split(",")):
+        layer, _, head = item.partition(".")
+        if not (layer.isdigit() and head.isdigit()):
+            raise ICLError(f"heads: expected LAYER.HEAD items like 1.0, got {item!r}")
+        heads.append((int(layer), int(head)))
+    return tuple(heads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="icl-circuits", description=__doc__.splitlines()[0] if __doc__ else None, allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("presets", allow_abbrev=False, help="list presets with one-line descriptions")
+    p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("train", allow_abbrev=False, help="train a preset (or --config) into a run folder; resumes if it exists")
+    p.add_argument("preset", nargs="?", help="preset name (icl-circuits presets)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.K=32 train.steps=2000")
+    p.add_argument("--config", help="a config.json to start from instead of a preset")
+    p.add_argument("--out", help=f"run folder (default {DEFAULT_ROOT}/NAME)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--analyze", action="store_true", help="run `analyze` on the run afterwards")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("show", allow_abbrev=False, help="config, checkpoints and last metrics of a run")
+    p.add_argument("run")
+    p.add_argument("--config", action="store_true", help="also print the full config")
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("analyze", allow_abbrev=False, help="probe every checkpoint: table, figures and summary in RUN/analysis")
+    p.add_argument("run")
+    p.add_argument("--eval-size", type=int, default=512, help="sequences per evaluation split")
+    p.add_argument("--ablation", default="mean", choices=["mean", "zero", "resample"])
+    p.add_argument("--induction-heads", help="the ICL circuit's induction heads, e.g. 1.0,1.3 (default: found)")
+    p.add_argument("--prev-token-heads", help="its previous-token heads, e.g. 0.1")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        args.func(args)
+    except ICLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Experiment, training and the full run config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Literal
+
+from icl_circuits.configbase import FrozenConfig, require
+from icl_circuits.data import DataConfig, data_config_from_dict
+from icl_circuits.data.gaussian import GaussianConfig
+from icl_circuits.errors import ConfigError
+from icl_circuits.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(FrozenConfig):
+    """Optimisation, checkpointing and evaluation.
+
+    Attributes:
+        steps: optimiser steps.
+        batch_size: sequences per step.
+        optimizer: ``adam``, ``adamw`` or ``sgd`` (with ``momentum``).
+        lr: peak learning rate.
+        betas: Adam betas.
+        momentum: SGD momentum.
+        weight_decay: decoupled (AdamW) or coupled (Adam/SGD) weight decay.
+        decay_on: which parameters get ``weight_decay``: ``all``, ``attention`` (attention
+            weights only, as in Nguyen & Reddy's transience run), ``attention+embed`` or
+            ``matrices`` (weight matrices, no biases or norms).
+        l2: explicit penalty ``l2 * sum ||W||^2`` added to the loss (Singh et al. 2023).
+        schedule: learning-rate decay after warm-up: ``constant``, ``cosine``, ``linear``
+            or ``inverse_sqrt`` (Chan et al. 2022).
+        warmup_steps: linear warm-up steps.
+        grad_clip: max global grad norm; 0 = off.
+        n_checkpoints: checkpoints per run (log-spaced early, linear later; first and last
+            step always included).
+        checkpoint_every: also checkpoint every k steps; 0 = off.
+        eval_size: sequences per evaluation split.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``.
+        compile: ``torch.compile`` the training step's model.
+    """
+
+    steps: int = 4000
+    batch_size: int = 128
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    betas: tuple[float, ...] = (0.9, 0.999)
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    decay_on: Literal["all", "attention", "attention+embed", "matrices"] = "all"
+    l2: float = 0.0
+    schedule: Literal["constant", "cosine", "linear", "inverse_sqrt"] = "constant"
+    warmup_steps: int = 0
+    grad_clip: float = 0.0
+    n_checkpoints: int = 50
+    checkpoint_every: int = 0
+    eval_size: int = 1024
+    device: str = "auto"
+    compile: bool = False
+
+    def validate(self) -> None:
+        require(self.steps >= 1, "train.steps", "at least 1", self.steps)
+        require(self.batch_size >= 1, "train.batch_size", "at least 1", self.batch_size)
+        require(self.lr > 0, "train.lr", "a positive learning rate", self.lr)
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas", "two numbers in [0, 1)", self.betas)
+        require(0 <= self.momentum < 1, "train.momentum", "a number in [0, 1)", self.momentum)
+        require(self.weight_decay >= 0, "train.weight_decay", "a non-negative number", self.weight_decay)
+        require(self.l2 >= 0, "train.l2", "a non-negative number", self.l2)
+        require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", f"between 0 and steps={self.steps}", self.warmup_steps)
+        require(self.grad_clip >= 0, "train.grad_clip", "a non-negative norm (0 = off)", self.grad_clip)
+        require(self.n_checkpoints >= 2, "train.n_checkpoints", "at least 2 (first and last step)", self.n_checkpoints)
+        require(self.checkpoint_every >= 0, "train.checkpoint_every", "a non-negative interval (0 = off)", self.checkpoint_every)
+        require(self.eval_size >= 1, "train.eval_size", "at least 1", self.eval_size)
+        require(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "train.device",
+            "auto, cpu or cuda[:i]",
+            self.device,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(FrozenConfig):
+    """Everything that determines a run: its folder stores exactly this as config.json.
+
+    Attributes:
+        name: a label (usually the preset name).
+        seed: seeds the world (class means), the data stream, the evaluation sets and the init.
+        data: the data family's config (``data.family`` picks it).
+        model: the model config.
+        train: the training config.
+    """
+
+    name: str = "custom"
+    seed: int = 0
+    data: DataConfig = dataclasses.field(default_factory=GaussianConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        require(0 <= self.seed < 2**63, "seed", "a non-negative integer", self.seed)
+        if self.model.encoder == "identity":
+            d_in = _data_dim(self.data)
+            require(d_in == self.model.d_model, "model.d_model", f"equal to the exemplar dimension {d_in} for the identity encoder", self.model.d_model)
+        if self.model.encoder == "cnn":
+            side = round(_data_dim(self.data) ** 0.5)
+            require(side * side == _data_dim(self.data), "model.encoder", "linear or identity: cnn needs square images", self.model.encoder)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], prefix: str = "") -> RunConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a table, got {data!r}")
+        data = dict(data)
+        # The family key picks the data config class; the parsed instance then passes the
+        # generic type check of the DataConfig union.
+        data["data"] = data_config_from_dict(data.get("data", {}))
+        return super().from_dict(data, prefix)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _data_dim(cfg: DataConfig) -> int:
+    if isinstance(cfg, GaussianConfig):
+        return cfg.D
+    if cfg.family == "stylized":
+        return cfg.d
+    return cfg.image_size**2 if cfg.bank == "omniglot" else cfg.d
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply CLI overrides such as ``data.K=32`` or ``train.lr=3e-4`` to ``cfg``.
+
+    Values are parsed as JSON where possible (``32``, ``3e-4``, ``true``, ``[1, 2]``),
+    else taken as strings. Unknown keys fail like unknown keys in a config file.
+    """
+    tree = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{item}: expected key=value (e.g. data.K=32)")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"{key}: unknown key ({part!r} is not a config section)")
+            node = node[part]
+        if parts[-1] not in node and not (parts[-1] == "family" and len(parts) == 2):
+            raise ConfigError(f"{key}: unknown key (expected one of {sorted(node)})")
+        if parts == ["data", "family"] and value != node.get("family"):
+            # Switching family starts from that family's defaults.
+            tree["data"] = {"family": value}
+            continue
+        node[parts[-1]] = value
+    return RunConfig.from_dict(tree)

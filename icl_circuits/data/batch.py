@@ -1,0 +1,136 @@
+"""The batch format every generator produces and every model and probe consumes.
+
+A sequence of ``n_pairs`` (exemplar, label) pairs and a query exemplar is laid out as
+``2 * n_pairs + 1`` tokens::
+
+    pos:   0    1    2    3   ...  2N-2  2N-1   2N
+    token: x_1  y_1  x_2  y_2 ...  x_N   y_N    x_q
+
+Exemplars are continuous vectors and labels are ids, yet the TransformerLens bridge only
+runs the embedding stage (and so fires ``hook_embed``) for integer inputs; a float input is
+treated as ``inputs_embeds`` and skips it. :meth:`Batch.tokens` therefore packs every
+position into a float32 feature row ``[exemplar (d_in) | label id or -1]`` and bit-casts it
+to int32. The model's embedding module bit-casts it back (lossless), encodes exemplars and
+looks up label embeddings, so ``hook_embed`` and ``hook_pos_embed`` fire as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+#: Value of the label channel at exemplar positions.
+NO_LABEL = -1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """A batch of bursty sequences.
+
+    Attributes:
+        exemplars: ``[batch, n_pairs + 1, d_in]`` float32; the context exemplars, then the query.
+        context_labels: ``[batch, n_pairs]`` int64 label ids of the context pairs.
+        classes: ``[batch, n_pairs + 1]`` int64 class id of every exemplar (query last). Ids
+            are only compared within a sequence: novel classes get ids no trained class has.
+        target: ``[batch]`` int64 label id the model must predict at the query.
+    """
+
+    exemplars: Tensor
+    context_labels: Tensor
+    classes: Tensor
+    target: Tensor
+
+    def __post_init__(self) -> None:
+        b, n1, _ = self.exemplars.shape
+        if self.context_labels.shape != (b, n1 - 1):
+            raise ValueError(
+                f"context_labels: expected shape {(b, n1 - 1)}, got {tuple(self.context_labels.shape)}"
+            )
+        if self.classes.shape != (b, n1):
+            raise ValueError(f"classes: expected shape {(b, n1)}, got {tuple(self.classes.shape)}")
+        if self.target.shape != (b,):
+            raise ValueError(f"target: expected shape {(b,)}, got {tuple(self.target.shape)}")
+
+    # ----------------------------------------------------------------- shape helpers
+    def __len__(self) -> int:
+        return self.exemplars.shape[0]
+
+    @property
+    def n_pairs(self) -> int:
+        return self.context_labels.shape[1]
+
+    @property
+    def d_in(self) -> int:
+        return self.exemplars.shape[2]
+
+    @property
+    def seq_len(self) -> int:
+        return 2 * self.n_pairs + 1
+
+    @property
+    def query_pos(self) -> int:
+        return 2 * self.n_pairs
+
+    @property
+    def device(self) -> torch.device:
+        return self.exemplars.device
+
+    # ----------------------------------------------------------------- derived views
+    def tokens(self) -> Tensor:
+        """Model input: ``[batch, pos, d_in + 1]`` int32 (bit-cast float32 features)."""
+        b, n = len(self), self.n_pairs
+        feats = self.exemplars.new_zeros(b, 2 * n + 1, self.d_in + 1)
+        feats[:, 0::2, : self.d_in] = self.exemplars
+        feats[:, 0::2, self.d_in] = NO_LABEL
+        feats[:, 1::2, self.d_in] = self.context_labels.to(feats.dtype)
+        return feats.view(torch.int32)
+
+    def pos_classes(self) -> Tensor:
+        """``[batch, pos]`` class id at every position; a label token gets its exemplar's class."""
+        b, n = len(self), self.n_pairs
+        out = self.classes.new_empty(b, 2 * n + 1)
+        out[:, 0::2] = self.classes
+        out[:, 1::2] = self.classes[:, :n]
+        return out
+
+    def query_in_context(self) -> Tensor:
+        """``[batch, n_pairs]`` bool: context item i has the query's class."""
+        return self.classes[:, :-1] == self.classes[:, -1:]
+
+    def labels_in_context(self, n_labels: int) -> Tensor:
+        """``[batch, n_labels]`` bool: label l appears somewhere in the context."""
+        present = torch.zeros(len(self), n_labels, dtype=torch.bool, device=self.device)
+        return present.scatter_(1, self.context_labels, True)
+
+    # ----------------------------------------------------------------- transforms
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device) for t in dataclasses.astuple(self)))
+
+    def __getitem__(self, idx: slice | Tensor) -> Batch:
+        return Batch(*(t[idx] for t in dataclasses.astuple(self)))
+
+    @staticmethod
+    def cat(batches: list[Batch]) -> Batch:
+        fields = zip(*(dataclasses.astuple(b) for b in batches), strict=True)
+        return Batch(*(torch.cat(list(ts)) for ts in fields))
+
+
+def unpack_tokens(tokens: Tensor, d_in: int) -> tuple[Tensor, Tensor]:
+    """Invert :meth:`Batch.tokens`.
+
+    Args:
+        tokens: ``[batch, pos, d_in + 1]`` int32.
+        d_in: exemplar dimension.
+
+    Returns:
+        ``(features [batch, pos, d_in] float32, label [batch, pos] float32; -1 at exemplars)``.
+    """
+    if tokens.dtype != torch.int32 or tokens.shape[-1] != d_in + 1:
+        raise ValueError(
+            f"tokens: expected int32 [batch, pos, {d_in + 1}] from Batch.tokens(), "
+            f"got {tokens.dtype} {tuple(tokens.shape)}"
+        )
+    feats = tokens.view(torch.float32)
+    return feats[..., :d_in], feats[..., d_in]

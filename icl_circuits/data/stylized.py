@@ -1,0 +1,180 @@
+"""Stylized high/low-frequency classes (Chan, Chen, György & Schuurmans 2024, ICLR 2025).
+
+``n_high`` frequent classes ``C_H = {0 .. n_high-1}`` share probability ``p_high`` equally;
+``n_low`` rare classes ``C_L = {n_high .. n_high+n_low-1}`` share ``1 - p_high``. Class ``k``
+has a centre ``c_k`` (a standard normal vector scaled to unit length, from the seed's world
+stream) and an exemplar of class k is ``x = c_k + sigma * N(0, I)``. The label of class k is
+k itself. A sequence has ``L`` context pairs and a query whose class (the target) is drawn
+from the class weights. Each context slot independently holds the target class with
+probability ``p_relevant`` (so the number of relevant slots is Binomial(L, p_relevant));
+every other slot holds a class drawn from the class weights with the target excluded.
+
+Training uses a *finite* set of ``n_train`` sequences; the batch at step t draws indices
+uniformly from ``[0, n_train)`` and returns those sequences. Sequence i is a pure function
+of (seed, i): its class draws, relevance coins and noise are counter-based hashes of its
+index (:func:`~icl_circuits.data.sampling.counter_uniforms`), so any batch of indices is
+regenerated exactly in one vectorised pass and nothing is stored, even for 2**20 sequences.
+
+Worked example (defaults: 5 + 5 classes, L = 1). A relevant sequence whose query is the
+rare class 7, and an irrelevant one (the context holds another class)::
+
+    x(7) 7  x(7) -> 7          x(2) 2  x(7) -> 7
+
+Out-of-base-distribution (OOBD) evaluation shifts every label, context and target, by one
+within its frequency group (0->1 .. 4->0, 5->6 .. 9->5), so the first sequence becomes::
+
+    x(7) 8  x(7) -> 8
+
+Evaluation splits (fresh sequences from the ``"eval"`` streams, never training indices):
+``{IBD, OOBD}`` x context ``{default p_relevant, "-rel" (p_relevant = 1), "-irr"
+(p_relevant = 0)}`` x query ``{any, "-high", "-low"}`` (the target drawn from the class
+weights restricted to that group), 18 in all: ``IBD``, ``IBD-high``, ``IBD-rel-low``,
+``OOBD-irr-high`` ... ICL is measured on ``OOBD-rel`` (the context holds the query's
+shifted label, so only copying from context is right) and IWL on ``IBD-irr`` (the query's
+class is absent from the context, so only memorised labels are right).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from icl_circuits.configbase import FrozenConfig, require
+from icl_circuits.data.batch import Batch
+from icl_circuits.data.sampling import counter_normals, counter_uniforms, inverse_cdf
+from icl_circuits.data.source import DataSource
+
+#: Upper bound of ``n_train``; indices must also fit the 32-bit counter hash.
+MAX_TRAIN = 2**20
+
+_CONTEXTS = {"": None, "-rel": 1.0, "-irr": 0.0}
+_GROUPS = ("", "-high", "-low")
+
+
+@dataclasses.dataclass(frozen=True)
+class StylizedConfig(FrozenConfig):
+    """Parameters of the stylized family (defaults follow ``chanb/simple_icl``).
+
+    Attributes:
+        n_high: number of high-frequency classes.
+        n_low: number of low-frequency classes.
+        p_high: total probability of the high-frequency classes.
+        d: exemplar dimension.
+        sigma: standard deviation of the exemplar noise around the unit-norm class centre.
+        L: context pairs.
+        p_relevant: probability that a context slot holds the query's class.
+        n_train: size of the finite training set (sequences).
+    """
+
+    family: Literal["stylized"] = "stylized"
+    n_high: int = 5
+    n_low: int = 5
+    p_high: float = 0.9
+    d: int = 64
+    sigma: float = 0.2
+    L: int = 1
+    p_relevant: float = 0.9
+    n_train: int = 2**10
+
+    def validate(self) -> None:
+        require(self.n_high >= 1, "data.n_high", "at least 1 high-frequency class", self.n_high)
+        require(self.n_low >= 1, "data.n_low", "at least 1 low-frequency class", self.n_low)
+        require(0.0 <= self.p_high <= 1.0, "data.p_high", "a probability in [0, 1]", self.p_high)
+        require(self.d >= 1, "data.d", "a positive dimension", self.d)
+        require(self.sigma >= 0.0, "data.sigma", "a non-negative noise level", self.sigma)
+        require(self.L >= 1, "data.L", "at least 1 context pair", self.L)
+        require(0.0 <= self.p_relevant <= 1.0, "data.p_relevant", "a probability in [0, 1]", self.p_relevant)
+        require(1 <= self.n_train <= MAX_TRAIN, "data.n_train", f"an integer in [1, {MAX_TRAIN}]", self.n_train)
+
+    @property
+    def n_pairs(self) -> int:
+        return self.L
+
+    @property
+    def n_classes(self) -> int:
+        return self.n_high + self.n_low
+
+
+class StylizedSource(DataSource):
+    """Seeded sampler for :class:`StylizedConfig`; see the module docstring."""
+
+    splits = tuple(f"{dist}{ctx}{grp}" for dist in ("IBD", "OOBD") for ctx in _CONTEXTS for grp in _GROUPS)
+    icl_split = "OOBD-rel"
+    iwl_split = "IBD-irr"
+
+    def __init__(self, cfg: StylizedConfig, seed: int, device: torch.device | str = "cpu") -> None:
+        super().__init__(seed, device)
+        self.cfg = cfg
+        self.n_labels = cfg.n_classes
+        self.d_in = cfg.d
+        self.n_pairs = cfg.L
+        centres = torch.randn(cfg.n_classes, cfg.d, generator=self.generator("world", 0), device=self.device)
+        self.centres = centres / centres.norm(dim=-1, keepdim=True)
+        classes = torch.arange(cfg.n_classes, device=self.device)
+        self.is_high = classes < cfg.n_high
+        high_w = cfg.p_high / cfg.n_high
+        low_w = (1.0 - cfg.p_high) / cfg.n_low
+        self.class_probs = torch.where(self.is_high, high_w, low_w).float()
+        self.oobd_label = torch.where(
+            self.is_high, (classes + 1) % cfg.n_high, cfg.n_high + (classes - cfg.n_high + 1) % cfg.n_low
+        )
+        # One 62-bit key per (seed) names the whole training set for the counter hash.
+        key_gen = self.generator("trainset", 0)
+        self.train_key = int(torch.randint(0, 2**62, (1,), generator=key_gen, device=self.device).item())
+
+    # ------------------------------------------------------------------ pieces
+    def _assemble(self, u: Tensor, z: Tensor, target_probs: Tensor, p_relevant: float) -> Batch:
+        """Sequences from uniforms ``u [b, 1 + 2L]`` (target, context classes, relevance) and noise ``z``."""
+        L, k = self.cfg.L, self.cfg.n_classes
+        target = inverse_cdf(target_probs, u[:, :1])[:, 0]
+        # Slot classes from the weights with the target removed: compact the K - 1 others per row.
+        ar = torch.arange(k - 1, device=self.device)
+        others = ar + (ar >= target[:, None]).long()
+        other = torch.gather(others, 1, inverse_cdf(self.class_probs[others], u[:, 1 : 1 + L]))
+        relevant = u[:, 1 + L :] < p_relevant
+        ctx = torch.where(relevant, target[:, None], other)
+        cls = torch.cat([ctx, target[:, None]], dim=1)
+        x = self.centres[cls] + self.cfg.sigma * z.float()
+        return Batch(x, ctx.clone(), cls, target)
+
+    def train_indices(self, step: int, batch_size: int) -> Tensor:
+        """``[batch_size]`` training-set indices of the batch at ``step``."""
+        gen = self.generator("train", step)
+        return torch.randint(0, self.cfg.n_train, (batch_size,), generator=gen, device=self.device)
+
+    def training_sequences(self, index: Tensor) -> Batch:
+        """Training sequences ``index`` (int64 in ``[0, n_train)``), each a pure function of (seed, index)."""
+        L, d = self.cfg.L, self.cfg.d
+        index = index.to(self.device)
+        n_u = 1 + 2 * L
+        u = counter_uniforms(self.train_key, index, n_u)
+        z = counter_normals(self.train_key, index, (L + 1) * d, offset=n_u).view(-1, L + 1, d)
+        return self._assemble(u, z, self.class_probs, self.cfg.p_relevant)
+
+    # ------------------------------------------------------------------ API
+    def train_batch(self, step: int, batch_size: int) -> Batch:
+        return self.training_sequences(self.train_indices(step, batch_size))
+
+    def eval_batch(self, split: str, n: int) -> Batch:
+        self.check_split(split)
+        dist, _, rest = split.partition("-")
+        parts = rest.split("-") if rest else []
+        ctx = next((p for p in parts if p in ("rel", "irr")), "")
+        grp = next((p for p in parts if p in ("high", "low")), "")
+        p_rel = {"": self.cfg.p_relevant, "rel": 1.0, "irr": 0.0}[ctx]
+        if grp:
+            # Within a group the weights are equal, so the restricted law is uniform on it.
+            target_probs = (self.is_high if grp == "high" else ~self.is_high).float()
+        else:
+            target_probs = self.class_probs
+        gen = self.generator("eval:" + split, 0)
+        L, d = self.cfg.L, self.cfg.d
+        u = torch.rand(n, 1 + 2 * L, generator=gen, device=self.device, dtype=torch.float64)
+        z = torch.randn(n, L + 1, d, generator=gen, device=self.device)
+        batch = self._assemble(u, z, target_probs, p_rel)
+        if dist == "OOBD":
+            batch = Batch(batch.exemplars, self.oobd_label[batch.context_labels], batch.classes, self.oobd_label[batch.target])
+        return batch

@@ -1,0 +1,100 @@
+"""Build TransformerLens-native models for bursty sequences, plain or behind the bridge.
+
+TransformerLens 4 builds from-scratch models with ``TransformerBridge.boot_native``, which is
+``NativeModel(cfg)`` + ``initialize_native_model`` + ``build_bridge_from_module``. We run the
+same three steps, with one change between the first two: our :class:`ExemplarEmbed` replaces
+the token embedding (and :class:`MLPReadout` the unembedding when asked), so continuous
+exemplars enter through the embedding stage and ``hook_embed`` fires.
+
+Training uses the plain :class:`NativeModel` (faster, ``torch.compile``-clean); analysis wraps
+the very same module in a bridge with :func:`to_bridge`. Parameter names are the native
+module's, so a checkpoint's ``state_dict`` loads into either.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformer_lens.config import TransformerBridgeConfig
+from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+from transformer_lens.model_bridge.sources.native import NativeModel, initialize_native_model
+
+from icl_circuits.models.config import ModelConfig
+from icl_circuits.models.embed import ExemplarEmbed, MLPReadout, sinusoidal_table
+
+ARCHITECTURE = "TransformerLensNative"
+
+
+def tl_config(cfg: ModelConfig, d_in: int, n_labels: int, n_ctx: int, seed: int) -> TransformerBridgeConfig:
+    """The TransformerLens config of ``cfg`` for sequences of ``n_ctx`` tokens."""
+    norm = None if cfg.normalization == "none" else cfg.normalization
+    return TransformerBridgeConfig(
+        d_model=cfg.d_model,
+        d_head=cfg.head_dim,
+        n_heads=cfg.n_heads,
+        n_layers=cfg.n_layers,
+        n_ctx=n_ctx,
+        d_vocab=n_labels,
+        d_vocab_out=n_labels,
+        d_mlp=cfg.d_mlp or 4 * cfg.d_model,
+        attn_only=cfg.attn_only,
+        act_fn=cfg.act_fn,
+        normalization_type=norm,
+        positional_embedding_type="rotary" if cfg.positional == "rotary" else "standard",
+        init_mode=cfg.init_mode,
+        initializer_range=cfg.init_range,
+        seed=seed,
+        architecture=ARCHITECTURE,
+    )
+
+
+def build_native(cfg: ModelConfig, d_in: int, n_labels: int, n_ctx: int, seed: int) -> NativeModel:
+    """A freshly initialised plain native model; the same ``seed`` gives the same weights.
+
+    Args:
+        cfg: model config.
+        d_in: exemplar dimension.
+        n_labels: label vocabulary (output size).
+        n_ctx: sequence length (``2 * n_pairs + 1``).
+        seed: initialisation seed (the global RNG is left untouched).
+    """
+    tcfg = tl_config(cfg, d_in, n_labels, n_ctx, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = NativeModel(tcfg)
+        initialize_native_model(model, tcfg, seed=seed)
+        model.tok_embed = ExemplarEmbed(d_in, n_labels, cfg.d_model, cfg.encoder)
+        if cfg.readout == "mlp":
+            model.head = MLPReadout(cfg.d_model, cfg.readout_hidden, n_labels)
+        if cfg.positional in ("sinusoidal", "none"):
+            assert model.pos is not None
+            with torch.no_grad():
+                if cfg.positional == "sinusoidal":
+                    model.pos.weight.copy_(sinusoidal_table(n_ctx, cfg.d_model))
+                else:
+                    model.pos.weight.zero_()
+            model.pos.weight.requires_grad_(False)
+    return model
+
+
+def to_bridge(native: NativeModel, copy_module: bool = True) -> TransformerBridge:
+    """Wrap ``native`` in a :class:`TransformerBridge` (in eval mode) for analysis.
+
+    The bridge replaces the module's submodules with hooked components in place, so by
+    default a deep copy is wrapped and ``native`` stays a plain, trainable module.
+    """
+    module = copy.deepcopy(native) if copy_module else native
+    bridge = build_bridge_from_module(
+        module, ARCHITECTURE, tl_config=copy.deepcopy(native.cfg), model_name="icl-circuits"
+    )
+    bridge.eval()
+    return bridge
+
+
+def query_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``[batch, n_labels]`` logits at the query (last) position, native or bridge."""
+    if isinstance(model, TransformerBridge):
+        return model(tokens)[:, -1]
+    return model(input_ids=tokens)[:, -1]

@@ -1,0 +1,68 @@
+"""Model configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from icl_circuits.configbase import FrozenConfig, require
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(FrozenConfig):
+    """A small TransformerLens-native transformer with a continuous-exemplar embedding.
+
+    Attributes:
+        n_layers: transformer blocks.
+        n_heads: attention heads per block.
+        d_model: residual width.
+        d_head: head width; 0 means ``d_model // n_heads``.
+        attn_only: drop the per-block MLPs.
+        d_mlp: MLP width; 0 means ``4 * d_model``.
+        act_fn: MLP activation (``gelu``, ``relu``, ``gelu_new``, ``silu``).
+        positional: ``standard`` (learned), ``sinusoidal`` (fixed table), ``rotary`` or
+            ``none`` (a frozen zero table, so ``hook_pos_embed`` still fires).
+        normalization: ``LN``, ``LNPre``, ``RMS`` or ``none``.
+        encoder: exemplar encoder: ``linear``, ``identity`` (frozen) or ``cnn``.
+        readout: ``linear`` (the unembedding) or ``mlp`` (ReLU layers ``readout_hidden``).
+        readout_hidden: hidden widths of the MLP readout.
+        init_mode: TransformerLens native init (``gpt2``, ``xavier_uniform``, ...).
+        init_range: std / gain of that init.
+    """
+
+    n_layers: int = 2
+    n_heads: int = 1
+    d_model: int = 64
+    d_head: int = 0
+    attn_only: bool = True
+    d_mlp: int = 0
+    act_fn: Literal["gelu", "gelu_new", "relu", "silu"] = "gelu"
+    positional: Literal["standard", "sinusoidal", "rotary", "none"] = "standard"
+    normalization: Literal["LN", "LNPre", "RMS", "none"] = "LN"
+    encoder: Literal["linear", "identity", "cnn"] = "linear"
+    readout: Literal["linear", "mlp"] = "linear"
+    readout_hidden: tuple[int, ...] = (128, 128, 128)
+    init_mode: Literal["gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"] = "gpt2"
+    init_range: float = 0.02
+
+    def validate(self) -> None:
+        require(self.n_layers >= 1, "model.n_layers", "at least 1", self.n_layers)
+        require(self.n_heads >= 1, "model.n_heads", "at least 1", self.n_heads)
+        require(self.d_model >= 1, "model.d_model", "a positive width", self.d_model)
+        require(self.d_head >= 0, "model.d_head", "a positive width (0 = d_model // n_heads)", self.d_head)
+        if self.d_head == 0:
+            require(
+                self.d_model % self.n_heads == 0,
+                "model.n_heads",
+                f"a divisor of d_model={self.d_model} (or set model.d_head)",
+                self.n_heads,
+            )
+        if self.positional == "rotary":
+            require(self.head_dim % 2 == 0, "model.d_head", "even for rotary positions", self.head_dim)
+        require(self.d_mlp >= 0, "model.d_mlp", "a positive width (0 = 4 * d_model)", self.d_mlp)
+        require(all(h >= 1 for h in self.readout_hidden), "model.readout_hidden", "positive widths", self.readout_hidden)
+        require(self.init_range > 0, "model.init_range", "a positive number", self.init_range)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head or self.d_model // self.n_heads

@@ -1,0 +1,1 @@
+"""Run folders: layout constants, atomic storage, and readers."""

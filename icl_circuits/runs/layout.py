@@ -1,0 +1,59 @@
+"""The run-folder contract: every file name lives here and nowhere else.
+
+::
+
+    RUN/
+      config.json            the RunConfig (human-readable JSON, written once)
+      provenance.json        package versions, git commit, seed, device, start time
+      metrics.jsonl          one row per (step, split, metric): {"step", "split", "metric", "value"}
+      .lock                  held (flock) by the one process training this run
+      checkpoints/
+        step_000000/         one folder per checkpoint, renamed into place when complete
+          model.safetensors  weights (native parameter names)
+          optim.safetensors  optimiser tensors
+          state.json         step, optimiser hyper-parameters, metrics of this checkpoint
+          rng.safetensors    torch RNG state
+          MANIFEST.json      sha256 and size of every file above (written last)
+      analysis/              probe results, cached per checkpoint and analysis version
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Bump when the run-folder layout changes incompatibly.
+FORMAT_VERSION = 1
+
+CONFIG = "config.json"
+PROVENANCE = "provenance.json"
+METRICS = "metrics.jsonl"
+LOCK = ".lock"
+CHECKPOINTS = "checkpoints"
+ANALYSIS = "analysis"
+
+MODEL = "model.safetensors"
+OPTIM = "optim.safetensors"
+STATE = "state.json"
+RNG = "rng.safetensors"
+MANIFEST = "MANIFEST.json"
+
+STEP_PREFIX = "step_"
+STEP_DIGITS = 6
+TMP_PREFIX = ".tmp-"
+
+
+def step_dirname(step: int) -> str:
+    """``step_000123``: zero-padded so that names sort by step."""
+    return f"{STEP_PREFIX}{step:0{STEP_DIGITS}d}"
+
+
+def checkpoint_dir(run: Path, step: int) -> Path:
+    return Path(run) / CHECKPOINTS / step_dirname(step)
+
+
+def parse_step(name: str) -> int | None:
+    """The step of a checkpoint folder name, or None for anything else."""
+    if not name.startswith(STEP_PREFIX):
+        return None
+    digits = name[len(STEP_PREFIX) :]
+    return int(digits) if digits.isdigit() else None

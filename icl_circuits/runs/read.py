@@ -1,0 +1,86 @@
+"""Reading run folders: config, metrics, checkpoints as models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from icl_circuits.config import RunConfig
+from icl_circuits.data import build_source
+from icl_circuits.data.source import DataSource
+from icl_circuits.errors import CheckpointError, ConfigError, RunFolderError
+from icl_circuits.models.build import build_native, to_bridge
+from icl_circuits.runs import layout
+from icl_circuits.runs.store import latest_good_checkpoint, list_checkpoints, load_checkpoint, read_json
+
+
+def load_config(run: Path) -> RunConfig:
+    """The RunConfig stored in ``run``; a one-line error if missing or incompatible."""
+    run = Path(run)
+    if not run.is_dir():
+        raise RunFolderError(f"{run}: no such run folder")
+    raw = read_json(run / layout.CONFIG)
+    version = raw.pop("format_version", None) if isinstance(raw, dict) else None
+    if version != layout.FORMAT_VERSION:
+        raise RunFolderError(
+            f"{run / layout.CONFIG}: run-folder format {version!r}, this icl-circuits reads "
+            f"format {layout.FORMAT_VERSION}"
+        )
+    try:
+        return RunConfig.from_dict(raw)
+    except ConfigError as err:
+        raise RunFolderError(f"{run / layout.CONFIG}: {err}") from None
+
+
+def config_json(cfg: RunConfig) -> dict:
+    """What config.json holds: the config plus the format version."""
+    return {"format_version": layout.FORMAT_VERSION, **cfg.to_dict()}
+
+
+def read_metrics(run: Path) -> pd.DataFrame:
+    """Tidy metrics of every committed checkpoint: columns step, split, metric, value.
+
+    Read from each checkpoint's own ``state.json`` (the source of truth), so the table is
+    complete even if the run was killed between a checkpoint and its ``metrics.jsonl`` append.
+    """
+    rows = []
+    for step in list_checkpoints(run):
+        path = layout.checkpoint_dir(run, step) / layout.STATE
+        if not (layout.checkpoint_dir(run, step) / layout.MANIFEST).exists():
+            continue
+        for row in read_json(path).get("metrics", []):
+            rows.append({"step": step, **row})
+    return pd.DataFrame(rows, columns=["step", "split", "metric", "value"])
+
+
+def model_shape(cfg: RunConfig, source: DataSource) -> dict:
+    return {"d_in": source.d_in, "n_labels": source.n_labels, "n_ctx": 2 * source.n_pairs + 1}
+
+
+def load_native(run: Path, step: int | None = None, device: str = "cpu") -> torch.nn.Module:
+    """The plain native model of checkpoint ``step`` (default: the latest good one)."""
+    run = Path(run)
+    cfg = load_config(run)
+    if step is None:
+        step = latest_good_checkpoint(run)
+        if step is None:
+            raise CheckpointError(f"{run / layout.CHECKPOINTS}: no readable checkpoint")
+    ckpt = load_checkpoint(run, step)
+    source = build_source(cfg.data, cfg.seed, "cpu")
+    model = build_native(cfg.model, seed=cfg.seed, **model_shape(cfg, source))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1].strip()
+        raise CheckpointError(
+            f"{layout.checkpoint_dir(run, step) / layout.MODEL}: does not match the model in "
+            f"{run / layout.CONFIG} ({first})"
+        ) from None
+    return model.to(device).eval()
+
+
+def load_model(run: Path, step: int | None = None, device: str = "cpu"):
+    """Checkpoint ``step`` as a TransformerLens bridge (``run_with_cache``, hooks, patching)."""
+    return to_bridge(load_native(run, step, device), copy_module=False)

@@ -1,0 +1,262 @@
+"""Atomic, checksummed checkpoints and the run folder's other files.
+
+A checkpoint is written into a hidden temporary folder, every file fsynced, a manifest of
+sha256 sums written last, and the folder renamed into place: a crash at any moment leaves
+either no checkpoint or a complete one, and every earlier checkpoint untouched. Tensors are
+stored only with safetensors; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from icl_circuits.errors import CheckpointError, RunFolderError
+from icl_circuits.runs import layout
+
+
+# ---------------------------------------------------------------------------- files
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_new_file(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically; refuse to overwrite an existing file."""
+    path = Path(path)
+    if path.exists():
+        raise RunFolderError(f"{path}: already exists and is never overwritten")
+    tmp = path.with_name(f"{layout.TMP_PREFIX}{path.name}-{os.getpid()}")
+    try:
+        _write_synced(tmp, data)
+        os.link(tmp, path)  # fails if path appeared meanwhile: no silent overwrite
+    except OSError as err:
+        raise _disk_error(path, err) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line, fsynced; a torn last line from a crash is repaired first."""
+    path = Path(path)
+    try:
+        if path.exists() and path.stat().st_size:
+            with open(path, "rb+") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    data = path.read_bytes()
+                    f.truncate(data.rfind(b"\n") + 1)
+        with open(path, "ab") as f:
+            f.write(line.encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise _disk_error(path, err) from None
+
+
+def _disk_error(path: Path, err: OSError) -> RunFolderError:
+    if err.errno == errno.ENOSPC:
+        return RunFolderError(f"{path}: disk full while writing; earlier checkpoints are intact")
+    return RunFolderError(f"{path}: could not write ({err.strerror or err})")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunFolderError(f"{path}: not valid JSON (corrupt?)") from None
+
+
+# ---------------------------------------------------------------------------- lock
+@contextlib.contextmanager
+def run_lock(run: Path) -> Iterator[None]:
+    """Hold the run folder's lock; a second process is refused (released even on kill -9)."""
+    path = Path(run) / layout.LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(
+                f"{run}: another process is training into this run folder (lock {path} is held)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_checkpoint(
+    run: Path,
+    step: int,
+    model: dict[str, torch.Tensor],
+    optim: dict[str, torch.Tensor],
+    rng: dict[str, torch.Tensor],
+    state: dict[str, Any],
+) -> Path:
+    """Write checkpoint ``step`` atomically and return its folder."""
+    final = layout.checkpoint_dir(run, step)
+    if final.exists():
+        raise CheckpointError(f"{final}: already exists and is never overwritten")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{layout.TMP_PREFIX}{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    files = {
+        layout.MODEL: st_save({k: v.detach().cpu().contiguous() for k, v in model.items()}),
+        layout.OPTIM: st_save({k: v.detach().cpu().contiguous() for k, v in optim.items()}),
+        layout.RNG: st_save({k: v.cpu().contiguous() for k, v in rng.items()}),
+        layout.STATE: json.dumps(state, indent=1, sort_keys=True).encode(),
+    }
+    manifest = {
+        "format_version": layout.FORMAT_VERSION,
+        "step": step,
+        "files": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in files.items()},
+    }
+    try:
+        tmp.mkdir()
+        for name, data in files.items():
+            _write_synced(tmp / name, data)
+        _write_synced(tmp / layout.MANIFEST, json.dumps(manifest, indent=1).encode())
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _disk_error(final, err) from None
+    return final
+
+
+def list_checkpoints(run: Path) -> list[int]:
+    """Steps of the committed checkpoint folders, ascending (unverified)."""
+    root = Path(run) / layout.CHECKPOINTS
+    if not root.is_dir():
+        return []
+    steps = (layout.parse_step(p.name) for p in root.iterdir() if p.is_dir())
+    return sorted(s for s in steps if s is not None)
+
+
+def verify_checkpoint(run: Path, step: int) -> dict[str, bytes]:
+    """Read and checksum every file of checkpoint ``step``; return their bytes."""
+    folder = layout.checkpoint_dir(run, step)
+    mpath = folder / layout.MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+        entries = manifest["files"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{mpath}: missing (checkpoint incomplete)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"{mpath}: corrupt manifest") from None
+    if manifest.get("format_version") != layout.FORMAT_VERSION:
+        raise CheckpointError(
+            f"{mpath}: format version {manifest.get('format_version')!r}, "
+            f"this icl-circuits reads version {layout.FORMAT_VERSION}"
+        )
+    out = {}
+    for name, entry in entries.items():
+        path = folder / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: missing") from None
+        if len(data) != entry["bytes"] or _sha256(data) != entry["sha256"]:
+            raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupt)")
+        out[name] = data
+    return out
+
+
+def load_checkpoint(run: Path, step: int) -> dict[str, Any]:
+    """Verify and load checkpoint ``step``: ``{"model", "optim", "rng", "state"}``.
+
+    Raises:
+        CheckpointError: naming the bad file and the nearest good checkpoint.
+    """
+    try:
+        raw = verify_checkpoint(run, step)
+        return {
+            "model": st_load(raw[layout.MODEL]),
+            "optim": st_load(raw[layout.OPTIM]),
+            "rng": st_load(raw[layout.RNG]),
+            "state": json.loads(raw[layout.STATE]),
+        }
+    except (CheckpointError, SafetensorError, KeyError, json.JSONDecodeError) as err:
+        msg = str(err) if isinstance(err, CheckpointError) else f"{layout.checkpoint_dir(run, step)}: unreadable ({err})"
+        good = nearest_good_checkpoint(run, step)
+        hint = f"; nearest good checkpoint: step {good}" if good is not None else "; no good checkpoint left"
+        raise CheckpointError(msg + hint) from None
+
+
+def nearest_good_checkpoint(run: Path, step: int) -> int | None:
+    """The verified checkpoint closest to ``step`` (earlier preferred on ties), or None."""
+    others = sorted((s for s in list_checkpoints(run) if s != step), key=lambda s: (abs(s - step), s))
+    for s in others:
+        try:
+            verify_checkpoint(run, s)
+            return s
+        except CheckpointError:
+            continue
+    return None
+
+
+def latest_good_checkpoint(run: Path) -> int | None:
+    """The newest checkpoint that passes its checksums, or None."""
+    for s in reversed(list_checkpoints(run)):
+        try:
+            verify_checkpoint(run, s)
+            return s
+        except CheckpointError:
+            continue
+    return None
+
+
+# ---------------------------------------------------------------------------- optimiser state
+def flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into safetensors-ready tensors and JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, per_param in state_dict["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, values in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}

@@ -1,0 +1,201 @@
+"""Named subcircuits (heads, MLPs, the direct path) and their ablation effects on every split.
+
+A :class:`Subcircuit` is ablated as a whole by :func:`ablate_subcircuit`:
+
+* heads through ``blocks.{l}.attn.hook_z`` (see :mod:`probes.ablation`);
+* MLP layers through ``blocks.{l}.hook_mlp_out`` (``[batch, pos, d_model]``);
+* the direct path, i.e. the query token's own embedding reaching the readout through the
+  residual stream without passing through any attention head or MLP. At the query (last)
+  position of ``ln_final.hook_in`` the query's ``hook_embed`` (+ ``hook_pos_embed`` when the
+  model has one; rotary models do not) is subtracted and its replacement added: 0 (``zero``),
+  its mean over the reference batch (``mean``), or another reference sequence's (``resample``).
+  The embedding is read from the same forward pass, and every layer still sees the real
+  query embedding, so attention and MLPs that read the query are untouched. With a final
+  LayerNorm the edit happens before it, so the norm is recomputed on the edited residual.
+
+All replacements come from one reference pass on entry (see :func:`probes.ablation.reference_cache`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from icl_circuits.data.batch import Batch
+from icl_circuits.models.build import query_logits
+from icl_circuits.training.evaluate import query_metrics
+from probes.ablation import (
+    METHODS,
+    Head,
+    HookFn,
+    check_heads,
+    check_layer,
+    check_method,
+    head_ablation_hooks,
+    reference_cache,
+    replacement,
+    z_name,
+)
+
+EMBED_NAMES = ("hook_embed", "hook_pos_embed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Subcircuit:
+    """A set of components ablated together.
+
+    Attributes:
+        name: label of the subcircuit in result tables.
+        heads: ``((layer, head), ...)`` attention heads.
+        mlps: layers whose MLP output is ablated.
+        direct_path: ablate the query token's own embedding on its way to the readout.
+    """
+
+    name: str
+    heads: tuple[Head, ...] = ()
+    mlps: tuple[int, ...] = ()
+    direct_path: bool = False
+
+
+def icl_circuit(
+    prev_token_heads: Iterable[Head], induction_heads: Iterable[Head], name: str = "ICL circuit"
+) -> Subcircuit:
+    """The induction circuit: previous-token heads and the induction heads that read them."""
+    heads = tuple(dict.fromkeys(tuple(h) for h in (*prev_token_heads, *induction_heads)))
+    return Subcircuit(name, heads=heads)
+
+
+def iwl_path(model, name: str = "IWL path") -> Subcircuit:
+    """The in-weight path: the query's direct path to the readout plus every MLP layer (if any)."""
+    mlps = () if model.cfg.attn_only else tuple(range(model.cfg.n_layers))
+    return Subcircuit(name, mlps=mlps, direct_path=True)
+
+
+def mlp_name(layer: int) -> str:
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def _embed_names(model) -> list[str]:
+    return [n for n in EMBED_NAMES if n in model.hook_dict]
+
+
+@contextlib.contextmanager
+def ablate_subcircuit(
+    model,
+    subcircuit: Subcircuit,
+    method: str = "mean",
+    reference: Batch | Tensor | None = None,
+    seed: int = 0,
+) -> Iterator:
+    """Ablate every component of ``subcircuit`` in each forward pass inside the context.
+
+    Args:
+        model: a TransformerBridge in eval mode.
+        subcircuit: the components (see the module docstring for how each is ablated).
+        method: ``zero``, ``mean`` or ``resample``.
+        reference: Batch or int32 tokens for ``mean`` / ``resample`` (same sequence length).
+        seed: resample seed.
+
+    Yields:
+        The model.
+
+    Raises:
+        ValueError: bad method / reference, components out of range, or MLPs asked of an
+            attention-only model.
+    """
+    heads = check_heads(model, subcircuit.heads) if subcircuit.heads else []
+    for layer in subcircuit.mlps:
+        check_layer(model, layer)
+    if subcircuit.mlps and model.cfg.attn_only:
+        raise ValueError(f"mlps: the model is attention-only, got MLP layers {list(subcircuit.mlps)}")
+    check_method(method, reference)
+    embed_names = _embed_names(model) if subcircuit.direct_path else []
+    names = {z_name(layer) for layer, _ in heads} | {mlp_name(layer) for layer in subcircuit.mlps}
+    ref = reference_cache(model, reference if method != "zero" else None, names | set(embed_names))
+
+    hooks: list[tuple[str, HookFn]] = head_ablation_hooks(model, heads, method, ref, seed)
+
+    def ablate_mlp(name: str) -> HookFn:
+        def hook(out: Tensor, hook) -> Tensor:
+            # out: [batch, pos, d_model]
+            return replacement(method, ref.get(name), out, seed).expand_as(out)
+
+        return hook
+
+    hooks += [(mlp_name(layer), ablate_mlp(mlp_name(layer))) for layer in sorted(set(subcircuit.mlps))]
+
+    if embed_names:
+        ref_direct = sum(ref[n][:, -1] for n in embed_names) if ref else None  # [n_ref, d_model]
+        direct: dict[str, Tensor] = {}
+
+        def grab(name: str) -> HookFn:
+            def hook(act: Tensor, hook) -> Tensor:
+                direct[name] = act[:, -1]
+                return act
+
+            return hook
+
+        def edit_final(resid: Tensor, hook) -> Tensor:
+            # resid: [batch, pos, d_model]; only the query position's direct path changes.
+            own = sum(direct.pop(n) for n in embed_names)  # [batch, d_model]
+            rep = replacement(method, ref_direct, own, seed).expand_as(own)
+            resid = resid.clone()
+            resid[:, -1] = resid[:, -1] - own + rep
+            return resid
+
+        hooks += [(n, grab(n)) for n in embed_names] + [("ln_final.hook_in", edit_final)]
+
+    with model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+@torch.no_grad()
+def subcircuit_effects(
+    model,
+    eval_batches: dict[str, Batch],
+    n_labels: int,
+    subcircuits: Sequence[Subcircuit],
+    method: str = "mean",
+    reference: Batch | Tensor | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Metrics of every evaluation split, clean and with each subcircuit ablated.
+
+    Args:
+        model: a TransformerBridge in eval mode.
+        eval_batches: ``{split: batch}``, e.g. from :func:`icl_circuits.training.evaluate.eval_sets`.
+        n_labels: label vocabulary.
+        subcircuits: the subcircuits to compare (names must be unique and not ``clean``).
+        method: ``zero``, ``mean`` or ``resample``.
+        reference: the reference batch for ``mean`` / ``resample``. None means each split is
+            its own reference (the mean over, or donors from, that split's batch).
+        seed: resample seed.
+
+    Returns:
+        Tidy DataFrame with columns ``condition`` (``clean`` or a subcircuit name), ``split``,
+        ``metric``, ``value``; metrics from :func:`query_metrics`.
+    """
+    names = [s.name for s in subcircuits]
+    if len(set(names)) != len(names) or "clean" in names:
+        raise ValueError(f"subcircuits: names must be unique and not 'clean', got {names}")
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+    rows = []
+
+    def record(condition: str, split: str, batch: Batch) -> None:
+        for metric, value in query_metrics(query_logits(model, batch.tokens()), batch, n_labels).items():
+            rows.append({"condition": condition, "split": split, "metric": metric, "value": value})
+
+    for split, batch in eval_batches.items():
+        record("clean", split, batch)
+    for sub in subcircuits:
+        for split, batch in eval_batches.items():
+            ref = batch if reference is None else reference
+            with ablate_subcircuit(model, sub, method, ref, seed):
+                record(sub.name, split, batch)
+    return pd.DataFrame(rows, columns=["condition", "split", "metric", "value"])

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny configs and a tiny trained run (CPU, seconds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icl_circuits.config import RunConfig, TrainConfig
+from icl_circuits.data.gaussian import GaussianConfig
+from icl_circuits.models.config import ModelConfig
+
+torch.set_num_threads(1)
+
+
+def tiny_config(**train_overrides) -> RunConfig:
+    """A Gaussian-mixture run small enough to train in about a second."""
+    train = TrainConfig(steps=40, batch_size=16, lr=3e-3, n_checkpoints=6, eval_size=64, device="cpu")
+    return RunConfig(
+        name="tiny",
+        seed=3,
+        data=GaussianConfig(K=64, L=8, D=8, N=4, B=2, eps=0.1),
+        model=ModelConfig(n_layers=2, n_heads=2, d_model=16, attn_only=True),
+        train=train.replace(**train_overrides),
+    )
+
+
+@pytest.fixture
+def tiny_cfg() -> RunConfig:
+    return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished tiny run folder shared by read-only tests."""
+    from icl_circuits.training import train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_config(), run, progress=False)
+    return run

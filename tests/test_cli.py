@@ -1,0 +1,91 @@
+"""The command line: presets, train, show, analyze, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from icl_circuits.cli import main
+from icl_circuits.config import RunConfig, apply_overrides
+from icl_circuits.errors import ConfigError
+from icl_circuits.presets import PRESETS, get_preset
+
+TINY = [
+    "data.K=64",
+    "data.L=8",
+    "data.D=8",
+    "data.N=4",
+    "data.B=2",
+    "model.d_model=16",
+    "train.steps=12",
+    "train.batch_size=8",
+    "train.n_checkpoints=4",
+    "train.eval_size=32",
+    "train.device=cpu",
+]
+
+
+def test_every_preset_is_valid_and_round_trips():
+    for name in PRESETS:
+        cfg = get_preset(name)
+        assert RunConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_overrides():
+    cfg = apply_overrides(get_preset("demo"), ["data.K=32", "train.lr=3e-4", "model.readout_hidden=[64]"])
+    assert cfg.data.K == 32 and cfg.train.lr == 3e-4 and cfg.model.readout_hidden == (64,)
+    with pytest.raises(ConfigError, match=r"^data\.KK: unknown key"):
+        apply_overrides(cfg, ["data.KK=3"])
+    with pytest.raises(ConfigError, match=r"^data\.B: expected a divisor of N=8"):
+        apply_overrides(cfg, ["data.B=3"])
+    with pytest.raises(ConfigError, match=r"^train\.lr: expected a number"):
+        apply_overrides(cfg, ["train.lr=fast"])
+
+
+def test_from_dict_rejects_unknown_keys():
+    raw = json.loads(get_preset("demo").to_json())
+    raw["train"]["learning_rate"] = 1
+    with pytest.raises(ConfigError, match=r"^train\.learning_rate: unknown key"):
+        RunConfig.from_dict(raw)
+
+
+def test_presets_command(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in PRESETS)
+
+
+def test_train_show_analyze(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "demo", *TINY, "--out", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "run folder:" in out and "IC" in out
+    assert main(["show", str(run)]) == 0
+    assert "checkpoints: 4" in capsys.readouterr().out
+    assert main(["analyze", str(run), "--eval-size", "32", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "ICL circuit:" in out
+    report = next((run / "analysis").glob("report-*"))
+    assert {p.name for p in report.iterdir()} >= {"summary.txt", "competition.png", "probes.csv", "ablations.png"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "nope"], "preset: expected one of"),
+        (["train", "demo", "data.B=3"], "data.B: expected a divisor"),
+        (["train", "demo", "data.K"], "data.K: expected key=value"),
+        (["train", "demo", "train.steps=-1"], "train.steps: expected at least 1"),
+        (["train", "--config", "missing.json"], "missing.json: no such config file"),
+        (["show", "no/such/run"], "no/such/run: no such run folder"),
+        (["analyze", "no/such/run"], "no/such/run: no such run folder"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "checkpoints").exists(), "nothing written on bad input"
