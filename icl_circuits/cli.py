@@ -85,7 +85,9 @@ def _cmd_show(args: argparse.Namespace) -> None:
     cfg = load_config(run)
     steps = list_checkpoints(run)
     print(f"run folder:  {run}")
-    print(f"config:      {cfg.name} (seed {cfg.seed}, data {cfg.data.family}, {cfg.model.n_layers} layers x {cfg.model.n_heads} heads)")
+    print(
+        f"config:      {cfg.name} (seed {cfg.seed}, data {cfg.data.family}, {cfg.model.n_layers} layers x {cfg.model.n_heads} heads)"
+    )
     span = f"steps {steps[0]}..{steps[-1]}" if steps else "none yet"
     print(f"checkpoints: {len(steps)} ({span}) of {cfg.train.steps} steps")
     if args.config:
@@ -94,12 +96,19 @@ def _cmd_show(args: argparse.Namespace) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> None:
+    from icl_circuits.runs.read import load_config
     from probes.circuits import FoundCircuit
     from probes.report import SUMMARY, write_report
 
+    cfg = load_config(Path(args.run))
     circuit = None
     if args.induction_heads:
-        circuit = FoundCircuit(_parse_heads(args.prev_token_heads or ""), _parse_heads(args.induction_heads))
+        shape = (cfg.model.n_layers, cfg.model.n_heads)
+        circuit = FoundCircuit(
+            _parse_heads(args.prev_token_heads or "", shape), _parse_heads(args.induction_heads, shape)
+        )
+    if args.eval_size < 1:
+        raise ICLError(f"--eval-size: expected a positive number of sequences, got {args.eval_size}")
     out = write_report(
         args.run, progress=not args.no_progress, circuit=circuit, eval_size=args.eval_size, ablation=args.ablation
     )
@@ -107,13 +116,17 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
     print((out / SUMMARY).read_text(), end="")
 
 
-def _parse_heads(text: str) -> tuple[tuple[int, int], ...]:
-    """``"0.1,1.0"`` -> ((0, 1), (1, 0))."""
+def _parse_heads(text: str, shape: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """``"0.1,1.0"`` -> ((0, 1), (1, 0)), checked against ``shape = (n_layers, n_heads)``."""
     heads = []
     for item in filter(None, text.split(",")):
         layer, _, head = item.partition(".")
         if not (layer.isdigit() and head.isdigit()):
             raise ICLError(f"heads: expected LAYER.HEAD items like 1.0, got {item!r}")
+        if int(layer) >= shape[0] or int(head) >= shape[1]:
+            raise ICLError(
+                f"heads: {item} is out of range (the model has layers 0..{shape[0] - 1}, heads 0..{shape[1] - 1})"
+            )
         heads.append((int(layer), int(head)))
     return tuple(heads)
 
@@ -125,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", allow_abbrev=False, help="list presets with one-line descriptions")
     p.set_defaults(func=_cmd_presets)
 
-    p = sub.add_parser("train", allow_abbrev=False, help="train a preset (or --config) into a run folder; resumes if it exists")
+    p = sub.add_parser(
+        "train", allow_abbrev=False, help="train a preset (or --config) into a run folder; resumes if it exists"
+    )
     p.add_argument("preset", nargs="?", help="preset name (icl-circuits presets)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.K=32 train.steps=2000")
     p.add_argument("--config", help="a config.json to start from instead of a preset")
@@ -139,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="store_true", help="also print the full config")
     p.set_defaults(func=_cmd_show)
 
-    p = sub.add_parser("analyze", allow_abbrev=False, help="probe every checkpoint: table, figures and summary in RUN/analysis")
+    p = sub.add_parser(
+        "analyze", allow_abbrev=False, help="probe every checkpoint: table, figures and summary in RUN/analysis"
+    )
     p.add_argument("run")
     p.add_argument("--eval-size", type=int, default=512, help="sequences per evaluation split")
     p.add_argument("--ablation", default="mean", choices=["mean", "zero", "resample"])

@@ -63,14 +63,29 @@ class TrainConfig(FrozenConfig):
         require(self.steps >= 1, "train.steps", "at least 1", self.steps)
         require(self.batch_size >= 1, "train.batch_size", "at least 1", self.batch_size)
         require(self.lr > 0, "train.lr", "a positive learning rate", self.lr)
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas", "two numbers in [0, 1)", self.betas)
+        require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "train.betas",
+            "two numbers in [0, 1)",
+            self.betas,
+        )
         require(0 <= self.momentum < 1, "train.momentum", "a number in [0, 1)", self.momentum)
         require(self.weight_decay >= 0, "train.weight_decay", "a non-negative number", self.weight_decay)
         require(self.l2 >= 0, "train.l2", "a non-negative number", self.l2)
-        require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", f"between 0 and steps={self.steps}", self.warmup_steps)
+        require(
+            0 <= self.warmup_steps <= self.steps,
+            "train.warmup_steps",
+            f"between 0 and steps={self.steps}",
+            self.warmup_steps,
+        )
         require(self.grad_clip >= 0, "train.grad_clip", "a non-negative norm (0 = off)", self.grad_clip)
         require(self.n_checkpoints >= 2, "train.n_checkpoints", "at least 2 (first and last step)", self.n_checkpoints)
-        require(self.checkpoint_every >= 0, "train.checkpoint_every", "a non-negative interval (0 = off)", self.checkpoint_every)
+        require(
+            self.checkpoint_every >= 0,
+            "train.checkpoint_every",
+            "a non-negative interval (0 = off)",
+            self.checkpoint_every,
+        )
         require(self.eval_size >= 1, "train.eval_size", "at least 1", self.eval_size)
         require(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
@@ -102,10 +117,20 @@ class RunConfig(FrozenConfig):
         require(0 <= self.seed < 2**63, "seed", "a non-negative integer", self.seed)
         if self.model.encoder == "identity":
             d_in = _data_dim(self.data)
-            require(d_in == self.model.d_model, "model.d_model", f"equal to the exemplar dimension {d_in} for the identity encoder", self.model.d_model)
+            require(
+                d_in == self.model.d_model,
+                "model.d_model",
+                f"equal to the exemplar dimension {d_in} for the identity encoder",
+                self.model.d_model,
+            )
         if self.model.encoder == "cnn":
             side = round(_data_dim(self.data) ** 0.5)
-            require(side * side == _data_dim(self.data), "model.encoder", "linear or identity: cnn needs square images", self.model.encoder)
+            require(
+                side * side == _data_dim(self.data),
+                "model.encoder",
+                "linear or identity: cnn needs square images",
+                self.model.encoder,
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], prefix: str = "") -> RunConfig:

@@ -101,9 +101,7 @@ class FrozenConfig:
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ConfigError(
-                f"{prefix}{unknown[0]}: unknown key (expected one of {sorted(fields)})"
-            )
+            raise ConfigError(f"{prefix}{unknown[0]}: unknown key (expected one of {sorted(fields)})")
         kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
         try:
             return cls(**kwargs)

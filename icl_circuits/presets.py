@@ -44,8 +44,18 @@ def reddy2023() -> RunConfig:
     return RunConfig(
         name="reddy2023",
         data=GaussianConfig(K=1024, L=32, D=63, N=8, B=4, p_B=1.0, alpha=0.0, eps=0.75),
-        model=ModelConfig(n_layers=2, n_heads=1, d_model=64, attn_only=True, normalization="none", readout="mlp", readout_hidden=(128, 128, 128)),
-        train=TrainConfig(steps=150_000, batch_size=128, optimizer="sgd", lr=0.01, weight_decay=1e-6, n_checkpoints=100),
+        model=ModelConfig(
+            n_layers=2,
+            n_heads=1,
+            d_model=64,
+            attn_only=True,
+            normalization="none",
+            readout="mlp",
+            readout_hidden=(128, 128, 128),
+        ),
+        train=TrainConfig(
+            steps=150_000, batch_size=128, optimizer="sgd", lr=0.01, weight_decay=1e-6, n_checkpoints=100
+        ),
     )
 
 
@@ -62,8 +72,18 @@ def nguyen_reddy2024() -> RunConfig:
     return RunConfig(
         name="nguyen-reddy2024",
         data=GaussianConfig(K=4096, L=2, D=63, N=100, B=1, p_B=1.0, alpha=0.0, eps=0.0, label_mode="binary"),
-        model=ModelConfig(n_layers=1, n_heads=1, d_model=64, attn_only=True, positional="none", readout="mlp", readout_hidden=(512, 512)),
-        train=TrainConfig(steps=50_000, batch_size=128, optimizer="sgd", lr=0.01, weight_decay=1e-10, n_checkpoints=100),
+        model=ModelConfig(
+            n_layers=1,
+            n_heads=1,
+            d_model=64,
+            attn_only=True,
+            positional="none",
+            readout="mlp",
+            readout_hidden=(512, 512),
+        ),
+        train=TrainConfig(
+            steps=50_000, batch_size=128, optimizer="sgd", lr=0.01, weight_decay=1e-10, n_checkpoints=100
+        ),
     )
 
 
@@ -79,7 +99,15 @@ def chan2024_stylized() -> RunConfig:
     return RunConfig(
         name="chan2024-stylized",
         data=StylizedConfig(),
-        model=ModelConfig(n_layers=2, n_heads=1, d_model=64, attn_only=False, act_fn="gelu", positional="sinusoidal", encoder="identity"),
+        model=ModelConfig(
+            n_layers=2,
+            n_heads=1,
+            d_model=64,
+            attn_only=False,
+            act_fn="gelu",
+            positional="sinusoidal",
+            encoder="identity",
+        ),
         train=TrainConfig(steps=50_000, batch_size=32, optimizer="adam", lr=3e-4, n_checkpoints=100),
     )
 
@@ -112,13 +140,28 @@ def omniglot_bursty() -> RunConfig:
         data=ClassBankConfig(**_omniglot_data()),
         model=ModelConfig(n_layers=12, n_heads=8, d_model=64, attn_only=False, positional="sinusoidal", encoder="cnn"),
         train=TrainConfig(
-            steps=500_000, batch_size=32, optimizer="adam", lr=3e-4, warmup_steps=4000, schedule="inverse_sqrt", n_checkpoints=200
+            steps=500_000,
+            batch_size=32,
+            optimizer="adam",
+            lr=3e-4,
+            warmup_steps=4000,
+            schedule="inverse_sqrt",
+            n_checkpoints=200,
         ),
     )
 
 
 def _singh_data() -> dict:
-    return {"bank": "gaussian", "n_classes": 50, "n_exemplars": 1, "N": 2, "sampler": "constant", "B": 1, "relabel": True}
+    return {
+        "bank": "gaussian",
+        "n_classes": 50,
+        "n_exemplars": 1,
+        "N": 2,
+        "sampler": "constant",
+        "B": 1,
+        "p_bursty": 1.0,
+        "relabel": True,
+    }
 
 
 def _omniglot_data() -> dict:

@@ -128,4 +128,6 @@ def competition_table(df: pd.DataFrame, icl_split: str, iwl_split: str, ciwl_spl
 def summarize(table: pd.DataFrame) -> dict[str, Transition]:
     """Transitions of the ICL, IWL (and CIWL) accuracy columns of a competition table."""
     loss = table["train_loss"] if "train_loss" in table else None
-    return {name: detect_transition(table[name].dropna(), loss, name) for name in ("ICL", "IWL", "CIWL") if name in table}
+    return {
+        name: detect_transition(table[name].dropna(), loss, name) for name in ("ICL", "IWL", "CIWL") if name in table
+    }

@@ -33,7 +33,9 @@ def competition_figure(table: pd.DataFrame, transitions: dict[str, Transition] |
             ax.annotate(f"{name} emerges", (tr.emergence_step, 0.02), color=color, fontsize=8, rotation=90)
         ax.plot([tr.peak_step], [tr.peak], marker="*", ms=12, color=color)
         if tr.transient:
-            ax.annotate(f"{name} transient (-{tr.drop:.2f})", (table.index.max(), tr.final), color=color, fontsize=8, ha="right")
+            ax.annotate(
+                f"{name} transient (-{tr.drop:.2f})", (table.index.max(), tr.final), color=color, fontsize=8, ha="right"
+            )
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("accuracy")
     _log_x(ax)

@@ -179,6 +179,10 @@ def direct_logit_attribution(model, batch: Batch) -> pd.DataFrame:
 def head_scores(model, icl_batch: Batch) -> pd.DataFrame:
     """Every per-head score on an ICL batch: patterns, token-sequence scores and DLA."""
     return pd.concat(
-        [attention_scores(model, icl_batch), token_sequence_scores(model, icl_batch), direct_logit_attribution(model, icl_batch)],
+        [
+            attention_scores(model, icl_batch),
+            token_sequence_scores(model, icl_batch),
+            direct_logit_attribution(model, icl_batch),
+        ],
         ignore_index=True,
     )

@@ -89,3 +89,42 @@ def test_bad_input_is_one_line(argv, needle, capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "checkpoints").exists(), "nothing written on bad input"
+
+
+def test_analyze_bad_input_is_one_line(tmp_path, capsys, tiny_run):
+    import shutil
+
+    from icl_circuits.runs import layout
+
+    empty = tmp_path / "empty"
+    shutil.copytree(tiny_run, empty, ignore=shutil.ignore_patterns("step_*", "analysis"))
+    cases = [
+        (["analyze", str(empty)], "no checkpoints to analyse"),
+        (["analyze", str(tiny_run), "--induction-heads", "5.0"], "heads: 5.0 is out of range"),
+        (["analyze", str(tiny_run), "--induction-heads", "x"], "heads: expected LAYER.HEAD"),
+        (["analyze", str(tiny_run), "--eval-size", "0"], "--eval-size: expected a positive"),
+        (["analyze", str(tiny_run), "--ablation", "nope"], "invalid choice"),
+    ]
+    before = sorted(p.name for p in (tiny_run / layout.CHECKPOINTS).iterdir())
+    for argv, needle in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in (tiny_run / layout.CHECKPOINTS).iterdir()) == before
+
+
+def test_checkpoint_of_another_shape(tmp_path, tiny_run):
+    import json
+    import shutil
+
+    from icl_circuits.errors import CheckpointError
+    from icl_circuits.runs import layout
+    from icl_circuits.runs.read import load_native
+
+    run = tmp_path / "other"
+    shutil.copytree(tiny_run, run)
+    raw = json.loads((run / layout.CONFIG).read_text())
+    raw["model"]["d_model"] = 32
+    (run / layout.CONFIG).write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="does not match the model in"):
+        load_native(run)

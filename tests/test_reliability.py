@@ -236,4 +236,3 @@ def test_two_analyses_at_once_keep_the_cache_consistent(tmp_path):
     again = analyze_run(run, eval_size=32, progress=False)
     assert str(len(again)) == outs[0]
     assert {p: p.read_bytes() for p in files} == before, "cache files are never rewritten"
-

@@ -45,9 +45,7 @@ class Batch:
     def __post_init__(self) -> None:
         b, n1, _ = self.exemplars.shape
         if self.context_labels.shape != (b, n1 - 1):
-            raise ValueError(
-                f"context_labels: expected shape {(b, n1 - 1)}, got {tuple(self.context_labels.shape)}"
-            )
+            raise ValueError(f"context_labels: expected shape {(b, n1 - 1)}, got {tuple(self.context_labels.shape)}")
         if self.classes.shape != (b, n1):
             raise ValueError(f"classes: expected shape {(b, n1)}, got {tuple(self.classes.shape)}")
         if self.target.shape != (b,):

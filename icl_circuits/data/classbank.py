@@ -118,11 +118,20 @@ class ClassBankConfig(FrozenConfig):
         require(self.n_classes >= 2, "data.n_classes", "at least 2 classes", self.n_classes)
         require(self.n_exemplars >= 1, "data.n_exemplars", "at least 1 exemplar per class", self.n_exemplars)
         if self.bank == "omniglot":
-            require(self.n_classes == N_CHARACTERS, "data.n_classes", f"{N_CHARACTERS} for the Omniglot bank", self.n_classes)
-            require(self.n_exemplars <= N_DRAWERS, "data.n_exemplars", f"at most {N_DRAWERS} for Omniglot", self.n_exemplars)
+            require(
+                self.n_classes == N_CHARACTERS,
+                "data.n_classes",
+                f"{N_CHARACTERS} for the Omniglot bank",
+                self.n_classes,
+            )
+            require(
+                self.n_exemplars <= N_DRAWERS, "data.n_exemplars", f"at most {N_DRAWERS} for Omniglot", self.n_exemplars
+            )
         require(self.d >= 1, "data.d", "a positive dimension", self.d)
         require(self.exemplar_noise >= 0.0, "data.exemplar_noise", "a non-negative noise level", self.exemplar_noise)
-        require(1 <= self.image_size <= RAW_SIZE, "data.image_size", f"an image side in [1, {RAW_SIZE}]", self.image_size)
+        require(
+            1 <= self.image_size <= RAW_SIZE, "data.image_size", f"an image side in [1, {RAW_SIZE}]", self.image_size
+        )
         require(self.n_common >= 0, "data.n_common", "a non-negative class count", self.n_common)
         require(
             self.n_holdout >= 0 and self.n_holdout + self.n_common < self.n_classes,
@@ -137,18 +146,45 @@ class ClassBankConfig(FrozenConfig):
         if self.sampler == "chan":
             require(self.shots >= 1, "data.shots", "at least 1 shot", self.shots)
             require(self.ways >= 2, "data.ways", "at least 2 ways", self.ways)
-            require(self.shots * self.ways <= self.N, "data.shots", f"shots * ways <= N={self.N} (ways={self.ways})", self.shots)
-            require(self.ways <= self.n_trained, "data.ways", f"at most the {self.n_trained} trained classes", self.ways)
+            require(
+                self.shots * self.ways <= self.N,
+                "data.shots",
+                f"shots * ways <= N={self.N} (ways={self.ways})",
+                self.shots,
+            )
+            require(
+                self.ways <= self.n_trained, "data.ways", f"at most the {self.n_trained} trained classes", self.ways
+            )
         else:
             require(self.B >= 1, "data.B", "at least 1 copy", self.B)
             require(2 * self.B <= self.N, "data.B", f"2 * B <= N={self.N} (query burst + distractor burst)", self.B)
             need = 2 + (self.N > 2 * self.B)
-            require(self.n_trained >= need, "data.n_holdout", f"at least {need} trained classes left for the constant sampler", self.n_holdout)
+            require(
+                self.n_trained >= need,
+                "data.n_holdout",
+                f"at least {need} trained classes left for the constant sampler",
+                self.n_holdout,
+            )
         ways = self.fewshot_ways
-        require(self.n_holdout >= ways, "data.n_holdout", f"at least {ways} holdout classes for the {ways}-way fewshot split", self.n_holdout)
-        require(self.n_labels == 0 or self.n_labels >= ways, "data.n_labels", f"0 (one per trained class) or at least {ways}", self.n_labels)
+        require(
+            self.n_holdout >= ways,
+            "data.n_holdout",
+            f"at least {ways} holdout classes for the {ways}-way fewshot split",
+            self.n_holdout,
+        )
+        require(
+            self.n_labels == 0 or self.n_labels >= ways,
+            "data.n_labels",
+            f"0 (one per trained class) or at least {ways}",
+            self.n_labels,
+        )
         if self.relabel:
-            require(self.sampler == "constant" or self.ways == 2, "data.ways", "2 when relabel is true (labels come in pairs)", self.ways)
+            require(
+                self.sampler == "constant" or self.ways == 2,
+                "data.ways",
+                "2 when relabel is true (labels come in pairs)",
+                self.ways,
+            )
             require(
                 2 <= self.n_relabel_labels <= self.vocab_size,
                 "data.n_relabel_labels",
@@ -156,7 +192,12 @@ class ClassBankConfig(FrozenConfig):
                 self.n_relabel_labels,
             )
             n_pairs = math.comb(self.n_relabel_labels, 2)
-            require(0 <= self.n_val_pairs < n_pairs, "data.n_val_pairs", f"in [0, {n_pairs}) so a training pair is left", self.n_val_pairs)
+            require(
+                0 <= self.n_val_pairs < n_pairs,
+                "data.n_val_pairs",
+                f"in [0, {n_pairs}) so a training pair is left",
+                self.n_val_pairs,
+            )
 
     @property
     def n_pairs(self) -> int:
@@ -203,7 +244,9 @@ class ClassBankSource(DataSource):
         self.class_probs = zeros.scatter(0, self.trained, zipf_probs(cfg.n_trained, cfg.zipf_alpha, self.device))
         self.holdout_probs = zeros.scatter(0, self.holdout, 1.0 / cfg.n_holdout)
         ranks = torch.arange(cfg.n_trained, device=self.device)
-        self.label_table = torch.full((cfg.n_classes,), -1, device=self.device).scatter(0, self.trained, ranks % cfg.vocab_size)
+        self.label_table = torch.full((cfg.n_classes,), -1, device=self.device).scatter(
+            0, self.trained, ranks % cfg.vocab_size
+        )
         pairs = torch.combinations(torch.arange(cfg.n_relabel_labels, device=self.device), 2)
         pairs = pairs[torch.randperm(pairs.shape[0], generator=gen, device=self.device)]
         self.val_pairs, self.train_pairs = pairs[: cfg.n_val_pairs], pairs[cfg.n_val_pairs :]

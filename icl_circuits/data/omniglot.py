@@ -87,11 +87,14 @@ def _load(root: str, size: int) -> Tensor:
         files = [folder / f"{split}{suffix}" for split in SPLITS]
         if not any(exists(f) for f in files):
             continue
-        parts = []
-        for f, split in zip(files, SPLITS, strict=True):
+        for f in files:
             if not exists(f):
                 raise DataError(f"{f}: missing (the other Omniglot half is there); {_HINT}")
-            parts.append(read(f, split))
+        if suffix == ".npz":
+            # Check both checksums before the slow decompression of either file.
+            for f in files:
+                _verify_sha256(f)
+        parts = [read(f, split) for f, split in zip(files, SPLITS, strict=True)]
         if parts[0].shape[1] != parts[1].shape[1]:
             raise DataError(
                 f"{files[1]}: expected {parts[0].shape[1]} drawers per character as in {files[0].name}, "
@@ -116,7 +119,7 @@ def _downsample(stroke: Tensor, size: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------- the pack
-def _read_npz(file: Path, split: str) -> Tensor:
+def _verify_sha256(file: Path) -> None:
     sha_file = file.with_name(file.name + ".sha256")
     if not sha_file.is_file():
         raise DataError(f"{sha_file}: missing checksum file; {_HINT}")
@@ -130,6 +133,9 @@ def _read_npz(file: Path, split: str) -> Tensor:
             digest.update(block)
     if digest.hexdigest() != expected:
         raise DataError(f"{file}: sha256 mismatch (expected {expected}, got {digest.hexdigest()}); {_HINT}")
+
+
+def _read_npz(file: Path, split: str) -> Tensor:
     try:
         with np.load(file) as npz:
             images = npz["images"]

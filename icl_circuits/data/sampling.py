@@ -43,9 +43,7 @@ def randint_excluding(high: int, exclude: Tensor, gen: torch.Generator) -> Tenso
     return r + (r >= exclude).long()
 
 
-def resample_excluding(
-    probs: Tensor, exclude: Tensor, n: int, gen: torch.Generator, max_rounds: int = 64
-) -> Tensor:
+def resample_excluding(probs: Tensor, exclude: Tensor, n: int, gen: torch.Generator, max_rounds: int = 64) -> Tensor:
     """``[batch, n]`` draws from ``probs`` with every entry != ``exclude[batch]``.
 
     Rejection sampling restricted to the clashing entries keeps the conditional distribution

@@ -8,6 +8,9 @@ k itself. A sequence has ``L`` context pairs and a query whose class (the target
 from the class weights. Each context slot independently holds the target class with
 probability ``p_relevant`` (so the number of relevant slots is Binomial(L, p_relevant));
 every other slot holds a class drawn from the class weights with the target excluded.
+With L = 1 (the paper's setting) this is the reference's law; for L > 1 the reference
+instead marks whole sequences relevant and rejection-samples their context, while here
+relevance is per slot, so ``-irr`` contexts never hold the query's class.
 
 Training uses a *finite* set of ``n_train`` sequences; the batch at step t draws indices
 uniformly from ``[0, n_train)`` and returns those sequences. Sequence i is a pure function
@@ -176,5 +179,7 @@ class StylizedSource(DataSource):
         z = torch.randn(n, L + 1, d, generator=gen, device=self.device)
         batch = self._assemble(u, z, target_probs, p_rel)
         if dist == "OOBD":
-            batch = Batch(batch.exemplars, self.oobd_label[batch.context_labels], batch.classes, self.oobd_label[batch.target])
+            batch = Batch(
+                batch.exemplars, self.oobd_label[batch.context_labels], batch.classes, self.oobd_label[batch.target]
+            )
         return batch

@@ -60,7 +60,9 @@ class ModelConfig(FrozenConfig):
         if self.positional == "rotary":
             require(self.head_dim % 2 == 0, "model.d_head", "even for rotary positions", self.head_dim)
         require(self.d_mlp >= 0, "model.d_mlp", "a positive width (0 = 4 * d_model)", self.d_mlp)
-        require(all(h >= 1 for h in self.readout_hidden), "model.readout_hidden", "positive widths", self.readout_hidden)
+        require(
+            all(h >= 1 for h in self.readout_hidden), "model.readout_hidden", "positive widths", self.readout_hidden
+        )
         require(self.init_range > 0, "model.init_range", "a positive number", self.init_range)
 
     @property

@@ -209,7 +209,9 @@ def load_checkpoint(run: Path, step: int) -> dict[str, Any]:
             "state": json.loads(raw[layout.STATE]),
         }
     except (CheckpointError, SafetensorError, KeyError, json.JSONDecodeError) as err:
-        msg = str(err) if isinstance(err, CheckpointError) else f"{layout.checkpoint_dir(run, step)}: unreadable ({err})"
+        msg = (
+            str(err) if isinstance(err, CheckpointError) else f"{layout.checkpoint_dir(run, step)}: unreadable ({err})"
+        )
         good = nearest_good_checkpoint(run, step)
         hint = f"; nearest good checkpoint: step {good}" if good is not None else "; no good checkpoint left"
         raise CheckpointError(msg + hint) from None

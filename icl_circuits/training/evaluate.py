@@ -50,7 +50,9 @@ def evaluate(model: torch.nn.Module, eval_sets: dict[str, Batch], n_labels: int,
     model.eval()
     try:
         for split, batch in eval_sets.items():
-            logits = torch.cat([query_logits(model, batch[i : i + chunk].tokens()) for i in range(0, len(batch), chunk)])
+            logits = torch.cat(
+                [query_logits(model, batch[i : i + chunk].tokens()) for i in range(0, len(batch), chunk)]
+            )
             for metric, value in query_metrics(logits, batch, n_labels).items():
                 rows.append({"split": split, "metric": metric, "value": value})
     finally:
