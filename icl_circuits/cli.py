@@ -116,6 +116,50 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
     print((out / SUMMARY).read_text(), end="")
 
 
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from icl_circuits.sweeps.backends import make_backend
+    from icl_circuits.sweeps.spec import SweepSpec, load_spec, parse_axis_arg
+    from icl_circuits.sweeps.sweep import INDEX, RESULTS, SPEC, check_ok, load_sweep_spec, run_sweep
+
+    axes = list(args.axes)
+    if args.spec and "=" in args.spec and not Path(args.spec).exists():
+        axes.insert(0, args.spec)
+        args.spec = None
+    if args.spec:
+        if axes or args.base or args.set:
+            raise ICLError("sweep: give either a SPEC file (or sweep folder) or --base with KEY=VALUES axes, not both")
+        path = Path(args.spec)
+        if path.is_dir():
+            spec, out = load_sweep_spec(path), path
+            if args.out and Path(args.out).resolve() != path.resolve():
+                raise ICLError(f"sweep: {path} is a sweep folder; it is resumed in place (drop --out)")
+        else:
+            spec, out = load_spec(path), Path(args.out) if args.out else Path("sweeps") / path.stem
+    elif args.base:
+        if not axes:
+            raise ICLError("sweep: give at least one axis, e.g. 'data.K=[32,1024]' or 'seed=range(3)'")
+        grid: dict[str, list] = {}
+        for item in axes:
+            key, values = parse_axis_arg(item)
+            if key in grid:
+                raise ICLError(f"{key}: axis given twice")
+            grid[key] = values
+        spec = SweepSpec(base=args.base, overrides=tuple(args.set), grid=grid)
+        out = Path(args.out) if args.out else Path("sweeps") / args.base
+    else:
+        raise ICLError("sweep: give a SPEC file (TOML or JSON), a sweep folder, or --base PRESET with KEY=VALUES axes")
+    backend = make_backend(args.backend, args.workers, args.address, args.max_retries, args.gpus_per_run)
+    result = run_sweep(
+        spec, out, backend=backend, probes=args.probes, progress=not args.no_progress, log=lambda line: print(line)
+    )
+    counts = ", ".join(f"{n} {s}" for s, n in result.counts().items() if n)
+    print(f"sweep folder: {result.out} ({SPEC}, {INDEX}: {counts})")
+    print(f"results:      {result.out / RESULTS} ({len(result.results)} rows)")
+    for fig in result.figures:
+        print(f"phase:        {fig}")
+    check_ok(result)
+
+
 def _parse_heads(text: str, shape: tuple[int, int]) -> tuple[tuple[int, int], ...]:
     """``"0.1,1.0"`` -> ((0, 1), (1, 0)), checked against ``shape = (n_layers, n_heads)``."""
     heads = []
@@ -164,6 +208,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prev-token-heads", help="its previous-token heads, e.g. 0.1")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser(
+        "sweep",
+        allow_abbrev=False,
+        help="train a grid of runs (spec file or KEY=VALUES axes) locally or on Ray; rerun to resume",
+    )
+    p.add_argument("spec", nargs="?", help="a TOML/JSON sweep spec, or an existing sweep folder to resume")
+    p.add_argument(
+        "axes",
+        nargs="*",
+        help="with --base: grid axes, e.g. 'data.K=[32,1024]' 'seed=range(3)' '[2**i for i in range(5,8)]'",
+    )
+    p.add_argument("--base", help="preset every point starts from (instead of a SPEC file)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="fixed override for every point (repeatable)"
+    )
+    p.add_argument("--out", help="sweep folder (default sweeps/SPEC-NAME or sweeps/BASE)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where runs execute (default local)")
+    p.add_argument("--workers", type=int, help="local: worker processes (default: one per core); ray: local Ray's CPUs")
+    p.add_argument("--address", help="ray: an existing cluster's head, e.g. 10.0.0.1:6379 (default: start Ray here)")
+    p.add_argument("--max-retries", type=int, default=2, help="retries of a run whose worker died (default 2)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: GPUs each run reserves (e.g. 0.25)")
+    p.add_argument("--probes", action="store_true", help="also run the probe suite on each run; adds rows to results")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 

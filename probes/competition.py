@@ -3,9 +3,13 @@
 Detection on a curve ``value(step)`` (e.g. ICL accuracy):
 
 * **emergence**: the rise from the initial value to the peak must be at least
-  ``min_rise``; the emergence step is the first checkpoint at which the curve has covered
-  half of that rise, with ``onset``/``completion`` at 10% / 90% of it. ``sharpness`` is the
-  rise divided by the log10-steps between onset and completion (an abrupt rise is large).
+  ``min_rise``. The abrupt part of it is the ``window``-decade span of log-step (a quarter
+  decade by default) over which the curve gains most; the emergence step is the first
+  checkpoint in that span at which the curve has covered half of the span's gain. A wide
+  window keeps checkpoint noise from counting as a rise, and looking for the steepest span
+  separates an induction-head jump from a slow earlier climb. ``onset``/``completion`` are
+  the first checkpoints at 10% / 90% of the whole rise; ``sharpness`` is the span's gain per
+  decade.
 * **peak**: the maximum, and its step.
 * **transience**: after the peak the curve loses at least ``min_drop`` (absolute) and at
   least a quarter of its rise, while the training loss at the end is below the training
@@ -15,7 +19,6 @@ Detection on a curve ``value(step)`` (e.g. ICL accuracy):
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pandas as pd
@@ -55,6 +58,7 @@ def detect_transition(
     name: str = "curve",
     min_rise: float = 0.2,
     min_drop: float = 0.1,
+    window: float = 0.25,
 ) -> Transition:
     """Emergence, peak and transience of ``curve`` (indexed by step).
 
@@ -64,6 +68,7 @@ def detect_transition(
         name: label used in :meth:`Transition.describe`.
         min_rise: smallest rise (initial -> peak) that counts as emergence.
         min_drop: smallest post-peak fall that counts as transience.
+        window: width in decades of log-step of the span searched for the abrupt rise.
     """
     curve = curve.sort_index().astype(float)
     if curve.empty:
@@ -81,12 +86,8 @@ def detect_transition(
         return int(steps[hit[0]]) if len(hit) else None
 
     onset = first_crossing(0.1) if emerged else None
-    mid = first_crossing(0.5) if emerged else None
     done = first_crossing(0.9) if emerged else None
-    sharp = None
-    if emerged and onset is not None and done is not None:
-        span = math.log10(max(done, 1)) - math.log10(max(onset, 1))
-        sharp = rise / max(span, 1e-3)
+    mid, sharp = _steepest_span(steps[: i_peak + 1], vals[: i_peak + 1], window) if emerged else (None, None)
     drop = peak - final
     loss_falls = True
     if train_loss is not None and not train_loss.empty:
@@ -95,6 +96,21 @@ def detect_transition(
         loss_falls = float(tl.iloc[-1]) < at_peak
     transient = emerged and drop >= max(min_drop, 0.25 * rise) and loss_falls
     return Transition(name, initial, peak, peak_step, final, emerged, mid, onset, done, sharp, transient, drop)
+
+
+def _steepest_span(steps: np.ndarray, vals: np.ndarray, window: float) -> tuple[int, float]:
+    """Midpoint step and gain per decade of the ``window``-decade span that gains most."""
+    logs = np.log10(steps.astype(float) + 1.0)
+    best_i, best_j, best_gain = 0, len(vals) - 1, -np.inf
+    for i in range(len(vals)):
+        j = min(max(int(np.searchsorted(logs, logs[i] + window, side="right")) - 1, i + 1), len(vals) - 1)
+        gain = vals[i : j + 1].max() - vals[i]
+        if gain > best_gain:
+            best_i, best_j, best_gain = i, j, gain
+    target = vals[best_i] + 0.5 * best_gain
+    k = best_i + int(np.argmax(vals[best_i : best_j + 1] >= target))
+    span = max(logs[best_j] - logs[best_i], window)
+    return int(steps[k]), float(best_gain / span)
 
 
 def competition_table(df: pd.DataFrame, icl_split: str, iwl_split: str, ciwl_split: str | None = None) -> pd.DataFrame:

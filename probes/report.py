@@ -15,6 +15,8 @@ from probes import figures
 from probes.competition import competition_table, summarize
 from probes.over_training import analyze_run
 
+#: Bump when the report's derived content changes (its folder name carries it).
+REPORT_VERSION = 2
 TABLE = "probes.csv"
 COMPETITION = "competition.csv"
 SUMMARY = "summary.txt"
@@ -48,7 +50,8 @@ def write_report(run: Path | str, progress: bool = True, **kwargs) -> Path:
 
     # One report folder per (last step, analysis parameters), written under a temporary
     # name and renamed when complete: reports are never overwritten or half-written.
-    out = run / layout.ANALYSIS / f"report-{layout.step_dirname(int(table.index[-1]))}-{df.attrs['params'].key()}"
+    key = f"r{REPORT_VERSION}-{df.attrs['params'].key()}"
+    out = run / layout.ANALYSIS / f"report-{layout.step_dirname(int(table.index[-1]))}-{key}"
     if (out / SUMMARY).exists():
         return out
     final_out = out

@@ -91,7 +91,8 @@ def test_detect_transition_on_synthetic_curves():
     steps = [0, 10, 100, 200, 300, 400, 1000, 2000, 3000]
     rise = pd.Series([0.05, 0.05, 0.06, 0.2, 0.5, 0.9, 0.92, 0.93, 0.93], index=steps)
     tr = detect_transition(rise, name="ICL")
-    assert tr.emerged and tr.emergence_step == 300 and tr.onset_step == 200 and tr.completion_step == 400
+    # the steepest quarter-decade is 300 -> 400 (0.5 -> 0.9): half of it is covered at 400
+    assert tr.emerged and tr.emergence_step == 400 and tr.onset_step == 200 and tr.completion_step == 400
     assert not tr.transient
     fade = pd.Series([0.05, 0.1, 0.5, 0.9, 0.9, 0.6, 0.4, 0.3, 0.2], index=steps)
     loss = pd.Series([3, 2.5, 2, 1.5, 1.2, 1.0, 0.8, 0.7, 0.6], index=steps)
@@ -100,3 +101,19 @@ def test_detect_transition_on_synthetic_curves():
     flat_loss = pd.Series([3, 2.5, 2, 1.5, 1.0, 1.2, 1.3, 1.4, 1.5], index=steps)
     assert not detect_transition(fade, flat_loss).transient, "loss must keep falling"
     assert not detect_transition(pd.Series([0.1] * 9, index=steps)).emerged
+
+
+def test_emergence_finds_the_abrupt_rise_not_the_slow_climb():
+    import numpy as np
+
+    from icl_circuits.training.schedule import checkpoint_steps
+
+    steps = np.array(checkpoint_steps(4000, 60))
+    x = np.log10(steps + 1.0)
+    slow = 0.45 / (1 + np.exp(-(x - 1.5) * 3))  # a gentle climb to 0.45 around step 30
+    jump = 0.5 / (1 + np.exp(-(x - np.log10(500)) * 25))  # an abrupt rise at step 500
+    rng = np.random.default_rng(0)
+    curve = pd.Series(0.03 + slow + jump + rng.normal(0, 0.01, len(steps)), index=steps)
+    tr = detect_transition(curve, name="ICL")
+    near = steps[np.argmin(np.abs(steps - 500))]
+    assert abs(list(steps).index(tr.emergence_step) - list(steps).index(near)) <= 2, tr

@@ -217,27 +217,25 @@ def load_checkpoint(run: Path, step: int) -> dict[str, Any]:
         raise CheckpointError(msg + hint) from None
 
 
-def nearest_good_checkpoint(run: Path, step: int) -> int | None:
-    """The verified checkpoint closest to ``step`` (earlier preferred on ties), or None."""
-    others = sorted((s for s in list_checkpoints(run) if s != step), key=lambda s: (abs(s - step), s))
-    for s in others:
+def _first_good(run: Path, steps: list[int]) -> int | None:
+    for s in steps:
         try:
             verify_checkpoint(run, s)
             return s
         except CheckpointError:
             continue
     return None
+
+
+def nearest_good_checkpoint(run: Path, step: int) -> int | None:
+    """The verified checkpoint closest to ``step`` (earlier preferred on ties), or None."""
+    others = sorted((s for s in list_checkpoints(run) if s != step), key=lambda s: (abs(s - step), s))
+    return _first_good(run, others)
 
 
 def latest_good_checkpoint(run: Path) -> int | None:
     """The newest checkpoint that passes its checksums, or None."""
-    for s in reversed(list_checkpoints(run)):
-        try:
-            verify_checkpoint(run, s)
-            return s
-        except CheckpointError:
-            continue
-    return None
+    return _first_good(run, list(reversed(list_checkpoints(run))))
 
 
 # ---------------------------------------------------------------------------- optimiser state
