@@ -150,7 +150,13 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         raise ICLError("sweep: give a SPEC file (TOML or JSON), a sweep folder, or --base PRESET with KEY=VALUES axes")
     backend = make_backend(args.backend, args.workers, args.address, args.max_retries, args.gpus_per_run)
     result = run_sweep(
-        spec, out, backend=backend, probes=args.probes, progress=not args.no_progress, log=lambda line: print(line)
+        spec,
+        out,
+        backend=backend,
+        probes=args.probes,
+        probe_eval_size=args.probe_eval_size,
+        progress=not args.no_progress,
+        log=print,
     )
     counts = ", ".join(f"{n} {s}" for s, n in result.counts().items() if n)
     print(f"sweep folder: {result.out} ({SPEC}, {INDEX}: {counts})")
@@ -218,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "axes",
         nargs="*",
-        help="with --base: grid axes, e.g. 'data.K=[32,1024]' 'seed=range(3)' '[2**i for i in range(5,8)]'",
+        help="with --base: grid axes, e.g. 'data.K=[32,1024]' 'seed=range(3)' 'data.K=[2**i for i in range(5,8)]'",
     )
     p.add_argument("--base", help="preset every point starts from (instead of a SPEC file)")
     p.add_argument(
@@ -231,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-retries", type=int, default=2, help="retries of a run whose worker died (default 2)")
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: GPUs each run reserves (e.g. 0.25)")
     p.add_argument("--probes", action="store_true", help="also run the probe suite on each run; adds rows to results")
+    p.add_argument("--probe-eval-size", type=int, default=512, help="sequences per split for --probes (default 512)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sweep)
     return parser

@@ -1,0 +1,323 @@
+"""Run, resume and aggregate a sweep: a grid of ordinary run folders under one sweep folder.
+
+::
+
+    SWEEP/
+      sweep.json         the spec (base, overrides, grid), written once
+      index.csv          one row per grid point: point, axis values, status, last step, error
+      results.csv        tidy table of every run's metrics (and probe rows with --probes)
+      phase_<split>.png  final accuracy over the first two non-seed axes, averaged over seeds
+      runs/
+        data.K=32,data.B=0,seed=0/   an ordinary run folder (icl-circuits show / analyze work)
+        ...
+
+Rerunning a sweep skips finished runs (their final checkpoint exists), resumes interrupted
+ones from their last checkpoint and retries failed ones; run folders are only ever written
+by ``train`` itself. The derived tables are rewritten atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from icl_circuits.errors import ICLError, RunFolderError
+from icl_circuits.runs import layout
+from icl_circuits.runs.read import load_config, read_metrics
+from icl_circuits.runs.store import list_checkpoints, read_json, write_new_file
+from icl_circuits.sweeps.backends import Job, LocalBackend, Outcome
+from icl_circuits.sweeps.spec import Point, SweepSpec, build_points
+
+SPEC = "sweep.json"
+INDEX = "index.csv"
+RESULTS = "results.csv"
+RUNS = "runs"
+PHASE = "phase_{split}.png"
+
+#: Columns of results.csv after the axis columns. ``kind`` is ``metrics`` (the checkpoints'
+#: evaluations and training loss; ``layer``/``head`` empty) or ``probes`` (the clean rows of
+#: ``analyze_run``: split metrics and per-head scores).
+RESULT_COLUMNS = ["kind", "step", "split", "metric", "layer", "head", "value"]
+STATUSES = ("pending", "partial", "done", "failed")
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What :func:`run_sweep` did: the folder, every point's status, errors and the results table."""
+
+    out: Path
+    points: list[Point]
+    status: dict[str, str]
+    errors: dict[str, str]
+    results: pd.DataFrame
+    figures: list[Path] = dataclasses.field(default_factory=list)
+    trained: int = 0
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {p: e for p, e in self.errors.items() if self.status.get(p) == "failed"}
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(v == s for v in self.status.values()) for s in STATUSES}
+
+
+def run_path(out: Path | str, point: Point | str) -> Path:
+    return Path(out) / RUNS / (point.name if isinstance(point, Point) else point)
+
+
+def point_status(point: Point, run: Path) -> tuple[str, int | None]:
+    """``done`` (final checkpoint present), ``partial`` (some checkpoints) or ``pending``; last step."""
+    steps = list_checkpoints(run)
+    if not steps:
+        return "pending", None
+    return ("done" if point.config.train.steps in steps else "partial"), steps[-1]
+
+
+def load_sweep_spec(out: Path | str) -> SweepSpec:
+    """The spec stored in a sweep folder."""
+    path = Path(out) / SPEC
+    if not path.exists():
+        raise RunFolderError(f"{out}: not a sweep folder (no {SPEC})")
+    return SweepSpec.from_dict(read_json(path), where=str(path))
+
+
+def prepare_sweep(spec: SweepSpec, out: Path | str) -> list[Point]:
+    """Build every point's config, check the folder against them, then write ``sweep.json`` once.
+
+    Nothing is written before every config is valid and every existing run folder holds
+    its point's config.
+    """
+    out = Path(out)
+    points = build_points(spec)
+    path = out / SPEC
+    if path.exists():
+        stored = load_sweep_spec(out)
+        if stored.to_dict() != spec.to_dict():
+            raise RunFolderError(
+                f"{path}: this sweep folder holds a different spec ({_difference(stored.to_dict(), spec.to_dict())}); "
+                "rerun with the same spec, or choose another --out"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise RunFolderError(f"{out}: exists, is not empty and has no {SPEC}; not a sweep folder")
+    for point in points:
+        run = run_path(out, point)
+        if (run / layout.CONFIG).exists() and load_config(run) != point.config:
+            raise RunFolderError(
+                f"{run}: holds a different config than the spec gives this point; move it aside or choose another --out"
+            )
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        write_new_file(path, (json.dumps(spec.to_dict(), indent=2) + "\n").encode())
+    return points
+
+
+def _difference(a: dict, b: dict) -> str:
+    for key in [*a, *(k for k in b if k not in a)]:
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict) and va != vb:
+            inner = _difference(va, vb)
+            return f"{key}.{inner}" if not inner.startswith("stored") else f"{key}: {inner}"
+        if va != vb:
+            return f"{key}: stored {va!r}, given {vb!r}"
+    return "no difference"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{layout.TMP_PREFIX}{path.name}-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _csv(df: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    return buf.getvalue()
+
+
+def _cell(v):
+    """Axis values in tables: scalars as they are, lists as JSON."""
+    return json.dumps(v) if isinstance(v, list) else v
+
+
+def write_index(out: Path, points: list[Point], status: dict[str, str], errors: dict[str, str]) -> pd.DataFrame:
+    rows = []
+    for point in points:
+        _, last = point_status(point, run_path(out, point))
+        rows.append(
+            {
+                "point": point.name,
+                **{k: _cell(v) for k, v in point.values.items()},
+                "status": status[point.name],
+                "last_step": last,
+                "steps": point.config.train.steps,
+                "error": errors.get(point.name, ""),
+            }
+        )
+    df = pd.DataFrame(rows)
+    df["last_step"] = df["last_step"].astype("Int64")
+    _write_atomic(out / INDEX, _csv(df))
+    return df
+
+
+def aggregate(
+    out: Path | str, points: list[Point] | None = None, probes: bool = False, probe_eval_size: int = 512
+) -> pd.DataFrame:
+    """Build (and write atomically) ``results.csv`` from every run folder of the sweep.
+
+    Columns: ``point``, one per axis, then ``kind, step, split, metric, layer, head, value``.
+    Runs without checkpoints are left out; unfinished runs contribute the steps they have.
+    With ``probes``, every finished run's probe table (``analyze_run``; cached in the run
+    folder after the first time) adds its clean rows as ``kind = probes``.
+    """
+    out = Path(out)
+    if points is None:
+        points = build_points(load_sweep_spec(out))
+    axes = list(points[0].values) if points else []
+    frames = []
+    for point in points:
+        run = run_path(out, point)
+        metrics = read_metrics(run)
+        if metrics.empty:
+            continue
+        df = metrics.assign(kind="metrics", layer=pd.NA, head=pd.NA)
+        parts = [df]
+        if probes and point.config.train.steps in list_checkpoints(run):
+            from probes.over_training import analyze_run
+
+            table = analyze_run(run, eval_size=probe_eval_size, progress=False)
+            clean = table[table["condition"] == "clean"].drop(columns="condition").assign(kind="probes")
+            parts.append(clean)
+        df = pd.concat([p[RESULT_COLUMNS] for p in parts], ignore_index=True)
+        df.insert(0, "point", point.name)
+        for i, (k, v) in enumerate(point.values.items()):
+            df.insert(1 + i, k, [_cell(v)] * len(df))
+        frames.append(df)
+    columns = ["point", *axes, *RESULT_COLUMNS]
+    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    results["layer"] = results["layer"].astype("Int64")
+    results["head"] = results["head"].astype("Int64")
+    results = results[columns]
+    _write_atomic(out / RESULTS, _csv(results))
+    return results
+
+
+def read_results(out: Path | str) -> pd.DataFrame:
+    """``SWEEP/results.csv`` as a DataFrame."""
+    path = Path(out) / RESULTS
+    if not path.exists():
+        raise RunFolderError(f"{path}: missing (run the sweep first)")
+    df = pd.read_csv(path)
+    for col in ("layer", "head"):
+        if col in df:
+            df[col] = df[col].astype("Int64")
+    return df
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: Path | str,
+    backend=None,
+    probes: bool = False,
+    probe_eval_size: int = 512,
+    progress: bool = True,
+    figures: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> SweepResult:
+    """Run (or resume) every point of ``spec`` into ``out/runs/`` and aggregate the results.
+
+    Args:
+        spec: the sweep spec (:func:`icl_circuits.sweeps.load_spec` or ``SweepSpec(...)``).
+        out: the sweep folder (created; a rerun with the same spec resumes it).
+        backend: a :class:`~icl_circuits.sweeps.backends.LocalBackend` (default) or
+            :class:`~icl_circuits.sweeps.backends.RayBackend`.
+        probes: also run the probe suite on every finished run and add its clean rows.
+        probe_eval_size: sequences per split for the probes (``icl-circuits analyze --eval-size``).
+        progress: tqdm bar over runs (done / total, with an ETA).
+        figures: write ``phase_<split>.png`` for the first two non-seed axes.
+        log: where one-line notes go (default: nowhere).
+
+    Returns:
+        A :class:`SweepResult`. Failed points are listed there (and in ``index.csv``), not
+        raised: the other points still run and a rerun retries only what is not done.
+    """
+    out = Path(out).resolve()
+    if probe_eval_size < 1:
+        raise ICLError(f"--probe-eval-size: expected a positive number of sequences, got {probe_eval_size}")
+    backend = backend or LocalBackend()
+    points = prepare_sweep(spec, out)
+    status: dict[str, str] = {}
+    for point in points:
+        status[point.name], _ = point_status(point, run_path(out, point))
+    errors: dict[str, str] = {}
+    write_index(out, points, status, errors)
+    n_done = sum(s == "done" for s in status.values())
+    # With probes, finished runs go to the workers too: they only analyse (train is skipped).
+    todo = [p for p in points if status[p.name] != "done" or probes]
+    by_name = {p.name: p for p in points}
+    if log:
+        what = f"{len(points) - n_done} to train" + (f", {len(points)} to analyse" if probes else "")
+        log(f"sweep: {len(points)} runs, {n_done} already done, {what} on {backend.describe()}")
+    bar = tqdm(
+        total=len(points),
+        initial=len(points) - len(todo),
+        desc="sweep",
+        unit="run",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+
+    def on_done(outcome: Outcome) -> None:
+        point = by_name[outcome.point]
+        state, _ = point_status(point, run_path(out, point))
+        if outcome.ok and state != "done":
+            outcome = dataclasses.replace(
+                outcome,
+                ok=False,
+                error=f"the worker finished but {run_path(out, point)} has no final checkpoint here "
+                "(with a Ray cluster, the sweep folder must be on a filesystem shared by all nodes)",
+            )
+        status[point.name] = "done" if outcome.ok else "failed"
+        if outcome.error:
+            errors[point.name] = outcome.error
+        write_index(out, points, status, errors)
+        bar.update(1)
+        n_failed = sum(s == "failed" for s in status.values())
+        if n_failed:
+            bar.set_postfix(failed=n_failed, refresh=False)
+
+    jobs = [
+        Job(p.name, json.dumps(p.config.to_dict()), str(run_path(out, p)), probes, probe_eval_size)
+        for p in sorted(todo, key=lambda p: status[p.name] != "partial")  # interrupted runs first
+    ]
+    try:
+        backend.run(jobs, on_done)
+    finally:
+        bar.close()
+    results = aggregate(out, points, probes=probes, probe_eval_size=probe_eval_size)
+    figs: list[Path] = []
+    if figures and not results.empty:
+        from icl_circuits.sweeps.phase import write_phase_diagrams
+
+        figs = write_phase_diagrams(out, results, points)
+    return SweepResult(out, points, status, errors, results, figs, trained=len(points) - n_done)
+
+
+def check_ok(result: SweepResult) -> None:
+    """Raise a one-line ICLError if any point failed (after everything else was written)."""
+    failed = result.failed
+    if failed:
+        name, err = next(iter(failed.items()))
+        raise ICLError(
+            f"sweep: {len(failed)} of {len(result.points)} runs failed (first: {name}: {err}); "
+            f"see {result.out / INDEX}; rerun the same command to retry them"
+        )
