@@ -1,11 +1,10 @@
 """Attention patterns with readable token labels: circuitsvis HTML (offline-safe) and matplotlib.
 
 circuitsvis renders each visualisation twice: ``RenderedHTML.local_src`` inlines its whole
-JavaScript bundle, ``cdn_src`` imports it from unpkg.com. Jupyter's display and ``str()`` pick
-the CDN version whenever a network is reachable, which renders blank when the notebook or
-file is opened offline later. Every function here therefore returns a ``RenderedHTML`` whose
-two sources are both the inlined version (the bundle included once, however many panels),
-and :func:`save_html` / :func:`show` only ever emit that.
+JavaScript bundle, ``cdn_src`` imports it from unpkg.com, and Jupyter's display and ``str()``
+pick the CDN one whenever a network is reachable: blank when opened offline later. Every
+render here has the inlined version as both sources (the bundle once, however many panels);
+:func:`save_html` and :func:`show` only ever emit that.
 
 Patterns are ``[batch, head_index, query_pos, key_pos]`` per layer, as in
 ``blocks.{l}.attn.hook_pattern``; the token layout is ``x_1 y_1 ... x_N y_N x_query``.
@@ -15,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from circuitsvis.utils.render import RenderedHTML  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from icl_circuits.data.batch import Batch  # noqa: E402
+from icl_circuits.runs.read import load_model  # noqa: E402
 from probes.scores import pattern_scores  # noqa: E402
 
 #: How circuitsvis lays out ``local_src``: a div, then one module script holding the bundle
@@ -65,8 +66,6 @@ def _cv_tokens(tokens: list[str]) -> list[str]:
 def _as_model(model, step: int | None):
     """A bridge as given, or checkpoint ``step`` (default: latest) of a run folder."""
     if isinstance(model, str | Path):
-        from icl_circuits.runs.read import load_model
-
         return load_model(Path(model), step)
     return model
 
@@ -102,32 +101,61 @@ def _select(patterns: Tensor, layer: int | None, head: int | None) -> tuple[Tens
     return torch.stack([patterns[lay, h] for lay, h in pairs]), [f"L{lay}H{h}" for lay, h in pairs]
 
 
-def _offline(local_src: str) -> RenderedHTML:
-    """A RenderedHTML that shows ``local_src`` however it is displayed (no CDN fallback)."""
-    return RenderedHTML(local_src, local_src)
+Panel = tuple[str, RenderedHTML]
 
 
-def combine(panels: Sequence[tuple[str, RenderedHTML]], columns: bool = True) -> RenderedHTML:
-    """Several circuitsvis renders with titles in one fragment that loads the bundle once.
+def _rows(item: Panel | RenderedHTML) -> list[list[Panel]]:
+    """Rows of raw circuitsvis panels that ``item`` was built from (one panel if it is raw)."""
+    if isinstance(item, RenderedHTML):
+        return getattr(item, "rows", None) or [[("", item)]]
+    return [[item]]
 
-    Args:
-        panels: ``(title, rendered)`` pairs, in display order.
-        columns: lay the panels out side by side (wrapping) rather than one under another.
+
+def _build(rows: list[list[Panel]]) -> RenderedHTML:
+    """One fragment: a grid per row of titled panels, then one script with the bundle once.
+
+    Both sources of the result are the inlined version, so it never reaches for the network
+    however it is displayed; its ``rows`` let :func:`combine` / :func:`stack` reuse it.
     """
-    divs, calls, bundle = [], [], None
-    for title, rendered in panels:
-        m = _LOCAL.match(rendered.local_src)
-        if m is None:  # an unknown circuitsvis layout: keep each panel whole (correct, bigger)
-            divs.append(f"<div><h3>{html.escape(title)}</h3>{rendered.local_src}</div>")
-            continue
-        bundle = bundle or re.sub(r"//# sourceMappingURL=\S+", "", m["js"])
-        divs.append(f'<div style="min-width: 0;"><h3>{html.escape(title)}</h3><div id="{m["id"]}"></div></div>')
-        calls.append(f"CircuitsVis.render({m['call']});")
-    layout = "display: grid; grid-template-columns: repeat(auto-fit, minmax(280px, 1fr)); gap: 12px;" if columns else ""
-    out = f'<div style="font-family: sans-serif; {layout}">\n' + "\n".join(divs) + "\n</div>\n"
+    grid = "display: grid; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr)); gap: 16px;"
+    sections, calls, bundle = [], [], None
+    for row in rows:
+        divs = []
+        for title, rendered in row:
+            heading = f"<h3>{html.escape(title)}</h3>" if title else ""
+            m = _LOCAL.match(rendered.local_src)
+            if m is None:  # an unknown circuitsvis layout: keep the panel whole (correct, bigger)
+                divs.append(f"<div>{heading}{rendered.local_src}</div>")
+                continue
+            bundle = bundle or re.sub(r"//# sourceMappingURL=\S+", "", m["js"])
+            uid = f"icl-attn-{uuid.uuid4().hex[:12]}"  # fresh: a page may show the same panel twice
+            cell = "min-width: 0; padding: 0 6px; overflow: hidden;"
+            divs.append(f'<div style="{cell}">{heading}<div id="{uid}"></div></div>')
+            calls.append(f"CircuitsVis.render({m['call'].replace(m['id'], uid, 1)});")
+        sections.append(f'<div style="{grid}">\n' + "\n".join(divs) + "\n</div>")
+    out = '<div style="font-family: sans-serif;">\n' + "\n".join(sections) + "\n</div>\n"
     if calls:
         out += '<script crossorigin type="module">\n' + bundle + "\n" + "\n".join(calls) + "\n</script>\n"
-    return _offline(out)
+    rendered = RenderedHTML(out, out)
+    rendered.rows = rows
+    return rendered
+
+
+def combine(panels: Sequence[Panel | RenderedHTML], columns: bool = True) -> RenderedHTML:
+    """Several circuitsvis renders in one fragment that loads the bundle once.
+
+    Args:
+        panels: ``(title, rendered)`` pairs of circuitsvis renders, or renders of this module
+            (which keep their own titles), in display order.
+        columns: side by side in one wrapping grid, rather than one under another.
+    """
+    flat = [panel for item in panels for row in _rows(item) for panel in row]
+    return _build([flat] if columns else [[panel] for panel in flat])
+
+
+def stack(renders: Sequence[Panel | RenderedHTML]) -> RenderedHTML:
+    """Renders one under another, each keeping its own layout; the bundle still loads once."""
+    return _build([row for item in renders for row in _rows(item)])
 
 
 def attention_html(
@@ -157,15 +185,13 @@ def attention_html(
             attention=patterns, tokens=tokens, attention_head_names=names, mask_upper_tri=True
         )
     title = ", ".join(names) if len(names) == 1 else f"{len(names)} heads"
-    return combine([(title if step is None else f"step {step}: {title}", rendered)], columns=False)
+    return _build([[(title if step is None else f"step {step}: {title}", rendered)]])
 
 
 def heads_across_checkpoints_html(
     run: Path | str, steps: Sequence[int], layer: int, head: int, batch: Batch, index: int = 0
 ) -> RenderedHTML:
     """One head on the same sequence at several checkpoints, side by side."""
-    from icl_circuits.runs.read import load_model
-
     one = batch[index : index + 1]
     tokens = _cv_tokens(token_labels(one))
     panels = []
@@ -173,15 +199,24 @@ def heads_across_checkpoints_html(
         pattern = attention_patterns(load_model(Path(run), step), one)[layer, 0, head]  # [query_pos, key_pos]
         rendered = cv.attention.attention_pattern(tokens=tokens, attention=pattern, mask_upper_tri=True)
         panels.append((f"L{layer}H{head} at step {step}", rendered))
-    return combine(panels)
+    return _build([panels])
 
 
-def save_html(rendered: RenderedHTML | str, path: Path | str, title: str = "icl-circuits attention") -> Path:
+def save_html(
+    rendered: RenderedHTML | Sequence[RenderedHTML] | str, path: Path | str, title: str = "icl-circuits attention"
+) -> Path:
     """Write a standalone HTML file that needs no network (the bundle is inlined).
+
+    Args:
+        rendered: a render, several (stacked one under another, see :func:`stack`), or HTML.
+        path: the file to write.
+        title: the page title.
 
     Raises:
         ValueError: the HTML refers to a CDN (never the case for this module's renders).
     """
+    if not isinstance(rendered, str | RenderedHTML):
+        rendered = stack(rendered)
     body = rendered if isinstance(rendered, str) else rendered.local_src
     bad = [m for m in _CDN_MARKERS if m in body]
     if bad:
@@ -258,8 +293,6 @@ def head_over_checkpoints_figure(
     run: Path | str, steps: Sequence[int], layer: int, head: int, batch: Batch, index: int = 0
 ):
     """One head on the same sequence at several checkpoints, side by side."""
-    from icl_circuits.runs.read import load_model
-
     one = batch[index : index + 1]
     tokens = token_labels(one)
     n = one.seq_len
