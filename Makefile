@@ -19,15 +19,15 @@ demo: $(STAMP)
 	$(BIN)/icl-circuits train demo --out checkpoints/demo --analyze
 
 test: $(STAMP)
-	$(BIN)/ruff check icl_circuits probes tests benchmarks
+	$(BIN)/ruff check icl_circuits probes tests benchmarks scripts
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check icl_circuits probes tests benchmarks
-	$(BIN)/ruff format --check icl_circuits probes tests benchmarks
+	$(BIN)/ruff check icl_circuits probes tests benchmarks scripts
+	$(BIN)/ruff format --check icl_circuits probes tests benchmarks scripts
 
 format: $(STAMP)
 	$(BIN)/ruff format icl_circuits probes tests benchmarks
