@@ -191,11 +191,26 @@ def subcircuit_effects(
         for metric, value in query_metrics(query_logits(model, batch.tokens()), batch, n_labels).items():
             rows.append({"condition": condition, "split": split, "metric": metric, "value": value})
 
-    for split, batch in eval_batches.items():
-        record("clean", split, batch)
+    splits = list(eval_batches)
+    every = Batch.cat([eval_batches[s] for s in splits]) if splits else None
+    bounds = torch.tensor([0] + [len(eval_batches[s]) for s in splits]).cumsum(0).tolist()
+
+    def record_all(condition: str) -> None:
+        # One forward over every split at once: the per-forward hook overhead dominates.
+        logits = query_logits(model, every.tokens())
+        for i, split in enumerate(splits):
+            batch = eval_batches[split]
+            for metric, value in query_metrics(logits[bounds[i] : bounds[i + 1]], batch, n_labels).items():
+                rows.append({"condition": condition, "split": split, "metric": metric, "value": value})
+
+    record_all("clean")
     for sub in subcircuits:
+        if reference is not None:
+            # One reference pass per subcircuit serves every split.
+            with ablate_subcircuit(model, sub, method, reference, seed):
+                record_all(sub.name)
+            continue
         for split, batch in eval_batches.items():
-            ref = batch if reference is None else reference
-            with ablate_subcircuit(model, sub, method, ref, seed):
+            with ablate_subcircuit(model, sub, method, batch, seed):
                 record(sub.name, split, batch)
     return pd.DataFrame(rows, columns=["condition", "split", "metric", "value"])

@@ -104,3 +104,13 @@ def test_tl_patching_runs_on_trained_model(tiny_run):
     out = patching.get_act_patch_attn_head_out_all_pos(model, corrupt.tokens(), clean_cache, metric)
     assert out.shape == (2, 2)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, {"readout": "mlp", "readout_hidden": (8,)}, {"attn_only": False, "positional": "rotary"}]
+)
+def test_query_only_fast_path_matches_full_forward(kw):
+    native = _model(**kw)
+    tokens = BATCH.tokens()
+    full = native(input_ids=tokens)[:, -1]
+    torch.testing.assert_close(query_logits(native, tokens), full, atol=1e-6, rtol=1e-6)
