@@ -60,8 +60,8 @@ def write_new_file(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def append_line(path: Path, line: str) -> None:
-    """Append one line, fsynced; a torn last line from a crash is repaired first."""
+def append_lines(path: Path, lines: list[str]) -> None:
+    """Append lines with one fsync; a torn last line from a crash is repaired first."""
     path = Path(path)
     try:
         if path.exists() and path.stat().st_size:
@@ -71,7 +71,7 @@ def append_line(path: Path, line: str) -> None:
                     data = path.read_bytes()
                     f.truncate(data.rfind(b"\n") + 1)
         with open(path, "ab") as f:
-            f.write(line.encode() + b"\n")
+            f.write("".join(line + "\n" for line in lines).encode())
             f.flush()
             os.fsync(f.fileno())
     except OSError as err:

@@ -25,7 +25,7 @@ from icl_circuits.models.build import build_native, query_logits
 from icl_circuits.runs import layout
 from icl_circuits.runs.read import config_json, load_config, model_shape
 from icl_circuits.runs.store import (
-    append_line,
+    append_lines,
     flatten_optimizer,
     latest_good_checkpoint,
     list_checkpoints,
@@ -148,7 +148,7 @@ def train(cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: in
             with torch.no_grad():
                 b0 = source.train_batch(0, tc.batch_size)
                 loss0 = F.cross_entropy(query_logits(model, b0.tokens()), b0.target).item()
-            _checkpoint(run, 0, model, optimizer, evals, source.n_labels, loss0, device)
+            _checkpoint(run, 0, model, optimizer.state_dict(), evals, source.n_labels, loss0, device)
             start = 0
         else:
             ckpt = load_checkpoint(run, start)
@@ -182,7 +182,9 @@ def train(cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: in
                 if marks and done == marks[0]:
                     marks.pop(0)
                     train_loss = (loss_sum / n_since).item()
-                    rows = _checkpoint(run, done, model, optimizer, evals, source.n_labels, train_loss, device)
+                    rows = _checkpoint(
+                        run, done, model, optimizer.state_dict(), evals, source.n_labels, train_loss, device
+                    )
                     last_metrics = _headline(rows, source)
                     loss_sum.zero_()
                     n_since = 0
@@ -211,13 +213,17 @@ def _latest_headline(run: Path, source) -> dict[str, str]:
     return _headline(load_checkpoint(run, step)["state"].get("metrics", []), source)
 
 
-def _checkpoint(run, step, model, optimizer, evals, n_labels, train_loss, device) -> list[dict]:
+def _checkpoint(run, step, model, optim_state, evals, n_labels, train_loss, device) -> list[dict]:
+    """Evaluate ``model``, save it with ``optim_state`` (an optimiser ``state_dict()``), log metrics.
+
+    Takes the optimiser's state dict rather than the optimiser so that the vectorised-seed
+    trainer (``ensemble.py``) can save each seed's slice of a stacked optimiser.
+    """
     rows = [{"split": "train", "metric": "loss", "value": train_loss}]
     rows += evaluate(model, evals, n_labels)
-    optim_tensors, optim_meta = flatten_optimizer(optimizer.state_dict())
+    optim_tensors, optim_meta = flatten_optimizer(optim_state)
     rng = {"cpu": torch.get_rng_state()}
     state = {"step": step, "optim": optim_meta, "metrics": rows, "device": str(device)}
     save_checkpoint(run, step, model.state_dict(), optim_tensors, rng, state)
-    for row in rows:
-        append_line(run / layout.METRICS, json.dumps({"step": step, **row}))
+    append_lines(run / layout.METRICS, [json.dumps({"step": step, **row}) for row in rows])
     return rows

@@ -1,0 +1,65 @@
+"""The benchmark script's pieces, run minimally so that ``benchmarks/run.py`` cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from icl_circuits.config import apply_overrides
+from icl_circuits.data import build_source
+from icl_circuits.models.build import query_logits
+from icl_circuits.presets import chan2024_stylized, demo, nguyen_reddy2024
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_run", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.mark.parametrize("preset", [demo, chan2024_stylized])
+def test_hand_written_model_computes_the_native_function(bench, preset):
+    cfg = apply_overrides(preset(), ["train.batch_size=8"])
+    assert bench.check_hand_model(cfg) < 1e-4
+    lp = bench.loops(cfg, 1)
+    tok, _ = lp["native_in"][0]
+    with torch.no_grad():
+        assert torch.allclose(bench.full_sequence_logits(lp["native"], tok), query_logits(lp["native"], tok), atol=1e-5)
+
+
+def test_bare_loop_and_reference_model_run(bench):
+    cfg = apply_overrides(demo(), ["train.batch_size=4"])
+    lp = bench.loops(cfg, 2)
+    hand = lp["hand"]
+    t = bench.bare_loop(
+        lambda ex, lab, y: torch.nn.functional.cross_entropy(hand(ex, lab), y), hand.parameters(), cfg, lp["hand_in"]
+    )
+    assert t > 0
+    nr = apply_overrides(nguyen_reddy2024(), ["data.N=6"])
+    tok, y = bench.nr_tokens(build_source(nr.data, 0).train_batch(0, 4))
+    assert tok.shape == (4, 7, nr.data.D + 2) and set(y.tolist()) <= {-1.0, 1.0}
+    assert (tok[:, -1, -2:] == 0).all(), "query label zeroed"
+    ref = bench.NguyenReddyRef(nr.data.D + 2)
+    (-torch.nn.functional.logsigmoid(y * ref(tok)).mean()).backward()
+
+
+def test_loop_timers_and_helpers(bench, tmp_path):
+    cfg = tiny_config()
+    assert bench.train_step_time(cfg, 3, tmp_path / "one") > 0
+    assert bench.ensemble_step_time(cfg, [1, 2], 2, tmp_path / "two") > 0
+    assert bench.fsync_calls(lambda: None) == (0, 0.0)
+    assert bench._loglog_slope([(1, 2.0), (2, 4.0), (4, 8.0)]) == pytest.approx(1.0)
+    assert bench.peak_rss_mib("x = bytearray(50 * 2**20)") > 50
+    goals = [bench.Goal("g", "1x", False, "because"), bench.Goal("h", "2x", True)]
+    text = bench.report(goals, ["## s"], ["# t"])
+    assert "**missed**" in text and "because" in text and text.index("Summary") < text.index("## s")
