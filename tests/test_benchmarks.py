@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import types
 
 import pytest
 import torch
@@ -18,13 +16,13 @@ from tests.conftest import tiny_config
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_run", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    """Every benchmark module's names in one namespace."""
+    from benchmarks import common, handmade, memory, run, scaling, training
+
+    names: dict = {}
+    for module in (common, handmade, training, scaling, memory, run):
+        names.update(vars(module))
+    return types.SimpleNamespace(**names)
 
 
 @pytest.mark.parametrize("preset", [demo, chan2024_stylized])
