@@ -308,11 +308,9 @@ def bench_overheads(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], l
         if ck_share > 0.10:
             ck_why = (
                 f"evaluation is {t_eval / t_ckpt:.0%} of a checkpoint ({len(evals)} splits x "
-                f"{cfg.train.eval_size} sequences); writing does {n_fsync} fsyncs ({ms(t_fsync)}), one per "
-                "metrics row. Next lever: "
+                f"{cfg.train.eval_size} sequences); writing does {n_fsync} fsyncs ({ms(t_fsync)}). Next lever: "
                 + ("" if d["query_only"] else "the query-only readout in `query_logits` (evaluation uses it), ")
-                + "fewer or smaller evaluation sets early in a run (`train.eval_size`), and one fsynced append "
-                "for all of a checkpoint's metrics rows."
+                + "fewer or smaller evaluation sets early in a run (`train.eval_size`)."
             )
         goals.append(Goal(f"checkpoint + evaluation share of a full {name} run", f"{ck_share:.1%}", None, ck_why))
     lines += [""]

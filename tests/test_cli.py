@@ -128,3 +128,20 @@ def test_checkpoint_of_another_shape(tmp_path, tiny_run):
     (run / layout.CONFIG).write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match="does not match the model in"):
         load_native(run)
+
+
+def test_analyze_detects_a_corrupt_checkpoint(tmp_path, capsys, tiny_run):
+    import shutil
+
+    from icl_circuits.runs import layout, store
+
+    run = tmp_path / "corrupt"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("analysis"))
+    steps = store.list_checkpoints(run)
+    bad = layout.checkpoint_dir(run, steps[2]) / layout.MODEL
+    data = bad.read_bytes()
+    bad.write_bytes(data[:-3] + bytes([data[-3] ^ 1]) + data[-2:])
+    assert main(["analyze", str(run), "--eval-size", "16", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "checksum mismatch" in err and "nearest good checkpoint" in err
+    assert err.count("\n") == 1
