@@ -40,7 +40,7 @@ from icl_circuits.runs.store import (
     unflatten_optimizer,
 )
 from icl_circuits.training.evaluate import eval_sets
-from icl_circuits.training.optim import build_optimizer, split_params
+from icl_circuits.training.optim import build_optimizer, l2_penalty, split_params
 from icl_circuits.training.schedule import checkpoint_steps, lr_at
 from icl_circuits.training.trainer import _checkpoint, _prepare_folder, resolve_device
 
@@ -161,7 +161,7 @@ def train_ensemble(
                 total = losses.sum()
                 if tc.l2 > 0 and decayed:
                     # The sum over stacked tensors is the sum of the per-seed penalties.
-                    total = total + tc.l2 * torch.stack([p.pow(2).sum() for p in decayed]).sum()
+                    total = total + tc.l2 * l2_penalty(decayed)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 if tc.grad_clip > 0:
