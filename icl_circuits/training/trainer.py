@@ -148,17 +148,18 @@ def train(cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: in
             with torch.no_grad():
                 b0 = source.train_batch(0, tc.batch_size)
                 loss0 = F.cross_entropy(query_logits(model, b0.tokens()), b0.target).item()
-            _checkpoint(run, 0, model, optimizer.state_dict(), evals, source.n_labels, loss0, device)
+            rows = _checkpoint(run, 0, model, optimizer.state_dict(), evals, source.n_labels, loss0, device)
             start = 0
         else:
             ckpt = load_checkpoint(run, start)
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(unflatten_optimizer(ckpt["optim"], ckpt["state"]["optim"]))
             torch.set_rng_state(ckpt["rng"]["cpu"])
+            rows = ckpt["state"].get("metrics", [])
+        last_metrics = _headline(rows, source)
         step_model = torch.compile(model) if tc.compile else model
         model.train()
         marks = [s for s in schedule if s > start]
-        last_metrics = _latest_headline(run, source)
         bar = tqdm(total=tc.steps, initial=start, disable=not progress, desc=cfg.name, unit="step", dynamic_ncols=True)
         loss_sum = torch.zeros((), device=device)
         n_since = 0
@@ -204,13 +205,6 @@ def _headline(rows: list[dict], source) -> dict[str, str]:
     out["ICL"] = f"{get.get((source.icl_split, 'acc'), float('nan')):.2f}"
     out["IWL"] = f"{get.get((source.iwl_split, 'acc'), float('nan')):.2f}"
     return out
-
-
-def _latest_headline(run: Path, source) -> dict[str, str]:
-    step = latest_good_checkpoint(run)
-    if step is None:
-        return {}
-    return _headline(load_checkpoint(run, step)["state"].get("metrics", []), source)
 
 
 def _checkpoint(run, step, model, optim_state, evals, n_labels, train_loss, device) -> list[dict]:
