@@ -12,6 +12,21 @@ from icl_circuits.models.config import ModelConfig
 torch.set_num_threads(1)
 
 
+#: CLI overrides that shrink the demo preset to a run of about a second (no burstiness axis).
+TINY_OVERRIDES = (
+    "data.K=64",
+    "data.L=8",
+    "data.D=8",
+    "data.N=4",
+    "model.d_model=16",
+    "train.steps=12",
+    "train.batch_size=8",
+    "train.n_checkpoints=4",
+    "train.eval_size=32",
+    "train.device=cpu",
+)
+
+
 def tiny_config(**train_overrides) -> RunConfig:
     """A Gaussian-mixture run small enough to train in about a second."""
     train = TrainConfig(steps=40, batch_size=16, lr=3e-3, n_checkpoints=6, eval_size=64, device="cpu")

@@ -10,20 +10,9 @@ from icl_circuits.cli import main
 from icl_circuits.config import RunConfig, apply_overrides
 from icl_circuits.errors import ConfigError
 from icl_circuits.presets import PRESETS, get_preset
+from tests.conftest import TINY_OVERRIDES
 
-TINY = [
-    "data.K=64",
-    "data.L=8",
-    "data.D=8",
-    "data.N=4",
-    "data.B=2",
-    "model.d_model=16",
-    "train.steps=12",
-    "train.batch_size=8",
-    "train.n_checkpoints=4",
-    "train.eval_size=32",
-    "train.device=cpu",
-]
+TINY = [*TINY_OVERRIDES, "data.B=2"]
 
 
 def test_every_preset_is_valid_and_round_trips():

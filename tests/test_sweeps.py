@@ -33,19 +33,9 @@ from icl_circuits.sweeps import (
 )
 from icl_circuits.sweeps.backends import Job, Outcome, run_point
 from icl_circuits.sweeps.sweep import INDEX, RESULTS, SPEC
+from tests.conftest import TINY_OVERRIDES
 
-TINY = (
-    "data.K=64",
-    "data.L=8",
-    "data.D=8",
-    "data.N=4",
-    "model.d_model=16",
-    "train.steps=12",
-    "train.batch_size=8",
-    "train.n_checkpoints=4",
-    "train.eval_size=32",
-    "train.device=cpu",
-)
+TINY = TINY_OVERRIDES
 GRID = {"data.K": [16, 64], "data.B": [0, 2], "seed": [0, 1]}
 ROOT = Path(__file__).resolve().parents[1]
 
