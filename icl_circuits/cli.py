@@ -166,6 +166,23 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     check_ok(result)
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> None:
+    from icl_circuits.reproduce import REPRODUCTIONS, reproduce
+    from icl_circuits.reproduce.common import CLAIMS, SUMMARY
+
+    if args.list or not args.name:
+        for name, (_, line) in REPRODUCTIONS.items():
+            print(f"{name:18s} {line}")
+        return
+    scale = "full" if args.full else args.scale
+    out = Path(args.out) if args.out else Path("reproductions") / f"{args.name}-{scale}"
+    rep = reproduce(args.name, out, scale=scale, workers=args.workers, progress=not args.no_progress)
+    print(
+        f"reproduction: {out} ({rep.seconds:.0f} s; {SUMMARY}, {CLAIMS}, {len(rep.tables)} tables, {len(rep.figures)} figures)"
+    )
+    print(rep.claims_markdown(), end="")
+
+
 def _parse_heads(text: str, shape: tuple[int, int]) -> tuple[tuple[int, int], ...]:
     """``"0.1,1.0"`` -> ((0, 1), (1, 0)), checked against ``shape = (n_layers, n_heads)``."""
     heads = []
@@ -198,6 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--analyze", action="store_true", help="run `analyze` on the run afterwards")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "reproduce", allow_abbrev=False, help="reproduce a seed paper's experiment (figures, tables, claims)"
+    )
+    p.add_argument("name", nargs="?", help="which paper (--list shows them)")
+    p.add_argument("--list", action="store_true", help="list the reproductions")
+    p.add_argument(
+        "--scale", default="cpu", choices=["smoke", "cpu", "full"], help="size (default cpu: <= 30 min on 2 cores)"
+    )
+    p.add_argument("--full", action="store_true", help="the paper's scale (same as --scale full; for a GPU)")
+    p.add_argument("--out", help="output folder (default reproductions/NAME-SCALE); rerunning resumes it")
+    p.add_argument("--workers", type=int, default=None, help="parallel training processes (default: one per core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("show", allow_abbrev=False, help="config, checkpoints and last metrics of a run")
     p.add_argument("run")

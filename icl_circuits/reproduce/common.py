@@ -1,0 +1,149 @@
+"""What every reproduction shares: scales, claims, the output folder and training grids.
+
+A reproduction is a function ``run(out, scale, workers, progress) -> Reproduction`` that
+trains what it needs (through :mod:`icl_circuits.sweeps`, so an interrupted reproduction
+resumes where it stopped), measures, and returns its tables, figures and claims. The
+command line then writes them next to the runs::
+
+    OUT/
+      summary.json     name, scale, settings, seconds, claims (paper vs ours, holds)
+      claims.md        the same claims as a Markdown table (pasted into docs/reproductions.md)
+      <table>.csv      tidy tables (one per measurement)
+      <figure>.png     figures
+      sweeps/<name>/   the sweeps' folders (ordinary run folders under runs/)
+
+Scales: ``smoke`` (seconds; checks the plumbing in the default test suite, no science),
+``cpu`` (the documented numbers; at most 30 minutes on 2 cores) and ``full`` (the papers'
+scale, for a GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from icl_circuits.errors import ConfigError
+
+SCALES = ("smoke", "cpu", "full")
+SUMMARY = "summary.json"
+CLAIMS = "claims.md"
+SWEEPS = "sweeps"
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One of a paper's claims next to what we measured.
+
+    Attributes:
+        claim: what the paper says happens (a sentence).
+        paper: the paper's number or qualitative result.
+        ours: our measured number, with enough context to read it.
+        holds: whether our measurement agrees (None when there is nothing to compare).
+    """
+
+    claim: str
+    paper: str
+    ours: str
+    holds: bool | None
+
+
+@dataclasses.dataclass
+class Reproduction:
+    """What one reproduction measured."""
+
+    name: str
+    scale: str
+    settings: dict
+    claims: list[Claim] = dataclasses.field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)
+    figures: list[Path] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def claims_markdown(self) -> str:
+        lines = ["| claim | paper | ours | holds |", "| --- | --- | --- | --- |"]
+        for c in self.claims:
+            mark = {True: "yes", False: "**no**", None: "–"}[c.holds]
+            lines.append(f"| {c.claim} | {c.paper} | {c.ours} | {mark} |")
+        return "\n".join(lines) + "\n"
+
+
+def check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise ConfigError(f"--scale: expected one of {', '.join(SCALES)}, got {scale!r}")
+    return scale
+
+
+def pick(scale: str, smoke, cpu, full):
+    """The value for ``scale``: keeps each setting's three sizes on one line."""
+    return {"smoke": smoke, "cpu": cpu, "full": full}[check_scale(scale)]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_outputs(out: Path, rep: Reproduction) -> Path:
+    """Write ``summary.json``, ``claims.md`` and every table (atomically) into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in rep.tables.items():
+        write_atomic(out / f"{name}.csv", table.to_csv(index=False))
+    summary = {
+        "name": rep.name,
+        "scale": rep.scale,
+        "seconds": round(rep.seconds, 1),
+        "settings": rep.settings,
+        "claims": [dataclasses.asdict(c) for c in rep.claims],
+        "tables": sorted(f"{n}.csv" for n in rep.tables),
+        "figures": [p.name for p in rep.figures],
+    }
+    write_atomic(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
+    write_atomic(out / CLAIMS, rep.claims_markdown())
+    return out / SUMMARY
+
+
+def run_grid(
+    out: Path,
+    name: str,
+    base: str,
+    overrides: Sequence[str],
+    grid: dict[str, list],
+    workers: int | None = None,
+    progress: bool = True,
+    probes: bool = False,
+) -> pd.DataFrame:
+    """Train ``grid`` over preset ``base`` as a sweep in ``out/sweeps/name``; its results table.
+
+    Resumes a sweep folder left by an interrupted reproduction; raises the sweep's one-line
+    error if any run failed (after the others finished).
+    """
+    from icl_circuits.sweeps import LocalBackend, SweepSpec, run_sweep
+    from icl_circuits.sweeps.sweep import check_ok
+
+    spec = SweepSpec(base=base, overrides=tuple(overrides), grid={k: list(v) for k, v in grid.items()})
+    result = run_sweep(
+        spec, out / SWEEPS / name, backend=LocalBackend(workers), progress=progress, figures=False, probes=probes
+    )
+    check_ok(result)
+    return result.results
+
+
+def final(results: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
+    """The last checkpoint's ``metric`` rows of every run of a sweep's results table."""
+    rows = results[(results["kind"] == "metrics") & (results["metric"] == metric)]
+    last = rows.groupby("point")["step"].transform("max")
+    return rows[rows["step"] == last].reset_index(drop=True)
+
+
+def timed(fn: Callable[[], Reproduction]) -> Reproduction:
+    t0 = time.monotonic()
+    rep = fn()
+    rep.seconds = time.monotonic() - t0
+    return rep
