@@ -75,7 +75,8 @@ def test_smoke_scale_writes_everything(tmp_path, name):
     summary = json.loads((out / SUMMARY).read_text())
     assert summary["name"] == name and summary["scale"] == "smoke"
     assert len(summary["claims"]) == len(rep.claims) >= 4
-    assert all(isinstance(c["holds"], bool) for c in summary["claims"])
+    assert all(c["holds"] in (True, False, None) for c in summary["claims"])
+    assert sum(isinstance(c["holds"], bool) for c in summary["claims"]) >= 4
     for table in summary["tables"]:
         assert len(pd.read_csv(out / table)) > 0
     for fig in rep.figures:
@@ -95,4 +96,10 @@ def test_cpu_scale_claims_hold(tmp_path, name):
 
 
 #: Claims that do not reproduce at the cpu scale (documented in docs/reproductions.md).
-EXPECTED_MISSES: dict[str, set[str]] = {"reddy2023": set(), "singh2024": set()}
+EXPECTED_MISSES: dict[str, set[str]] = {
+    "reddy2023": set(),
+    "singh2024": {
+        "zero-ablating all layer-1 heads, layer-2 patterns kept, changes accuracy by < 1%",
+        "mean-ablating all layer-1 heads, layer-2 patterns kept, changes accuracy by < 1%",
+    },
+}
