@@ -1,0 +1,134 @@
+"""Singh et al. 2023 reproduction: smoke plumbing, the measurement helpers, the full-scale configs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from icl_circuits.reproduce import reproduce
+from icl_circuits.reproduce import singh2023 as sg
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def test_smoke_writes_tables_figure_and_claims(tmp_path):
+    rep = reproduce("singh2023", tmp_path, scale="smoke", workers=1, progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["name"] == "singh2023" and summary["scale"] == "smoke"
+    for name in ("curves", "transitions"):
+        assert (tmp_path / f"{name}.csv").exists() and len(rep.tables[name]) > 0
+    assert [f.name for f in rep.figures] == ["transience.png"] and rep.figures[0].exists()
+    curves = rep.tables["curves"]
+    assert set(curves.columns) == {"condition", "seed", "step", "split", "metric", "value"}
+    assert set(curves["condition"]) == {"none", "attention-decay", "all-decay"}
+    assert set(curves["split"]) == {"ICL", "IWL", "train"}
+    trans = rep.tables["transitions"]
+    assert {"emerged", "emergence_step", "peak", "peak_step", "final", "transient", "drop"} <= set(trans.columns)
+    assert len(trans) == 3
+    # 3 conditions x 1 fading claim each (2), IWL takeover, persistence, detector.
+    assert len(rep.claims) == 5
+    assert all(c.ours and isinstance(c.holds, bool) for c in rep.claims)
+    assert summary["settings"]["full_runs_built"] == 6
+    assert "| claim | paper | ours | holds |" in (tmp_path / "claims.md").read_text()
+
+
+def _curve(condition, seed, icl, iwl, loss):
+    rows = []
+    for split, values in (("ICL", icl), ("IWL", iwl), ("train", loss)):
+        metric = "loss" if split == "train" else "acc"
+        for step, v in values:
+            rows.append(
+                {"condition": condition, "seed": seed, "step": step, "split": split, "metric": metric, "value": v}
+            )
+    return pd.DataFrame(rows)
+
+
+STEPS = [0, 10, 100, 1000, 3000, 5000]
+
+
+def _synthetic() -> pd.DataFrame:
+    """A fading run (ICL up then down, IWL up, loss down) and a persisting one."""
+    fade = _curve(
+        "none",
+        0,
+        zip(STEPS, [0.03, 0.4, 0.95, 0.9, 0.3, 0.05], strict=True),
+        zip(STEPS, [0.03, 0.05, 0.1, 0.4, 0.9, 1.0], strict=True),
+        zip(STEPS, [3.4, 2.0, 0.4, 0.2, 0.05, 0.01], strict=True),
+    )
+    keep = _curve(
+        "all-decay",
+        0,
+        zip(STEPS, [0.03, 0.4, 0.9, 0.99, 0.98, 0.97], strict=True),
+        zip(STEPS, [0.03, 0.05, 0.1, 0.1, 0.12, 0.13], strict=True),
+        zip(STEPS, [3.4, 2.0, 0.5, 0.4, 0.38, 0.36], strict=True),
+    )
+    return pd.concat([fade, keep], ignore_index=True)
+
+
+def test_transitions_mark_the_fading_run_and_not_the_persisting_one():
+    trans = sg.transitions(_synthetic()).set_index("condition")
+    fade, keep = trans.loc["none"], trans.loc["all-decay"]
+    assert fade["transient"] and fade["peak"] == 0.95 and fade["peak_step"] == 100
+    assert fade["final"] == 0.05 and fade["drop"] == pytest.approx(0.9)
+    assert fade["loss_at_peak"] == 0.4 and fade["loss_final"] == 0.01 and fade["iwl_final"] == 1.0
+    assert keep["emerged"] and not keep["transient"] and keep["peak"] == 0.99
+    assert fade["real_icl_step"] == 100 and keep["real_icl_step"] == 100
+
+
+def test_claims_follow_the_measurement():
+    conditions = {k: v for k, v in sg.CONDITIONS["cpu"].items() if k != "attention-decay"}
+    trans = sg.transitions(_synthetic())
+    claims = sg.claims(trans, conditions)
+    assert [c.holds for c in claims] == [True, True, True, True]
+    assert "at 100, peak 0.95@100 -> 0.05" in claims[0].ours
+    # Swap the roles: now the persisting run is expected to fade and vice versa, so every claim fails.
+    swapped = {"none": conditions["all-decay"], "all-decay": conditions["none"]}
+    assert not any(c.holds for c in sg.claims(trans, swapped))
+
+
+def test_curves_rename_the_family_splits():
+    results = pd.DataFrame(
+        {
+            "kind": ["metrics"] * 4,
+            "seed": [0] * 4,
+            "step": [10] * 4,
+            "split": ["fewshot", "nosupport", "ciwl", "train"],
+            "metric": ["acc", "acc", "acc", "loss"],
+            "value": [0.9, 0.1, 0.5, 0.3],
+        }
+    )
+    out = sg.curves(results, "l2", "fewshot", "nosupport")
+    assert list(out["split"]) == ["ICL", "IWL", "train"] and set(out["condition"]) == {"l2"}
+
+
+def test_full_scale_builds_the_omniglot_runs_without_and_with_l2():
+    configs = sg.build_configs("full")
+    assert set(configs) == {"none", "l2"}
+    for name, cfgs in configs.items():
+        assert len(cfgs) == 3
+        for cfg in cfgs:
+            assert cfg.data.family == "classbank" and cfg.data.bank == "omniglot" and cfg.data.p_bursty == 0.9
+            assert cfg.model.n_layers == 12 and cfg.train.steps * cfg.train.batch_size >= 1e7
+            assert cfg.train.l2 == (1e-4 if name == "l2" else 0.0)
+    assert sg.split_names(configs["none"][0]) == ("fewshot", "nosupport")
+
+
+def test_cpu_configs_differ_only_in_the_decay():
+    configs = sg.build_configs("cpu")
+    none, att, every = (configs[k][0].train for k in ("none", "attention-decay", "all-decay"))
+    assert none.weight_decay == 0 and att.weight_decay == every.weight_decay > 0
+    assert (att.decay_on, every.decay_on) == ("attention", "matrices")
+    assert configs["none"][0].data == configs["all-decay"][0].data
+    assert configs["none"][0].data.K == 1024 and configs["none"][0].data.p_B == 0.9
+
+
+@pytest.mark.slow
+def test_cpu_scale_reproduces_the_claims(tmp_path):
+    rep = reproduce("singh2023", tmp_path, scale="cpu", workers=2, progress=False)
+    assert all(c.holds for c in rep.claims), rep.claims_markdown()
