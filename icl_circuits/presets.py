@@ -62,10 +62,12 @@ def reddy2023() -> RunConfig:
 def nguyen_reddy2024() -> RunConfig:
     """Nguyen & Reddy 2024: binary labels, N = 100 context items, K = 2^12.
 
-    One causal attention layer with a single head, LayerNorm'd inputs, no positional
+    Causal attention with a single head per layer, LayerNorm'd inputs, no positional
     encoding, then a ReLU MLP 512-512 on the last token; SGD lr 0.01, batch 128, weight
     decay 1e-10; 50k steps (about 107 "epochs" of 60k sequences). Differs: exemplars and
-    labels are interleaved tokens rather than one token ``x ⊕ onehot(label)`` per item.
+    labels are interleaved tokens rather than one token ``x ⊕ onehot(label)`` per item, so
+    binding a label to its exemplar takes a second attention layer (previous-token head,
+    then induction head): with the paper's single layer this layout cannot learn ICL.
     For the transience run use ``train.weight_decay=3e-3 train.decay_on=attention+embed
     data.K=10000``.
     """
@@ -73,7 +75,7 @@ def nguyen_reddy2024() -> RunConfig:
         name="nguyen-reddy2024",
         data=GaussianConfig(K=4096, L=2, D=63, N=100, B=1, p_B=1.0, alpha=0.0, eps=0.0, label_mode="binary"),
         model=ModelConfig(
-            n_layers=1,
+            n_layers=2,
             n_heads=1,
             d_model=64,
             attn_only=True,
