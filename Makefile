@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow test-repro lint format bench clean-venv
+.PHONY: demo test test-slow test-repro reproduce lint format bench clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/icl-circuits train demo --out checkpoints/demo --analyze
+
+# One paper's reproduction from a fresh clone: make reproduce R=reddy2023 [SCALE=full]
+R ?=
+SCALE ?= cpu
+reproduce: $(STAMP)
+	$(BIN)/icl-circuits reproduce $(R) --scale $(SCALE)
 
 test: $(STAMP)
 	$(BIN)/ruff check icl_circuits probes tests benchmarks scripts
