@@ -43,6 +43,7 @@ from icl_circuits.data import build_source  # noqa: E402
 from icl_circuits.presets import get_preset  # noqa: E402
 from icl_circuits.reproduce.common import Claim, Reproduction, final, pick, run_grid  # noqa: E402
 from icl_circuits.theory.gating import GatingConfig, train_gating  # noqa: E402
+from probes.figures import save
 
 NAME = "chan2024"
 PRESET = "chan2024-stylized"
@@ -315,8 +316,7 @@ def accuracy_figure(table: pd.DataFrame, metric: str, title: str, path: Path) ->
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -341,8 +341,7 @@ def side_by_side_figure(t: pd.DataFrame, g: pd.DataFrame, path: Path) -> Path:
     left.legend(fontsize=7)
     right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from icl_circuits.theory import kinetics as kin
+from probes.figures import save
 
 ICL_THRESHOLD = 0.95  # t_ICL: first step with ICL accuracy above this (the paper's)
 MEM_THRESHOLD = 0.9  # t_mem: first step with IW accuracy above this
@@ -44,8 +45,7 @@ def fig_icl_vs_k(out: Path, runs, thr, model, chance) -> Path:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     path = out / "icl_vs_k.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -71,8 +71,7 @@ def fig_kstar(out: Path, thr, expo, model) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "kstar_vs_n.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -105,8 +104,7 @@ def fig_t_icl(out: Path, runs, top, steps, model) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "t_icl.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -126,8 +124,7 @@ def fig_bimodality(out: Path, near, curves) -> Path:
     ax2.legend(fontsize=7)
     fig.tight_layout()
     path = out / "bimodality.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -145,6 +142,5 @@ def fig_memorisation(out: Path, mem, fit) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "memorisation.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path

@@ -31,6 +31,7 @@ import pandas as pd
 from icl_circuits.reproduce.common import SWEEPS, Claim, Reproduction, final, pick, run_grid
 from icl_circuits.sweeps.phase import phase_diagram
 from probes.competition import detect_transition
+from probes.figures import save
 
 
 def settings(scale: str) -> dict:
@@ -174,8 +175,7 @@ def _phase_figure(out: Path, results: pd.DataFrame) -> Path:
         phase_diagram(results, x="data.K", y="data.B", split=split, ax=ax)
     fig.tight_layout()
     path = out / "phase_K_B.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -190,6 +190,5 @@ def _induction_figure(out: Path, curves: pd.DataFrame, transitions: pd.DataFrame
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "induction_head.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path

@@ -45,6 +45,7 @@ from icl_circuits.data import FAMILIES
 from icl_circuits.reproduce.common import Claim, Reproduction, pick, run_grid
 from icl_circuits.sweeps import SweepSpec, build_points
 from probes.competition import detect_transition
+from probes.figures import save
 
 #: A peak above this is real ICL (B = 4 gives two context classes: copying one at random scores 0.5).
 REAL_ICL = 0.8
@@ -259,8 +260,7 @@ def plot(curve: pd.DataFrame, trans: pd.DataFrame, conditions: dict, path: Path)
     axes[0][0].set_ylabel("accuracy (* = detected ICL peak)")
     axes[0][0].legend(fontsize=7, loc="center left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 

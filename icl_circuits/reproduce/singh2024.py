@@ -34,6 +34,7 @@ from icl_circuits.reproduce.common import SWEEPS, Claim, Reproduction, final, pi
 from icl_circuits.runs.read import load_config, load_model
 from icl_circuits.training.evaluate import query_metrics
 from probes.competition import detect_transition
+from probes.figures import save
 from probes.pattern import pattern_name, preserve_patterns
 from probes.scores import attention_scores
 
@@ -250,6 +251,5 @@ def _figure(out: Path, curves: pd.DataFrame, table: pd.DataFrame) -> Path:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "singh2024.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path
