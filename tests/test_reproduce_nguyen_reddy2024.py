@@ -8,16 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from icl_circuits.reproduce import nguyen_reddy2024 as nr
 from icl_circuits.reproduce import reproduce
 from icl_circuits.sweeps import SweepSpec, build_points
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 def test_smoke_writes_tables_figures_and_claims(tmp_path):

@@ -6,15 +6,9 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from icl_circuits.reproduce import reproduce
 from icl_circuits.reproduce import singh2023 as sg
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 def test_smoke_writes_tables_figure_and_claims(tmp_path):
