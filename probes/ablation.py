@@ -227,7 +227,7 @@ def all_heads_ablation(
         seed: resample seed.
 
     Returns:
-        Tidy DataFrame with columns ``layer, head, metric, value``; the clean model's rows
+        Tidy DataFrame with columns ``layer, head_index, metric, value``; the clean model's rows
         have ``layer == head == -1`` (:data:`CLEAN`). Effects are ``value`` minus the clean
         value of the same metric.
     """
@@ -256,5 +256,5 @@ def all_heads_ablation(
     for copy in range(n_copies):
         layer, head = divmod(copy - 1, n_heads) if copy else (CLEAN, CLEAN)
         for metric, value in query_metrics(logits[copy], batch, n_labels).items():
-            rows.append({"layer": layer, "head": head, "metric": metric, "value": value})
-    return pd.DataFrame(rows, columns=["layer", "head", "metric", "value"])
+            rows.append({"layer": layer, "head_index": head, "metric": metric, "value": value})
+    return pd.DataFrame(rows, columns=["layer", "head_index", "metric", "value"])

@@ -1,49 +1,117 @@
-"""Finding the ICL circuit (previous-token heads -> induction heads) from head scores."""
+"""Finding the ICL circuit (previous-token heads -> induction heads) from head scores.
+
+A head joins the circuit only if its score passes a stated absolute threshold (and is within
+``rel`` of the best head): a model at chance, or one without induction heads, has *no*
+circuit, and says why. :func:`random_heads` draws the control: as many random heads, whose
+ablation the report compares with the circuit's.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
+
+#: Default score a head needs: half of the query's attention on the matching label tokens
+#: (task induction) or half of each label's attention on its own exemplar (previous token).
+#: Uniform attention gives about ``B / (2N + 1)`` and ``H(N) / N`` (0.24 and 0.17 for the demo).
+THRESHOLD = 0.5
+
+
+def fmt_heads(heads) -> str:
+    """``L0H1, L1H0`` (or ``none``)."""
+    return ", ".join(f"L{layer}H{h}" for layer, h in heads) or "none"
 
 
 @dataclasses.dataclass(frozen=True)
 class FoundCircuit:
-    """Heads of the ICL circuit as found from scores (or given by the user)."""
+    """Heads of the ICL circuit as found from scores (or given by the user).
+
+    Attributes:
+        prev_token_heads: ``((layer, head), ...)`` previous-token heads.
+        induction_heads: ``((layer, head), ...)`` induction heads; empty means no circuit.
+        threshold: the score a head had to reach (None: given by the user).
+        best: the best induction head's ``(layer, head, task_induction)``, for the report.
+    """
 
     prev_token_heads: tuple[tuple[int, int], ...]
     induction_heads: tuple[tuple[int, int], ...]
+    threshold: float | None = None
+    best: tuple[int, int, float] | None = None
+
+    @property
+    def heads(self) -> tuple[tuple[int, int], ...]:
+        """Every head of the circuit, previous-token heads first, without repeats."""
+        return tuple(dict.fromkeys((*self.prev_token_heads, *self.induction_heads)))
+
+    @property
+    def found(self) -> bool:
+        """Whether there is a circuit at all (at least one induction head)."""
+        return bool(self.induction_heads)
 
     def describe(self) -> str:
-        def fmt(heads):
-            return ", ".join(f"L{layer}H{h}" for layer, h in heads) or "none"
+        if not self.found:
+            why = "no head in layer >= 1"
+            if self.threshold is not None:
+                why += f" reaches the task-induction threshold {self.threshold:.2f}"
+            if self.best is not None:
+                why += f"; best L{self.best[0]}H{self.best[1]} {self.best[2]:.2f}"
+            return f"none ({why})"
+        text = f"previous-token {fmt_heads(self.prev_token_heads)} -> induction {fmt_heads(self.induction_heads)}"
+        if self.threshold is not None:
+            text += f" (heads scoring >= {self.threshold:.2f})"
+        return text
 
-        return f"previous-token {fmt(self.prev_token_heads)} -> induction {fmt(self.induction_heads)}"
 
-
-def _top_heads(table: pd.DataFrame, metric: str, rel: float, floor: float) -> list[tuple[int, int]]:
+def _passing(table: pd.DataFrame, metric: str, rel: float, threshold: float) -> list[tuple[int, int]]:
     rows = table[table.metric == metric].sort_values("value", ascending=False)
     if rows.empty:
         return []
-    best = rows.value.iloc[0]
-    keep = rows[rows.value >= max(floor, rel * best)]
-    if keep.empty:
-        keep = rows.iloc[:1]
-    return [(int(r.layer), int(r.head)) for r in keep.itertuples()]
+    keep = rows[rows.value >= max(threshold, rel * rows.value.iloc[0])]
+    return [(int(r.layer), int(r.head_index)) for r in keep.itertuples()]
 
 
-def find_icl_circuit(scores: pd.DataFrame, rel: float = 0.5, floor: float = 0.2) -> FoundCircuit:
+def find_icl_circuit(scores: pd.DataFrame, rel: float = 0.5, threshold: float = THRESHOLD) -> FoundCircuit:
     """Pick induction heads (layer >= 1) and previous-token heads in earlier layers.
 
-    A head is kept if its score is at least ``max(floor, rel * best)``; the best head is
-    always kept, so a circuit exists even before it has formed (its scores say how well).
+    A head is kept if its score is at least ``max(threshold, rel * best)``. If no head in
+    layer >= 1 has a ``task_induction`` score of at least ``threshold``, there is no circuit
+    (both head lists are empty); previous-token heads are only looked for below the first
+    induction head's layer.
 
     Args:
-        scores: rows of :func:`probes.scores.head_scores` (``metric, layer, head, value``).
+        scores: rows of :func:`probes.scores.head_scores` (``metric, layer, head_index, value``).
         rel: fraction of the best head's score a head needs.
-        floor: absolute score a head needs (beyond the best one).
+        threshold: absolute score a head needs (see :data:`THRESHOLD`).
     """
-    induction = _top_heads(scores[scores.layer >= 1], "task_induction", rel, floor)
-    first = min((layer for layer, _ in induction), default=1)
-    prev = _top_heads(scores[scores.layer < first], "prev_token", rel, floor)
-    return FoundCircuit(tuple(sorted(prev)), tuple(sorted(induction)))
+    late = scores[(scores.layer >= 1) & (scores.metric == "task_induction")]
+    best = None
+    if not late.empty:
+        top = late.sort_values("value", ascending=False).iloc[0]
+        best = (int(top.layer), int(top.head_index), float(top.value))
+    induction = _passing(late, "task_induction", rel, threshold)
+    if not induction:
+        return FoundCircuit((), (), threshold, best)
+    first = min(layer for layer, _ in induction)
+    prev = _passing(scores[scores.layer < first], "prev_token", rel, threshold)
+    return FoundCircuit(tuple(sorted(prev)), tuple(sorted(induction)), threshold, best)
+
+
+def random_heads(
+    n_layers: int, n_heads: int, k: int, n_draws: int = 3, seed: int = 0
+) -> list[tuple[tuple[int, int], ...]]:
+    """``n_draws`` sets of ``k`` heads drawn uniformly without replacement from every head.
+
+    The control for a circuit of ``k`` heads: the same draws for every checkpoint (seeded).
+    Empty if ``k`` is 0 or at least the number of heads (then "random" is the whole model).
+    """
+    total = n_layers * n_heads
+    if not 0 < k < total:
+        return []
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_draws):
+        idx = sorted(rng.choice(total, size=k, replace=False).tolist())
+        draws.append(tuple((i // n_heads, i % n_heads) for i in idx))
+    return draws

@@ -1,13 +1,14 @@
 """The full probe suite at every checkpoint of a run, cached in the run folder.
 
 :func:`analyze_run` returns one tidy DataFrame with columns
-``step, condition, split, metric, layer, head, value``:
+``step, condition, split, metric, layer, head_index, value``:
 
-* output metrics of every evaluation split (``layer``/``head`` are ``<NA>``),
+* output metrics of every evaluation split (``layer``/``head_index`` are ``<NA>``),
 * per-head scores on the ICL split (:mod:`probes.scores`),
-* every split's metrics with each named subcircuit ablated (``condition`` names it).
+* every split's metrics with each named subcircuit ablated (``condition`` names it): the
+  ICL circuit, as many random heads (the control, mean over draws) and the IWL path.
 
-Results are cached per checkpoint under ``RUN/analysis/`` in a file keyed by the analysis
+Results are cached per checkpoint under ``RUN/analysis/`` (or ``cache``) in a file keyed by the analysis
 version, the analysis parameters and the checkpoint's own weights checksum: a second call
 reads them back, a new checkpoint costs one checkpoint, and two concurrent analyses at worst
 compute the same file twice (the first complete write wins; files are never overwritten).
@@ -25,18 +26,21 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from icl_circuits.data import build_source
-from icl_circuits.errors import ICLError, RunFolderError
+from icl_circuits.errors import CheckpointError, ICLError, RunFolderError
 from icl_circuits.runs import layout
 from icl_circuits.runs.read import load_config, load_model
-from icl_circuits.runs.store import list_checkpoints, read_json, write_new_file
+from icl_circuits.runs.store import latest_good_checkpoint, list_checkpoints, read_json, write_new_file
 from icl_circuits.training.evaluate import eval_sets
-from probes.circuits import FoundCircuit, find_icl_circuit
+from probes.circuits import FoundCircuit, find_icl_circuit, random_heads
 from probes.scores import head_scores
-from probes.subcircuits import icl_circuit, iwl_path, subcircuit_effects
+from probes.subcircuits import Subcircuit, icl_circuit, iwl_path, subcircuit_effects
 
 #: Bump whenever what an analysis computes changes: old cache files are then ignored.
-ANALYSIS_VERSION = 1
-COLUMNS = ["step", "condition", "split", "metric", "layer", "head", "value"]
+#: 2: column ``head`` renamed ``head_index``; circuits need a score threshold; random-heads control.
+ANALYSIS_VERSION = 2
+COLUMNS = ["step", "condition", "split", "metric", "layer", "head_index", "value"]
+#: Condition of the control: as many random heads as the ICL circuit, averaged over draws.
+RANDOM_HEADS = "random heads"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +51,7 @@ class AnalysisParams:
     ablation: str = "mean"
     prev_token_heads: tuple[tuple[int, int], ...] = ()
     induction_heads: tuple[tuple[int, int], ...] = ()
+    n_random: int = 3
 
     def key(self) -> str:
         blob = json.dumps({"version": ANALYSIS_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
@@ -58,31 +63,52 @@ def _tidy(df: pd.DataFrame, step: int, condition: str | None = None) -> pd.DataF
     df["step"] = step
     if condition is not None:
         df["condition"] = condition
-    for col in ("layer", "head"):
+    for col in ("layer", "head_index"):
         if col not in df:
             df[col] = pd.NA
     return df[COLUMNS]
 
 
+def control_draws(model, params: AnalysisParams) -> list[tuple[tuple[int, int], ...]]:
+    """The random-head sets of the control (same for every checkpoint; empty: no control)."""
+    k = len(icl_circuit(params.prev_token_heads, params.induction_heads).heads)
+    return random_heads(model.cfg.n_layers, model.cfg.n_heads, k, params.n_random)
+
+
 def analyze_checkpoint(model, source, evals: dict, params: AnalysisParams, step: int = 0) -> pd.DataFrame:
-    """The full suite on one model (a bridge in eval mode); pure apart from compute."""
-    circuits = [icl_circuit(params.prev_token_heads, params.induction_heads), iwl_path(model)]
+    """The full suite on one model (a bridge in eval mode); pure apart from compute.
+
+    Conditions: ``clean``; ``ICL circuit`` (only if it has heads); ``random heads``: as many
+    random heads as the circuit, the mean over ``params.n_random`` draws (only if the circuit
+    is not every head); ``IWL path``.
+    """
+    circuit = icl_circuit(params.prev_token_heads, params.induction_heads)
+    draws = control_draws(model, params) if circuit.heads else []
+    controls = [Subcircuit(f"{RANDOM_HEADS} {i}", heads=heads) for i, heads in enumerate(draws)]
+    circuits = ([circuit] if circuit.heads else []) + controls + [iwl_path(model)]
     # The clean rows of the effects table are the output metrics of every split.
     effects = subcircuit_effects(
         model, evals, source.n_labels, circuits, method=params.ablation, reference=evals[source.icl_split]
     )
+    if controls:
+        is_control = effects.condition.str.startswith(f"{RANDOM_HEADS} ")
+        mean = effects[is_control].groupby(["split", "metric"], sort=False).value.mean().reset_index()
+        effects = pd.concat([effects[~is_control], mean.assign(condition=RANDOM_HEADS)], ignore_index=True)
     scores = head_scores(model, evals[source.icl_split])
     scores["split"] = source.icl_split
     frames = [_tidy(effects, step), _tidy(scores, step, "clean")]
     out = pd.concat(frames, ignore_index=True)
     out["layer"] = out["layer"].astype("Int64")
-    out["head"] = out["head"].astype("Int64")
+    out["head_index"] = out["head_index"].astype("Int64")
     return out
 
 
 def _cache_path(run: Path, step: int, params: AnalysisParams) -> Path:
     manifest = read_json(layout.checkpoint_dir(run, step) / layout.MANIFEST)
-    weights = manifest["files"][layout.MODEL]["sha256"][:12]
+    try:
+        weights = manifest["files"][layout.MODEL]["sha256"][:12]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{layout.checkpoint_dir(run, step) / layout.MANIFEST}: corrupt manifest") from None
     return run / layout.ANALYSIS / f"v{ANALYSIS_VERSION}-{params.key()}" / f"{layout.step_dirname(step)}-{weights}.csv"
 
 
@@ -96,17 +122,18 @@ def _read_cached(path: Path) -> pd.DataFrame | None:
     if list(df.columns) != COLUMNS:
         return None
     df["layer"] = df["layer"].astype("Int64")
-    df["head"] = df["head"].astype("Int64")
+    df["head_index"] = df["head_index"].astype("Int64")
     return df
 
 
 def resolve_circuit(run: Path, source, evals, circuit: FoundCircuit | None) -> FoundCircuit:
-    """The user's circuit, or the one found from the scores at the run's last checkpoint."""
+    """The user's circuit, or the one found from the scores at the run's last good checkpoint."""
     if circuit is not None:
         return circuit
-    steps = list_checkpoints(run)
-    model = load_model(run, steps[-1])
-    return find_icl_circuit(head_scores(model, evals[source.icl_split]))
+    last = latest_good_checkpoint(run)
+    if last is None:
+        raise CheckpointError(f"{run / layout.CHECKPOINTS}: no readable checkpoint")
+    return find_icl_circuit(head_scores(load_model(run, last), evals[source.icl_split]))
 
 
 def analyze_run(
@@ -116,19 +143,28 @@ def analyze_run(
     eval_size: int = 512,
     ablation: str = "mean",
     progress: bool = True,
+    cache: Path | str | None = None,
 ) -> pd.DataFrame:
     """Evaluate every checkpoint (or ``steps``) of ``run`` with the full probe suite.
+
+    A checkpoint that fails its checksums is skipped (``df.attrs["skipped"]`` lists
+    ``(step, reason)``); only if none can be read is that an error.
 
     Args:
         run: run folder.
         steps: checkpoint steps to analyse (default: all).
-        circuit: the ICL circuit to ablate; default: found from the last checkpoint's scores.
+        circuit: the ICL circuit to ablate; default: found from the last good checkpoint's
+            scores with :func:`probes.circuits.find_icl_circuit` (possibly no circuit).
         eval_size: sequences per evaluation split.
         ablation: ``mean``, ``zero`` or ``resample``.
-        progress: tqdm bar over checkpoints.
+        progress: tqdm bar over the checkpoints not yet cached; its rate (and ETA) is the
+            average after the first one, whose warm-up would otherwise inflate the ETA.
+        cache: folder of the per-checkpoint cache (default ``RUN/analysis``), e.g. elsewhere
+            for a read-only run.
 
     Returns:
-        Tidy DataFrame with columns ``step, condition, split, metric, layer, head, value``.
+        Tidy DataFrame with columns ``step, condition, split, metric, layer, head_index, value``;
+        ``attrs``: ``circuit``, ``params``, ``skipped``.
     """
     run = Path(run)
     cfg = load_config(run)
@@ -145,22 +181,59 @@ def analyze_run(
     evals = eval_sets(source, eval_size)
     found = resolve_circuit(run, source, evals, circuit)
     params = AnalysisParams(eval_size, ablation, found.prev_token_heads, found.induction_heads)
-    frames = []
-    for step in tqdm(steps, disable=not progress, desc="analyse", unit="ckpt"):
-        path = _cache_path(run, step, params)
+    cache_root = Path(cache) if cache is not None else run / layout.ANALYSIS
+    frames: dict[int, pd.DataFrame] = {}
+    skipped: list[tuple[int, str]] = []
+    todo = []
+    for step in steps:
+        try:
+            path = cache_root / _cache_path(run, step, params).relative_to(run / layout.ANALYSIS)
+        except (CheckpointError, RunFolderError) as err:
+            skipped.append((step, str(err)))
+            continue
         df = _read_cached(path)
         if df is None:
-            df = analyze_checkpoint(load_model(run, step), source, evals, params, step)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            buf = io.StringIO()
-            df.to_csv(buf, index=False)
-            try:
-                write_new_file(path, buf.getvalue().encode())
-            except RunFolderError:
-                if not path.exists():
-                    raise  # a real write failure; "already exists" means another analysis won
-        frames.append(df)
-    out = pd.concat(frames, ignore_index=True)
+            todo.append((step, path))
+        else:
+            frames[step] = df
+
+    def compute(step: int, path: Path) -> None:
+        try:
+            model = load_model(run, step)
+        except CheckpointError as err:
+            skipped.append((step, str(err).split("; nearest good")[0]))
+            return
+        df = analyze_checkpoint(model, source, evals, params, step)
+        _write_cache(path, df)
+        frames[step] = df
+
+    if todo:
+        desc = f"analyse ({len(frames)} cached)" if frames else "analyse"
+        compute(*todo[0])  # warm-up outside the bar: its rate is then the steady one
+        with tqdm(total=len(todo), initial=1, smoothing=0, disable=not progress, desc=desc, unit="ckpt") as bar:
+            for step, path in todo[1:]:
+                compute(step, path)
+                bar.update(1)
+    if not frames:
+        raise CheckpointError(f"{run / layout.CHECKPOINTS}: no readable checkpoint ({skipped[0][1]})")
+    out = pd.concat([frames[s] for s in sorted(frames)], ignore_index=True)
     out.attrs["circuit"] = found
     out.attrs["params"] = params
+    out.attrs["skipped"] = sorted(skipped)
     return out
+
+
+def _write_cache(path: Path, df: pd.DataFrame) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunFolderError(
+            f"{path.parent}: could not create the analysis cache ({err.strerror}); use --out"
+        ) from None
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    try:
+        write_new_file(path, buf.getvalue().encode())
+    except RunFolderError:
+        if not path.exists():
+            raise  # a real write failure; "already exists" means another analysis won

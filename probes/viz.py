@@ -84,7 +84,7 @@ def top_induction_head(model, batch: Batch) -> tuple[int, int]:
     if model.cfg.n_layers > 1:
         rows = rows[rows.layer >= 1]
     best = rows.sort_values("value", ascending=False).iloc[0]
-    return int(best.layer), int(best["head"])
+    return int(best.layer), int(best.head_index)
 
 
 def _select(patterns: Tensor, layer: int | None, head: int | None) -> tuple[Tensor, list[str]]:
@@ -235,6 +235,11 @@ def show(rendered: RenderedHTML):
 
 
 # ---------------------------------------------------------------------------- matplotlib
+KEY_LABEL = "key position (attended to)"
+QUERY_LABEL = "query position (attending)"
+WEIGHT_LABEL = "attention weight"
+
+
 def _draw(ax, pattern: Tensor, tokens: list[str] | None, title: str):
     """imshow of ``pattern [query_pos, key_pos]`` with the causal upper triangle blank."""
     n = pattern.shape[-1]
@@ -258,9 +263,9 @@ def attention_figure(model, batch: Batch, index: int = 0, layer: int = 1, head: 
     n = pattern.shape[-1]
     fig, ax = plt.subplots(figsize=(0.3 * n + 3, 0.3 * n + 2.5))
     im = _draw(ax, pattern, token_labels(one), f"L{layer}H{head}" + ("" if step is None else f" at step {step}"))
-    ax.set_xlabel("key position")
-    ax.set_ylabel("query position")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xlabel(KEY_LABEL)
+    ax.set_ylabel(QUERY_LABEL)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=WEIGHT_LABEL)
     fig.tight_layout()
     return fig
 
@@ -284,8 +289,10 @@ def heads_grid_figure(model, batch: Batch, index: int = 0, step: int | None = No
                 axes[lay][h].set_yticklabels([])
             if labeled and lay < n_layers - 1:
                 axes[lay][h].set_xticklabels([])
-    fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02)
+    fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02, label=WEIGHT_LABEL)
     fig.suptitle("attention patterns" + ("" if step is None else f" at step {step}"))
+    fig.supxlabel(KEY_LABEL)
+    fig.supylabel(QUERY_LABEL)
     return fig
 
 
@@ -304,6 +311,8 @@ def head_over_checkpoints_figure(
         im = _draw(axes[0][i], pattern, tokens, f"step {step}")
         if i > 0:
             axes[0][i].set_yticklabels([])
-    fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02)
+    fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02, label=WEIGHT_LABEL)
     fig.suptitle(f"L{layer}H{head} over training")
+    fig.supxlabel(KEY_LABEL)
+    fig.supylabel(QUERY_LABEL)
     return fig

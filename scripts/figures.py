@@ -100,7 +100,7 @@ def write_figures(args: argparse.Namespace) -> list[Path]:
 
     df = analyze_run(run, eval_size=args.eval_size)
     train = read_metrics(run)
-    train = train[train.split == "train"].assign(condition="clean", layer=pd.NA, head=pd.NA)
+    train = train[train.split == "train"].assign(condition="clean", layer=pd.NA, head_index=pd.NA)
     table = competition_table(
         pd.concat([df, train[df.columns]], ignore_index=True), source.icl_split, source.iwl_split, source.ciwl_split
     )

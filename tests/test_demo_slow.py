@@ -53,7 +53,7 @@ def test_demo_circuit_probes(demo_run):
     assert ic.emerged
     # the top induction head's score rises within a few checkpoints of IC accuracy
     head = circuit.induction_heads[0]
-    score = df[(df.metric == "task_induction") & (df.layer == head[0]) & (df["head"] == head[1])]
+    score = df[(df.metric == "task_induction") & (df.layer == head[0]) & (df.head_index == head[1])]
     from probes.competition import detect_transition
 
     head_tr = detect_transition(score.set_index("step").value, name="induction")

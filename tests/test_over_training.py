@@ -24,7 +24,9 @@ def test_tidy_table_and_cache(tiny_run, monkeypatch):
     assert len(calls) == 3
     assert list(first.columns) == COLUMNS
     assert set(first.step) == set(steps[:3])
-    assert {"clean", "ICL circuit", "IWL path"} <= set(first.condition)
+    assert {"clean", "IWL path"} <= set(first.condition)
+    # the ICL circuit (and its random-heads control) is ablated only if one was found
+    assert ("ICL circuit" in set(first.condition)) == first.attrs["circuit"].found
     heads = first[first.layer.notna()]
     assert set(heads.metric) >= {"task_induction", "prev_token", "prefix_matching", "dla"}
     assert len(heads[(heads.step == steps[0]) & (heads.metric == "task_induction")]) == 4  # 2 layers x 2 heads

@@ -116,8 +116,8 @@ def test_all_heads_ablation_equals_loop_in_one_forward(model, data, method):
     # one reference pass for mean / resample, then the whole sweep in one pass
     n_copies = model.cfg.n_layers * model.cfg.n_heads + 1
     assert calls == ([256] if method != "zero" else []) + [64 * n_copies]
-    assert set(df.columns) == {"layer", "head", "metric", "value"}
-    table = df.set_index(["layer", "head", "metric"])["value"]
+    assert set(df.columns) == {"layer", "head_index", "metric", "value"}
+    table = df.set_index(["layer", "head_index", "metric"])["value"]
     for metric, value in query_metrics(query_logits(model, batch.tokens()), batch, N_LABELS).items():
         assert table[(-1, -1, metric)] == pytest.approx(value, abs=1e-5)
     for layer in range(model.cfg.n_layers):

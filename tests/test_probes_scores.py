@@ -28,7 +28,7 @@ def wired():
 @pytest.fixture(scope="module")
 def table(wired):
     df = scores.head_scores(wired, SRC.eval_batch("IC", 256))
-    return df.set_index(["metric", "layer", "head"]).value
+    return df.set_index(["metric", "layer", "head_index"]).value
 
 
 def test_task_induction_score_of_handwired_circuit(table):

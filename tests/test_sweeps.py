@@ -154,7 +154,7 @@ def test_local_sweep(local_sweep):
     assert list(index.columns[:4]) == ["point", "data.K", "data.B", "seed"]
     assert (index.status == "done").all() and (index.last_step == 12).all()
     results = read_results(out)
-    assert list(results.columns) == ["point", *GRID, "kind", "step", "split", "metric", "layer", "head", "value"]
+    assert list(results.columns) == ["point", *GRID, "kind", "step", "split", "metric", "layer", "head_index", "value"]
     assert set(results.point) == set(index.point)
     assert results.groupby("point").step.nunique().eq(4).all() and {0, 12} <= set(results.step)
     assert {"IC", "IW", "train"} <= set(results.split)

@@ -104,8 +104,8 @@ def induction_curves(probes: pd.DataFrame) -> pd.DataFrame:
     ):
         rows = probes[(probes["metric"] == metric) & (probes["layer"] == layer)]
         last = rows[rows["step"] == rows["step"].max()]
-        head = int(last.loc[last["value"].idxmax(), "head"])
-        best = rows[rows["head"] == head]
+        head = int(last.loc[last["value"].idxmax(), "head_index"])
+        best = rows[rows["head_index"] == head]
         out.append(best.assign(curve=f"{label} (head {layer}.{head})")[["curve", "step", "value"]])
     return pd.concat(out, ignore_index=True).sort_values(["curve", "step"]).reset_index(drop=True)
 

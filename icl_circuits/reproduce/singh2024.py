@@ -92,7 +92,7 @@ def layer1_position_ablation(model, batch, n_labels: int) -> dict[str, float]:
 
 
 def measure_run(run: Path, probe_size: int) -> pd.DataFrame:
-    """Tidy ``split, metric, layer, head, value`` rows of the final checkpoint of ``run``."""
+    """Tidy ``split, metric, layer, head_index, value`` rows of the final checkpoint of ``run``."""
     cfg = load_config(run)
     source = build_source(cfg.data, cfg.seed, "cpu")
     model = load_model(run)
@@ -104,20 +104,20 @@ def measure_run(run: Path, probe_size: int) -> pd.DataFrame:
     for split, batch in batches.items():
         with torch.no_grad():
             acc = query_metrics(query_logits(model, batch.tokens()), batch, source.n_labels)["acc"]
-        rows.append({"split": split, "metric": "acc", "layer": pd.NA, "head": pd.NA, "value": acc})
+        rows.append({"split": split, "metric": "acc", "layer": pd.NA, "head_index": pd.NA, "value": acc})
         for method in ("zero", "mean"):
             rows.append(
                 {
                     "split": split,
                     "metric": f"acc_layer1_{method}_ablated_patterns_kept",
                     "layer": pd.NA,
-                    "head": pd.NA,
+                    "head_index": pd.NA,
                     "value": layer1_ablation(model, batch, source.n_labels, method),
                 }
             )
         for where, acc_pos in layer1_position_ablation(model, batch, source.n_labels).items():
             metric = f"acc_layer1_zero_at_{where}_patterns_kept"
-            rows.append({"split": split, "metric": metric, "layer": pd.NA, "head": pd.NA, "value": acc_pos})
+            rows.append({"split": split, "metric": metric, "layer": pd.NA, "head_index": pd.NA, "value": acc_pos})
         scores = attention_scores(model, batch)
         scores = scores[scores["metric"].isin(["induction_strength", "prev_token_corrected"])]
         rows += [{"split": split, **r} for r in scores.to_dict("records")]
@@ -150,7 +150,7 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
 
 def _strengths(table: pd.DataFrame, split: str = "train-dist") -> pd.DataFrame:
     rows = table[(table["metric"] == "induction_strength") & (table["layer"] == 1) & (table["split"] == split)]
-    return rows.pivot_table(index="seed", columns="head", values="value")
+    return rows.pivot_table(index="seed", columns="head_index", values="value")
 
 
 def _claims(table: pd.DataFrame, curves: pd.DataFrame, last: pd.DataFrame) -> list[Claim]:

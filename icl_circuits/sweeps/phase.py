@@ -26,7 +26,7 @@ def final_rows(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _axis_columns(results: pd.DataFrame) -> list[str]:
-    fixed = {"point", "kind", "step", "split", "metric", "layer", "head", "value"}
+    fixed = {"point", "kind", "step", "split", "metric", "layer", "head_index", "value"}
     return [c for c in results.columns if c not in fixed]
 
 

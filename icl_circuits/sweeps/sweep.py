@@ -44,7 +44,7 @@ PHASE = "phase_{split}.png"
 #: Columns of results.csv after the axis columns. ``kind`` is ``metrics`` (the checkpoints'
 #: evaluations and training loss; ``layer``/``head`` empty) or ``probes`` (the clean rows of
 #: ``analyze_run``: split metrics and per-head scores).
-RESULT_COLUMNS = ["kind", "step", "split", "metric", "layer", "head", "value"]
+RESULT_COLUMNS = ["kind", "step", "split", "metric", "layer", "head_index", "value"]
 STATUSES = ("pending", "partial", "done", "failed")
 
 
@@ -174,7 +174,7 @@ def aggregate(
 ) -> pd.DataFrame:
     """Build (and write atomically) ``results.csv`` from every run folder of the sweep.
 
-    Columns: ``point``, one per axis, then ``kind, step, split, metric, layer, head, value``.
+    Columns: ``point``, one per axis, then ``kind, step, split, metric, layer, head_index, value``.
     Runs without checkpoints are left out; unfinished runs contribute the steps they have.
     With ``probes``, every finished run's probe table (``analyze_run``; cached in the run
     folder after the first time) adds its clean rows as ``kind = probes``.
@@ -189,7 +189,7 @@ def aggregate(
         metrics = read_metrics(run)
         if metrics.empty:
             continue
-        df = metrics.assign(kind="metrics", layer=pd.NA, head=pd.NA)
+        df = metrics.assign(kind="metrics", layer=pd.NA, head_index=pd.NA)
         parts = [df]
         if probes and point.config.train.steps in list_checkpoints(run):
             from probes.over_training import analyze_run
@@ -205,7 +205,7 @@ def aggregate(
     columns = ["point", *axes, *RESULT_COLUMNS]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     results["layer"] = results["layer"].astype("Int64")
-    results["head"] = results["head"].astype("Int64")
+    results["head_index"] = results["head_index"].astype("Int64")
     results = results[columns]
     _write_atomic(out / RESULTS, _csv(results))
     return results
@@ -217,7 +217,7 @@ def read_results(out: Path | str) -> pd.DataFrame:
     if not path.exists():
         raise RunFolderError(f"{path}: missing (run the sweep first)")
     df = pd.read_csv(path)
-    for col in ("layer", "head"):
+    for col in ("layer", "head_index"):
         if col in df:
             df[col] = df[col].astype("Int64")
     return df
