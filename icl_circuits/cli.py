@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,11 +31,14 @@ def _cmd_presets(args: argparse.Namespace) -> None:
 def _load_config(args: argparse.Namespace):
     from icl_circuits.config import RunConfig, apply_overrides
     from icl_circuits.presets import get_preset
+    from icl_circuits.runs.store import MAX_JSON_BYTES, read_regular
 
     if args.config:
         path = Path(args.config)
+        if path.is_dir():
+            raise ICLError(f"{path}: is a folder; --config takes a config.json file (e.g. {path / 'config.json'})")
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(read_regular(path, MAX_JSON_BYTES))
         except FileNotFoundError:
             raise ICLError(f"{path}: no such config file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -101,7 +105,15 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
     from probes.report import SUMMARY, write_report
 
     cfg = load_config(Path(args.run))
+    given = getattr(args, "out", None) if args.command == "analyze" else None
+    check_writable(
+        Path(given) if given else Path(args.run) / "analysis",
+        "the analysis",
+        "analyse into a folder you can write with --out FOLDER",
+    )
     circuit = None
+    if args.prev_token_heads and not args.induction_heads:
+        raise ICLError("--prev-token-heads: give --induction-heads too (the circuit is both; alone it is ignored)")
     if args.induction_heads:
         shape = (cfg.model.n_layers, cfg.model.n_heads)
         circuit = FoundCircuit(
@@ -274,17 +286,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_writable(folder: Path, what: str, hint: str) -> None:
+    """Raise a one-line ICLError unless a file can be created in ``folder`` (made if missing).
+
+    A real probe, not ``os.access``: it also catches read-only file systems and root-owned
+    folders the same way for every user.
+    """
+    folder = Path(folder)
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as err:
+        raise ICLError(f"{folder}: cannot write {what} here ({err.strerror or err}); {hint}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for any error the user caused)."""
     try:
         args = build_parser().parse_args(argv)
         args.func(args)
     except ICLError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`icl-circuits show RUN | head`): stop quietly, as cat does.
+        _silence_stdout()
+        return 1
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: out of memory; lower the sizes in the config (data, model, train.batch_size)", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file or folder the user named that cannot be used
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

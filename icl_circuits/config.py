@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Literal
 
 from icl_circuits.configbase import FrozenConfig, require
 from icl_circuits.data import DataConfig, data_config_from_dict
 from icl_circuits.data.gaussian import GaussianConfig
 from icl_circuits.errors import ConfigError
+from icl_circuits.limits import check_sizes
 from icl_circuits.models.config import ModelConfig
+
+#: A run name: it becomes the default run folder ``checkpoints/NAME``, so no separators,
+#: no leading dot (no ``..``, no hidden folder) and nothing a shell would mangle.
+NAME_RE = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]{0,63}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +45,10 @@ class TrainConfig(FrozenConfig):
         eval_size: sequences per evaluation split.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``.
         compile: ``torch.compile`` the training step's model.
+        threads: torch CPU threads while training. The default 1 makes a run bitwise
+            reproducible (two runs, or a resumed one, give the same metrics and weights) and
+            is the fastest for these small models (``benchmarks/RESULTS.md``); 0 keeps torch's
+            own choice (one per core), which is not reproducible.
     """
 
     steps: int = 4000
@@ -58,6 +68,7 @@ class TrainConfig(FrozenConfig):
     eval_size: int = 1024
     device: str = "auto"
     compile: bool = False
+    threads: int = 1
 
     def validate(self) -> None:
         require(self.steps >= 1, "train.steps", "at least 1", self.steps)
@@ -93,6 +104,7 @@ class TrainConfig(FrozenConfig):
             "auto, cpu or cuda[:i]",
             self.device,
         )
+        require(self.threads >= 0, "train.threads", "a number of threads (0 = torch's choice)", self.threads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +126,15 @@ class RunConfig(FrozenConfig):
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     def validate(self) -> None:
+        require(
+            isinstance(self.name, str) and NAME_RE.fullmatch(self.name) is not None,
+            "name",
+            "a plain name of 1-64 letters, digits, '.', '_', '-' or '+', not starting with '.' "
+            "(it names the default run folder)",
+            self.name,
+        )
         require(0 <= self.seed < 2**63, "seed", "a non-negative integer", self.seed)
+        check_sizes(self)
         if self.model.encoder == "identity":
             d_in = _data_dim(self.data)
             require(

@@ -40,11 +40,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {short_repr(value)}")
         return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {short_repr(value)}")
         inner = args[0] if args else Any
         return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
     if tp is Any:
@@ -53,27 +53,31 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(f"{where}: expected a table of {tp.__name__} fields, got {short_repr(value)}")
         return tp.from_dict(value, prefix=f"{where}.")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {short_repr(value)}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {short_repr(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if math.isnan(float(value)):
-            raise ConfigError(f"{where}: expected a number, got NaN")
-        return float(value)
+            raise ConfigError(f"{where}: expected a number, got {short_repr(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise ConfigError(f"{where}: expected a finite number, got {short_repr(value)}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {number!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {short_repr(value)}")
         return value
     raise ConfigError(f"{where}: cannot check values of type {_type_name(tp)}")
 
@@ -87,7 +91,23 @@ class FrozenConfig:
     """
 
     def __post_init__(self) -> None:
+        self._check_finite()
         self.validate()
+
+    def _check_finite(self) -> None:
+        """Refuse NaN and infinities in every float field (they train to NaN silently)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            for v in values:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"{self._field_prefix()}{f.name}: expected a finite number, got {v!r}")
+
+    def _field_prefix(self) -> str:
+        """How error messages name this section's fields (``train.`` for ``TrainConfig``)."""
+        if hasattr(self, "family"):
+            return "data."
+        return {"TrainConfig": "train.", "ModelConfig": "model."}.get(type(self).__name__, "")
 
     def validate(self) -> None:
         """Raise ConfigError if a field or a combination of fields is invalid."""
@@ -127,7 +147,13 @@ class FrozenConfig:
         return dataclasses.replace(self, **changes)
 
 
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so one-line errors stay one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...({len(text)} chars)"
+
+
 def require(condition: bool, field: str, expected: str, value: Any) -> None:
     """Raise ``ConfigError('field: expected ..., got value')`` unless ``condition``."""
     if not condition:
-        raise ConfigError(f"{field}: expected {expected}, got {value!r}")
+        raise ConfigError(f"{field}: expected {expected}, got {short_repr(value)}")

@@ -26,3 +26,7 @@ class CheckpointError(RunFolderError):
 
 class DataError(ICLError):
     """A data file (e.g. the Omniglot pack) that is missing or corrupt."""
+
+
+class DivergedError(ICLError):
+    """Training stopped because the loss or a metric became NaN or infinite."""

@@ -103,6 +103,8 @@ def repeated_sequence(batch: Batch, n_ctx: int | None = None) -> tuple[Tensor, T
     """
     n_ctx = n_ctx or batch.seq_len
     T = min(batch.n_pairs, n_ctx // 4)
+    if T < 1:
+        raise ValueError(f"repeated_sequence: {undefined_scores(batch.n_pairs, n_ctx)['prefix_matching']}")
     half = batch[:]
     tok = half.tokens()[:, : 2 * T]
     ids = torch.arange(2 * T, device=batch.device).expand(len(batch), -1)
@@ -111,6 +113,19 @@ def repeated_sequence(batch: Batch, n_ctx: int | None = None) -> tuple[Tensor, T
     ids = ids.clone()
     ids[:, 1::2] = label_ids
     return torch.cat([tok, tok], 1), torch.cat([ids, ids], 1)
+
+
+def undefined_scores(n_pairs: int, n_ctx: int) -> dict[str, str]:
+    """Scores that cannot be defined for a layout, each with the reason (empty if none).
+
+    ``prefix_matching`` repeats at least one (exemplar, label) pair, so it needs 4 tokens of
+    context and one context pair; Chan et al. 2024's layout (one pair, 3 tokens) has neither.
+    """
+    if min(n_pairs, n_ctx // 4) < 1:
+        return {
+            "prefix_matching": f"needs a pair repeated (4 tokens); the context holds {n_ctx} tokens, {n_pairs} pair(s)"
+        }
+    return {}
 
 
 def induction_detection_pattern(token_ids: Tensor) -> Tensor:
@@ -142,10 +157,15 @@ def copying_scores(model) -> Tensor:
 
 def token_sequence_scores(model, batch: Batch) -> pd.DataFrame:
     """Prefix-matching and copying scores (Olsson et al. 2022) of every head."""
-    tokens, ids = repeated_sequence(batch, model.cfg.n_ctx)
-    rows = _tidy("prefix_matching", prefix_matching(_patterns(model, tokens), ids))
+    skipped = undefined_scores(batch.n_pairs, model.cfg.n_ctx)
+    rows = []
+    if "prefix_matching" not in skipped:
+        tokens, ids = repeated_sequence(batch, model.cfg.n_ctx)
+        rows += _tidy("prefix_matching", prefix_matching(_patterns(model, tokens), ids))
     rows += _tidy("copying", copying_scores(model))
-    return pd.DataFrame(rows, columns=COLUMNS)
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    out.attrs["skipped"] = skipped
+    return out
 
 
 def direct_logit_attribution(model, batch: Batch) -> pd.DataFrame:
@@ -178,11 +198,9 @@ def direct_logit_attribution(model, batch: Batch) -> pd.DataFrame:
 
 def head_scores(model, icl_batch: Batch) -> pd.DataFrame:
     """Every per-head score on an ICL batch: patterns, token-sequence scores and DLA."""
-    return pd.concat(
-        [
-            attention_scores(model, icl_batch),
-            token_sequence_scores(model, icl_batch),
-            direct_logit_attribution(model, icl_batch),
-        ],
-        ignore_index=True,
+    tokens = token_sequence_scores(model, icl_batch)
+    out = pd.concat(
+        [attention_scores(model, icl_batch), tokens, direct_logit_attribution(model, icl_batch)], ignore_index=True
     )
+    out.attrs["skipped"] = dict(tokens.attrs["skipped"])  # {metric: why it is undefined here}
+    return out

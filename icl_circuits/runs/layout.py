@@ -57,3 +57,13 @@ def parse_step(name: str) -> int | None:
         return None
     digits = name[len(STEP_PREFIX) :]
     return int(digits) if digits.isdigit() else None
+
+
+def is_plain_name(name: object) -> bool:
+    """A file name with no path in it: not empty, no separator, no leading dot, no NUL."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and not name.startswith(".")
+        and not any(c in name for c in "/\\\0")
+    )

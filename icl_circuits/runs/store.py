@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,47 @@ def _disk_error(path: Path, err: OSError) -> RunFolderError:
     return RunFolderError(f"{path}: could not write ({err.strerror or err})")
 
 
-def read_json(path: Path) -> Any:
+#: Largest JSON file of a run folder read (config, state, manifest, cache index).
+MAX_JSON_BYTES = 256 * 2**20
+#: Largest checkpoint file a manifest may declare.
+MAX_FILE_BYTES = 2**40
+
+
+def read_regular(path: Path, max_bytes: int, follow: bool = True) -> bytes:
+    """Read a regular file of at most ``max_bytes`` bytes, never more.
+
+    Devices, FIFOs and folders are refused (a FIFO is opened non-blocking, so it cannot
+    hang), as is a symbolic link when ``follow`` is false.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        RunFolderError: not a regular file, a link where none is allowed, or too large.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        return json.loads(Path(path).read_text())
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RunFolderError(f"{path}: a symbolic link, not a file of the run folder") from None
+        raise RunFolderError(f"{path}: cannot be read ({err.strerror or err})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunFolderError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise RunFolderError(f"{path}: larger than the {max_bytes} bytes expected")
+    return data
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of the run folder (a regular file of at most ``MAX_JSON_BYTES``)."""
+    try:
+        return json.loads(read_regular(Path(path), MAX_JSON_BYTES))
     except FileNotFoundError:
         raise RunFolderError(f"{path}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -98,7 +137,12 @@ def read_json(path: Path) -> Any:
 def run_lock(run: Path) -> Iterator[None]:
     """Hold the run folder's lock; a second process is refused (released even on kill -9)."""
     path = Path(run) / layout.LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RunFolderError(
+            f"{run}: cannot write into this run folder ({err.strerror or err}); it needs write access to train"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -135,7 +179,7 @@ def save_checkpoint(
         layout.MODEL: st_save({k: v.detach().cpu().contiguous() for k, v in model.items()}),
         layout.OPTIM: st_save({k: v.detach().cpu().contiguous() for k, v in optim.items()}),
         layout.RNG: st_save({k: v.cpu().contiguous() for k, v in rng.items()}),
-        layout.STATE: json.dumps(state, indent=1, sort_keys=True).encode(),
+        layout.STATE: json.dumps(state, indent=1, sort_keys=True, allow_nan=False).encode(),
     }
     manifest = {
         "format_version": layout.FORMAT_VERSION,
@@ -165,30 +209,53 @@ def list_checkpoints(run: Path) -> list[int]:
     return sorted(s for s in steps if s is not None)
 
 
-def verify_checkpoint(run: Path, step: int) -> dict[str, bytes]:
-    """Read and checksum every file of checkpoint ``step``; return their bytes."""
-    folder = layout.checkpoint_dir(run, step)
-    mpath = folder / layout.MANIFEST
-    try:
-        manifest = json.loads(mpath.read_text())
-        entries = manifest["files"]
-    except FileNotFoundError:
-        raise CheckpointError(f"{mpath}: missing (checkpoint incomplete)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"{mpath}: corrupt manifest") from None
+def _manifest_entries(mpath: Path, manifest: Any) -> dict[str, tuple[int, str]]:
+    """``{name: (bytes, sha256)}`` of a manifest, refusing anything but plain file names."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{mpath}: corrupt manifest")
     if manifest.get("format_version") != layout.FORMAT_VERSION:
         raise CheckpointError(
             f"{mpath}: format version {manifest.get('format_version')!r}, "
             f"this icl-circuits reads version {layout.FORMAT_VERSION}"
         )
     out = {}
-    for name, entry in entries.items():
+    for name, entry in manifest["files"].items():
+        if not layout.is_plain_name(name) or name == layout.MANIFEST:
+            raise CheckpointError(f"{mpath}: entry {name[:80]!r} is not a plain file name inside the checkpoint folder")
+        size = entry.get("bytes") if isinstance(entry, dict) else None
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        if type(size) is not int or not 0 <= size <= MAX_FILE_BYTES or not isinstance(digest, str):
+            raise CheckpointError(f"{mpath}: entry {name!r} needs a size in [0, {MAX_FILE_BYTES}] and a sha256")
+        out[name] = (size, digest)
+    return out
+
+
+def verify_checkpoint(run: Path, step: int) -> dict[str, bytes]:
+    """Read and checksum every file of checkpoint ``step``; return their bytes.
+
+    Only regular files directly inside the checkpoint folder are read (no links, no paths),
+    each no further than the size its manifest declares.
+    """
+    folder = layout.checkpoint_dir(run, step)
+    mpath = folder / layout.MANIFEST
+    if folder.is_symlink():
+        raise CheckpointError(f"{folder}: a symbolic link, not a checkpoint folder of this run")
+    try:
+        manifest = json.loads(read_regular(mpath, 2**20, follow=False))
+    except FileNotFoundError:
+        raise CheckpointError(f"{mpath}: missing (checkpoint incomplete)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RunFolderError):
+        raise CheckpointError(f"{mpath}: corrupt manifest") from None
+    out = {}
+    for name, (size, digest) in _manifest_entries(mpath, manifest).items():
         path = folder / name
         try:
-            data = path.read_bytes()
+            data = read_regular(path, size, follow=False)
         except FileNotFoundError:
             raise CheckpointError(f"{path}: missing") from None
-        if len(data) != entry["bytes"] or _sha256(data) != entry["sha256"]:
+        except RunFolderError as err:
+            raise CheckpointError(f"{err} (checkpoint corrupt)") from None
+        if len(data) != size or _sha256(data) != digest:
             raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupt)")
         out[name] = data
     return out

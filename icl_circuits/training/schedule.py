@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import numpy as np
@@ -26,13 +27,21 @@ def checkpoint_steps(steps: int, n: int, every: int = 0) -> list[int]:
     if every > 0:
         chosen |= set(range(0, steps + 1, every))
     out = sorted(chosen)
-    while len(out) < n:
-        gaps = np.diff(out)
-        i = int(np.argmax(gaps))
-        if gaps[i] < 2:
+    # Split the widest gap (the earliest among equals) until n steps exist: a heap keyed by
+    # (-width, start) makes this O(n log n) rather than a scan of every gap per insertion.
+    heap = [(-(b - a), a) for a, b in zip(out, out[1:], strict=False)]
+    heapq.heapify(heap)
+    added = []
+    while len(out) + len(added) < n and heap:
+        neg_gap, start = heapq.heappop(heap)
+        gap = -neg_gap
+        if gap < 2:
             break
-        out.insert(i + 1, out[i] + int(gaps[i]) // 2)
-    return out
+        mid = start + gap // 2
+        added.append(mid)
+        heapq.heappush(heap, (-(mid - start), start))
+        heapq.heappush(heap, (-(start + gap - mid), mid))
+    return sorted(out + added)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:

@@ -8,8 +8,10 @@ checkpoint and ends with the same metrics and weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import math
 import platform
 import subprocess
 from pathlib import Path
@@ -20,7 +22,8 @@ from tqdm.auto import tqdm
 
 from icl_circuits.config import RunConfig
 from icl_circuits.data import build_source
-from icl_circuits.errors import RunFolderError
+from icl_circuits.errors import DivergedError, RunFolderError
+from icl_circuits.limits import check_memory
 from icl_circuits.models.build import build_native, query_logits
 from icl_circuits.runs import layout
 from icl_circuits.runs.read import config_json, load_config, model_shape
@@ -92,12 +95,27 @@ def _prepare_folder(cfg: RunConfig, run: Path, device: torch.device) -> None:
                 "resume with the same config or choose another output folder"
             )
         return
+    if run.exists() and not run.is_dir():
+        raise RunFolderError(f"{run}: exists and is not a folder; choose another output folder (--out)")
     if run.exists() and any(p.name != layout.LOCK for p in run.iterdir()):
         raise RunFolderError(f"{run}: exists, is not empty and has no {layout.CONFIG}; not a run folder")
-    run.mkdir(parents=True, exist_ok=True)
-    write_new_file(run / layout.PROVENANCE, json.dumps(provenance(cfg, device), indent=2).encode())
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunFolderError(
+            f"{run}: cannot create the run folder ({err.strerror or err}); choose another (--out)"
+        ) from None
+    write_new_file(run / layout.PROVENANCE, json.dumps(provenance(cfg, device), indent=2, allow_nan=False).encode())
     # config.json last: its presence marks a usable run folder.
-    write_new_file(run / layout.CONFIG, json.dumps(config_json(cfg), indent=2, sort_keys=True).encode())
+    write_new_file(
+        run / layout.CONFIG, json.dumps(config_json(cfg), indent=2, sort_keys=True, allow_nan=False).encode()
+    )
+
+
+def _complete(run: Path, steps: int) -> bool:
+    """Whether the run's last checkpoint is its final step and verifies."""
+    done = list_checkpoints(run)
+    return bool(done) and done[-1] == steps and latest_good_checkpoint(run) == steps
 
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
@@ -111,8 +129,31 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
     return "no difference"
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Use ``n`` torch CPU threads inside the block (0: leave torch's choice); restored after."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _diverged(what: str, value: float, step: int, run: Path) -> DivergedError:
+    steps = list_checkpoints(run)
+    kept = f"its last good checkpoint, step {steps[-1]}, is kept" if steps else "no checkpoint was saved"
+    return DivergedError(
+        f"train: {what} became {value} by step {step}; training stopped and {kept} (nothing after it "
+        "was written); lower train.lr or set train.grad_clip, in a new run folder"
+    )
+
+
 def train(cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: int | None = None) -> Path:
     """Train ``cfg`` into the run folder ``run``, resuming it if it already exists.
+
+    Runs with ``cfg.train.threads`` torch threads (1 by default: bitwise reproducible).
 
     Args:
         cfg: the full run config.
@@ -123,9 +164,17 @@ def train(cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: in
 
     Returns:
         The run folder.
+
+    Raises:
+        DivergedError: the loss became NaN or infinite; checkpoints before it are kept.
     """
-    run = Path(run)
+    with torch_threads(cfg.train.threads):
+        return _train(cfg, Path(run), progress, stop_after)
+
+
+def _train(cfg: RunConfig, run: Path, progress: bool, stop_after: int | None) -> Path:
     device = resolve_device(cfg.train.device)
+    check_memory(cfg, device)
     # Everything that can fail on bad input happens before the folder is touched.
     source = build_source(cfg.data, cfg.seed, device)
     model = build_native(cfg.model, seed=cfg.seed, **model_shape(cfg, source)).to(device)
@@ -134,6 +183,8 @@ def train(cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: in
     decayed, _ = split_params(model, tc.decay_on)
     schedule = checkpoint_steps(tc.steps, tc.n_checkpoints, tc.checkpoint_every)
     _prepare_folder(cfg, run, device)
+    if _complete(run, tc.steps):
+        return run  # nothing to train: no lock, no write (a finished run may be read-only)
 
     with run_lock(run):
         start = latest_good_checkpoint(run)
@@ -183,6 +234,8 @@ def train(cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: in
                 if marks and done == marks[0]:
                     marks.pop(0)
                     train_loss = (loss_sum / n_since).item()
+                    if not math.isfinite(train_loss):
+                        raise _diverged("the training loss", train_loss, done, run)
                     rows = _checkpoint(
                         run, done, model, optimizer.state_dict(), evals, source.n_labels, train_loss, device
                     )
@@ -193,7 +246,10 @@ def train(cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: in
                     if stop_after is not None and done >= stop_after:
                         break
                 elif done % 50 == 0:
-                    bar.set_postfix({"loss": f"{loss.item():.3f}", **last_metrics}, refresh=False)
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise _diverged("the training loss", value, done, run)
+                    bar.set_postfix({"loss": f"{value:.3f}", **last_metrics}, refresh=False)
         finally:
             bar.close()
     return run
@@ -215,9 +271,12 @@ def _checkpoint(run, step, model, optim_state, evals, n_labels, train_loss, devi
     """
     rows = [{"split": "train", "metric": "loss", "value": train_loss}]
     rows += evaluate(model, evals, n_labels)
+    bad = next((r for r in rows if not math.isfinite(r["value"])), None)
+    if bad is not None:
+        raise _diverged(f"{bad['split']} {bad['metric']}", bad["value"], step, run)
     optim_tensors, optim_meta = flatten_optimizer(optim_state)
     rng = {"cpu": torch.get_rng_state()}
     state = {"step": step, "optim": optim_meta, "metrics": rows, "device": str(device)}
     save_checkpoint(run, step, model.state_dict(), optim_tensors, rng, state)
-    append_lines(run / layout.METRICS, [json.dumps({"step": step, **row}) for row in rows])
+    append_lines(run / layout.METRICS, [json.dumps({"step": step, **row}, allow_nan=False) for row in rows])
     return rows
