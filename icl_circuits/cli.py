@@ -22,8 +22,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_presets(args: argparse.Namespace) -> None:
-    from icl_circuits.presets import describe
+    from icl_circuits.presets import describe, get_preset
 
+    if args.name:
+        print(get_preset(args.name).to_json())  # a config file for `train --config`
+        return
     for name, line in describe().items():
         print(f"{name:22s} {line}")
 
@@ -59,8 +62,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
         args.preset = None
     if not args.preset and not args.config:
         raise ICLError("train: give a preset name (see `icl-circuits presets`) or --config FILE")
+    if args.preset and args.config:
+        raise ICLError(f"train: give a preset ({args.preset}) or --config FILE, not both")
     cfg = _load_config(args)
     out = Path(args.out) if args.out else DEFAULT_ROOT / cfg.name
+    if args.dry_run:
+        from icl_circuits.training.plan import describe_plan
+
+        print(describe_plan(cfg, out))
+        return
     run = train(cfg, out, progress=not args.no_progress)
     metrics = read_metrics(run)
     print(f"run folder: {run}")
@@ -94,6 +104,14 @@ def _cmd_show(args: argparse.Namespace) -> None:
     )
     span = f"steps {steps[0]}..{steps[-1]}" if steps else "none yet"
     print(f"checkpoints: {len(steps)} ({span}) of {cfg.train.steps} steps")
+    if steps:
+        from icl_circuits.errors import CheckpointError
+        from icl_circuits.runs.store import verify_checkpoint
+
+        try:
+            verify_checkpoint(run, steps[-1])
+        except CheckpointError as err:
+            print(f"CORRUPT:     last checkpoint (step {steps[-1]}): {err}")
     if args.config:
         print(cfg.to_json())
     _print_last(read_metrics(run))
@@ -122,7 +140,12 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
     if args.eval_size < 1:
         raise ICLError(f"--eval-size: expected a positive number of sequences, got {args.eval_size}")
     out = write_report(
-        args.run, progress=not args.no_progress, circuit=circuit, eval_size=args.eval_size, ablation=args.ablation
+        args.run,
+        progress=not args.no_progress,
+        out=given,
+        circuit=circuit,
+        eval_size=args.eval_size,
+        ablation=args.ablation,
     )
     print(f"analysis:   {out}")
     print((out / SUMMARY).read_text(), end="")
@@ -214,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="icl-circuits", description=__doc__.splitlines()[0] if __doc__ else None, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("presets", allow_abbrev=False, help="list presets with one-line descriptions")
+    p = sub.add_parser(
+        "presets", allow_abbrev=False, help="list presets with one-line descriptions, or print one's full config"
+    )
+    p.add_argument("name", nargs="?", help="a preset: print its full config as JSON (usable with train --config)")
     p.set_defaults(func=_cmd_presets)
 
     p = sub.add_parser(
@@ -226,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help=f"run folder (default {DEFAULT_ROOT}/NAME)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--analyze", action="store_true", help="run `analyze` on the run afterwards")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config, checkpoint steps and an estimated time; write nothing. "
+        "Shrinking train.steps keeps n_checkpoints (at most steps + 1 are distinct) and eval_size "
+        "(evaluation cost per checkpoint): lower them too for a quick run",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -254,7 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-size", type=int, default=512, help="sequences per evaluation split")
     p.add_argument("--ablation", default="mean", choices=["mean", "zero", "resample"])
     p.add_argument("--induction-heads", help="the ICL circuit's induction heads, e.g. 1.0,1.3 (default: found)")
-    p.add_argument("--prev-token-heads", help="its previous-token heads, e.g. 0.1")
+    p.add_argument("--prev-token-heads", help="its previous-token heads, e.g. 0.1 (with --induction-heads)")
+    p.add_argument(
+        "--out", help="folder for the analysis cache and report (default RUN/analysis; e.g. for a read-only run)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_analyze)
 

@@ -54,6 +54,8 @@ def ablation_lines(df: pd.DataFrame, circuit: FoundCircuit, n_heads: int, splits
         )
         if RANDOM_HEADS in set(last.condition):
             labels[RANDOM_HEADS] = f"{len(circuit.heads)} random heads (control, mean of {n_random} draws)"
+        elif every:
+            labels[RANDOM_HEADS] = "no random-heads control: the circuit is every head"
     else:
         labels["ICL circuit"] = "ICL circuit: nothing ablated (no circuit found)"
     labels["IWL path"] = "IWL path (the query's direct path and every MLP)"

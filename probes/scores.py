@@ -1,7 +1,7 @@
 """Per-head scores from attention patterns, the OV circuit and the logits.
 
 Every function is pure: it takes a model (a TransformerBridge in eval mode) and a batch and
-returns a tidy DataFrame with columns ``metric, layer, head, value`` (averaged over the batch).
+returns a tidy DataFrame with columns ``metric, layer, head_index, value`` (averaged over the batch).
 
 Metrics:
     ``task_induction`` (Reddy 2023): attention mass from the query onto the label tokens
@@ -29,13 +29,13 @@ from torch import Tensor
 
 from icl_circuits.data.batch import Batch
 
-COLUMNS = ["metric", "layer", "head", "value"]
+COLUMNS = ["metric", "layer", "head_index", "value"]
 
 
 def _tidy(metric: str, values: Tensor) -> list[dict]:
     """Rows for a ``[n_layers, n_heads]`` tensor."""
     return [
-        {"metric": metric, "layer": layer, "head": head, "value": float(values[layer, head])}
+        {"metric": metric, "layer": layer, "head_index": head, "value": float(values[layer, head])}
         for layer in range(values.shape[0])
         for head in range(values.shape[1])
     ]
