@@ -179,3 +179,55 @@ def test_bad_config(kwargs, field):
         StylizedConfig(**kwargs)
     assert str(err.value).startswith(field)
     assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- reference options
+def test_redraw_law_matches_the_reference_statistics():
+    """``irrelevant=redraw`` (chanb/simple_icl): a non-relevant slot hits the target with prob w_t^2."""
+    n = 2**16
+    for p_rel in (0.0, 0.9):
+        cfg = StylizedConfig(d=2, n_train=n, p_relevant=p_rel, irrelevant="redraw")
+        src = StylizedSource(cfg, seed=4)
+        b = src.training_sequences(torch.arange(n))
+        hit = b.query_in_context()[:, 0]
+        for group, w in (("high", 0.9 / 5), ("low", 0.1 / 5)):
+            mask = b.target < 5 if group == "high" else b.target >= 5
+            expected = p_rel + (1 - p_rel) * w * w
+            share = hit[mask].float().mean().item()
+            assert abs(share - expected) < _tol(expected, int(mask.sum())) + 1e-4, (p_rel, group, share)
+        # The exclude law never puts the target in a non-relevant slot.
+        b0 = StylizedSource(cfg.replace(irrelevant="exclude"), seed=4).training_sequences(torch.arange(n))
+        assert abs(b0.query_in_context().float().mean().item() - p_rel) < _tol(max(p_rel, 0.01), n)
+    # The -irr splits exclude the query's class under either law.
+    src = StylizedSource(StylizedConfig(d=2, irrelevant="redraw"), seed=0)
+    for split in ("IBD-irr", "OOBD-irr-high", "IBD-irr-low"):
+        assert not src.eval_batch(split, 2000).query_in_context().any(), split
+
+
+def test_reference_eval_sets_are_training_sequences():
+    cfg = StylizedConfig(d=3, n_train=2**12, eval_sets="reference")
+    src = StylizedSource(cfg, seed=5)
+    ev = src.eval_batch("IBD", 200)  # indices in [0, 1000) < n_train: every one is a training sequence
+    train = src.training_sequences(torch.arange(1000))
+    match = (ev.exemplars.flatten(1)[:, None] == train.exemplars.flatten(1)[None]).all(-1)
+    assert match.any(1).all()
+    fresh = StylizedSource(cfg.replace(eval_sets="fresh"), seed=5).eval_batch("IBD", 200)
+    match = (fresh.exemplars.flatten(1)[:, None] == train.exemplars.flatten(1)[None]).all(-1)
+    assert not match.any()
+    # OOBD and the conditioned splits still follow their own laws.
+    assert (src.eval_batch("OOBD-rel-low", 100).target >= 5).all()
+
+
+def test_omniglot_bank_exemplars_are_drawings_of_their_class():
+    cfg = StylizedConfig(bank="omniglot", image_size=8, sigma=0.0, n_train=2**8)
+    src = StylizedSource(cfg, seed=0)
+    assert src.d_in == 64 and src.bank.shape == (10, 20, 64)
+    b = src.train_batch(0, 64)
+    own = (b.exemplars[:, :, None] == src.bank[b.classes]).all(-1).any(-1)
+    assert own.all()  # each exemplar is one of its class's 20 drawings
+    drawers = (b.exemplars[:, -1:, None] == src.bank[b.classes[:, -1:]]).all(-1).float().argmax(-1)
+    assert drawers.unique().numel() > 5  # different drawings, not one per class
+    noisy = StylizedSource(cfg.replace(sigma=0.2), seed=0).train_batch(0, 64)
+    assert (noisy.exemplars - b.exemplars).std().item() == pytest.approx(0.2, rel=0.1)
+    with pytest.raises(ConfigError, match="data.n_low"):
+        StylizedConfig(bank="omniglot", n_low=2000)

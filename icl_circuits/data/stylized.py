@@ -47,6 +47,7 @@ from torch import Tensor
 
 from icl_circuits.configbase import FrozenConfig, require
 from icl_circuits.data.batch import Batch
+from icl_circuits.data.omniglot import N_CHARACTERS, N_DRAWERS, RAW_SIZE, load_omniglot
 from icl_circuits.data.sampling import counter_normals, counter_uniforms, inverse_cdf
 from icl_circuits.data.source import DataSource
 
@@ -70,6 +71,21 @@ class StylizedConfig(FrozenConfig):
         L: context pairs.
         p_relevant: probability that a context slot holds the query's class.
         n_train: size of the finite training set (sequences).
+        irrelevant: the class of a context slot that is not made relevant: ``exclude`` (drawn
+            from the class weights with the target removed, so such a slot never holds the
+            query's class) or ``redraw`` (``chanb/simple_icl``: drawn from the class weights;
+            a draw that hits the target is redrawn once from all classes, so it can hit it
+            again: at p_relevant 0 a frequent query still sees its class ~3% of the time
+            through the second draw). The ``-irr`` evaluation splits always exclude.
+        eval_sets: ``fresh`` (evaluation sequences from their own streams, never training
+            ones) or ``reference`` (as ``chanb/simple_icl``'s evaluation: sequence i is the
+            training sequence law seeded by index i for i ~ U[0, 5 * eval_size), so for
+            training sets larger than that the default-context IBD splits are training
+            sequences).
+        bank: class exemplars: ``gaussian`` (unit-norm centres, ``d`` dimensions) or
+            ``omniglot`` (class k is an Omniglot character; an exemplar is one of its 20
+            drawings at ``image_size`` x ``image_size``, plus ``sigma`` noise; ``d`` unused).
+        image_size: side of the Omniglot images (``bank="omniglot"``).
     """
 
     family: Literal["stylized"] = "stylized"
@@ -81,6 +97,10 @@ class StylizedConfig(FrozenConfig):
     L: int = 1
     p_relevant: float = 0.9
     n_train: int = 2**10
+    irrelevant: Literal["exclude", "redraw"] = "exclude"
+    eval_sets: Literal["fresh", "reference"] = "fresh"
+    bank: Literal["gaussian", "omniglot"] = "gaussian"
+    image_size: int = 14
 
     def validate(self) -> None:
         require(self.n_high >= 1, "data.n_high", "at least 1 high-frequency class", self.n_high)
@@ -91,6 +111,21 @@ class StylizedConfig(FrozenConfig):
         require(self.L >= 1, "data.L", "at least 1 context pair", self.L)
         require(0.0 <= self.p_relevant <= 1.0, "data.p_relevant", "a probability in [0, 1]", self.p_relevant)
         require(1 <= self.n_train <= MAX_TRAIN, "data.n_train", f"an integer in [1, {MAX_TRAIN}]", self.n_train)
+        require(
+            1 <= self.image_size <= RAW_SIZE, "data.image_size", f"an image side in [1, {RAW_SIZE}]", self.image_size
+        )
+        if self.bank == "omniglot":
+            require(
+                self.n_classes <= N_CHARACTERS,
+                "data.n_low",
+                f"at most {N_CHARACTERS} classes in all with bank=omniglot",
+                self.n_low,
+            )
+
+    @property
+    def d_in(self) -> int:
+        """Exemplar dimension."""
+        return self.image_size**2 if self.bank == "omniglot" else self.d
 
     @property
     def n_pairs(self) -> int:
@@ -112,10 +147,18 @@ class StylizedSource(DataSource):
         super().__init__(seed, device)
         self.cfg = cfg
         self.n_labels = cfg.n_classes
-        self.d_in = cfg.d
+        self.d_in = cfg.d_in
         self.n_pairs = cfg.L
-        centres = torch.randn(cfg.n_classes, cfg.d, generator=self.generator("world", 0), device=self.device)
-        self.centres = centres / centres.norm(dim=-1, keepdim=True)
+        world = self.generator("world", 0)
+        if cfg.bank == "gaussian":
+            centres = torch.randn(cfg.n_classes, cfg.d, generator=world, device=self.device)
+            # [n_classes, 1, d]: one "drawing" per class, its unit-norm centre.
+            self.bank = (centres / centres.norm(dim=-1, keepdim=True))[:, None]
+        else:
+            images = load_omniglot(None, cfg.image_size).to(self.device)
+            chars = torch.randperm(images.shape[0], generator=world, device=self.device)[: cfg.n_classes]
+            self.bank = images[chars, :N_DRAWERS]
+        self.centres = self.bank.mean(dim=1)
         classes = torch.arange(cfg.n_classes, device=self.device)
         self.is_high = classes < cfg.n_high
         high_w = cfg.p_high / cfg.n_high
@@ -129,18 +172,40 @@ class StylizedSource(DataSource):
         self.train_key = int(torch.randint(0, 2**62, (1,), generator=key_gen, device=self.device).item())
 
     # ------------------------------------------------------------------ pieces
-    def _assemble(self, u: Tensor, z: Tensor, target_probs: Tensor, p_relevant: float) -> Batch:
-        """Sequences from uniforms ``u [b, 1 + 2L]`` (target, context classes, relevance) and noise ``z``."""
+    @property
+    def n_uniforms(self) -> int:
+        """Uniforms per sequence: target, L slot classes, L relevance coins, then the options' draws."""
+        L = self.cfg.L
+        return 1 + 2 * L + (L if self.cfg.irrelevant == "redraw" else 0) + (L + 1 if self.cfg.bank == "omniglot" else 0)
+
+    def _assemble(self, u: Tensor, z: Tensor, target_probs: Tensor, p_relevant: float, exclude: bool) -> Batch:
+        """Sequences from uniforms ``u [b, n_uniforms]`` and noise ``z [b, L + 1, d_in]``.
+
+        Columns of ``u``: target, L slot classes, L relevance coins, then (``redraw``) L
+        second draws and (``omniglot``) L + 1 drawing picks.
+        """
         L, k = self.cfg.L, self.cfg.n_classes
         target = inverse_cdf(target_probs, u[:, :1])[:, 0]
-        # Slot classes from the weights with the target removed: compact the K - 1 others per row.
-        ar = torch.arange(k - 1, device=self.device)
-        others = ar + (ar >= target[:, None]).long()
-        other = torch.gather(others, 1, inverse_cdf(self.class_probs[others], u[:, 1 : 1 + L]))
-        relevant = u[:, 1 + L :] < p_relevant
+        relevant = u[:, 1 + L : 1 + 2 * L] < p_relevant
+        col = 1 + 2 * L
+        if exclude:
+            # Slot classes from the weights with the target removed: compact the K - 1 others per row.
+            ar = torch.arange(k - 1, device=self.device)
+            others = ar + (ar >= target[:, None]).long()
+            other = torch.gather(others, 1, inverse_cdf(self.class_probs[others], u[:, 1 : 1 + L]))
+        else:
+            other = inverse_cdf(self.class_probs, u[:, 1 : 1 + L])
+            again = inverse_cdf(self.class_probs, u[:, col : col + L])
+            other = torch.where(other == target[:, None], again, other)
+        if self.cfg.irrelevant == "redraw":
+            col += L
         ctx = torch.where(relevant, target[:, None], other)
         cls = torch.cat([ctx, target[:, None]], dim=1)
-        x = self.centres[cls] + self.cfg.sigma * z.float()
+        if self.cfg.bank == "omniglot":
+            drawer = (u[:, col : col + L + 1] * self.bank.shape[1]).long().clamp(max=self.bank.shape[1] - 1)
+        else:
+            drawer = torch.zeros_like(cls)
+        x = self.bank[cls, drawer] + self.cfg.sigma * z.float()
         return Batch(x, ctx.clone(), cls, target)
 
     def train_indices(self, step: int, batch_size: int) -> Tensor:
@@ -150,12 +215,16 @@ class StylizedSource(DataSource):
 
     def training_sequences(self, index: Tensor) -> Batch:
         """Training sequences ``index`` (int64 in ``[0, n_train)``), each a pure function of (seed, index)."""
-        L, d = self.cfg.L, self.cfg.d
+        return self._indexed(index, self.class_probs, self.cfg.p_relevant, self.cfg.irrelevant == "exclude")
+
+    def _indexed(self, index: Tensor, target_probs: Tensor, p_relevant: float, exclude: bool) -> Batch:
+        """The sequences whose draws are the counter hashes of ``index`` (training law, given target law)."""
+        L, d = self.cfg.L, self.d_in
         index = index.to(self.device)
-        n_u = 1 + 2 * L
+        n_u = self.n_uniforms
         u = counter_uniforms(self.train_key, index, n_u)
         z = counter_normals(self.train_key, index, (L + 1) * d, offset=n_u).view(-1, L + 1, d)
-        return self._assemble(u, z, self.class_probs, self.cfg.p_relevant)
+        return self._assemble(u, z, target_probs, p_relevant, exclude)
 
     # ------------------------------------------------------------------ API
     def train_batch(self, step: int, batch_size: int) -> Batch:
@@ -174,10 +243,16 @@ class StylizedSource(DataSource):
         else:
             target_probs = self.class_probs
         gen = self.generator("eval:" + split, 0)
-        L, d = self.cfg.L, self.cfg.d
-        u = torch.rand(n, 1 + 2 * L, generator=gen, device=self.device, dtype=torch.float64)
-        z = torch.randn(n, L + 1, d, generator=gen, device=self.device)
-        batch = self._assemble(u, z, target_probs, p_rel)
+        # The -irr splits always exclude the query's class (a clean in-weight measure).
+        exclude = ctx == "irr" or self.cfg.irrelevant == "exclude"
+        if self.cfg.eval_sets == "reference":
+            index = torch.randint(0, 5 * n, (n,), generator=gen, device=self.device)
+            batch = self._indexed(index, target_probs, p_rel, exclude)
+        else:
+            L, d = self.cfg.L, self.d_in
+            u = torch.rand(n, self.n_uniforms, generator=gen, device=self.device, dtype=torch.float64)
+            z = torch.randn(n, L + 1, d, generator=gen, device=self.device)
+            batch = self._assemble(u, z, target_probs, p_rel, exclude)
         if dist == "OOBD":
             batch = Batch(
                 batch.exemplars, self.oobd_label[batch.context_labels], batch.classes, self.oobd_label[batch.target]

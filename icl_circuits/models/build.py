@@ -22,7 +22,7 @@ from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_f
 from transformer_lens.model_bridge.sources.native import NativeModel, initialize_native_model
 
 from icl_circuits.models.config import ModelConfig
-from icl_circuits.models.embed import ExemplarEmbed, MLPReadout, sinusoidal_table
+from icl_circuits.models.embed import ExemplarEmbed, MLPReadout, lecun_normal_, sinusoidal_table
 
 ARCHITECTURE = "TransformerLensNative"
 
@@ -67,7 +67,8 @@ def tl_config(cfg: ModelConfig, d_in: int, n_labels: int, n_ctx: int, seed: int)
         act_fn=cfg.act_fn,
         normalization_type=norm,
         positional_embedding_type="rotary" if cfg.positional == "rotary" else "standard",
-        init_mode=cfg.init_mode,
+        # lecun_normal is ours (applied after TransformerLens's init, see build_native).
+        init_mode="gpt2" if cfg.init_mode == "lecun_normal" else cfg.init_mode,
         initializer_range=cfg.init_range,
         seed=seed,
         architecture=ARCHITECTURE,
@@ -89,18 +90,36 @@ def build_native(cfg: ModelConfig, d_in: int, n_labels: int, n_ctx: int, seed: i
         torch.manual_seed(seed)
         model = ICLNativeModel(tcfg)
         initialize_native_model(model, tcfg, seed=seed)
-        model.tok_embed = ExemplarEmbed(d_in, n_labels, cfg.d_model, cfg.encoder)
+        model.tok_embed = ExemplarEmbed(
+            d_in, n_labels, cfg.d_model, cfg.encoder, cfg.label_init, cfg.label_scale, cfg.label_bias
+        )
         if cfg.readout == "mlp":
             model.head = MLPReadout(cfg.d_model, cfg.readout_hidden, n_labels)
+        if cfg.init_mode == "lecun_normal":
+            _lecun_init(model, cfg.init_range)
         if cfg.positional in ("sinusoidal", "none"):
             assert model.pos is not None
             with torch.no_grad():
                 if cfg.positional == "sinusoidal":
-                    model.pos.weight.copy_(sinusoidal_table(n_ctx, cfg.d_model))
+                    shared = cfg.positions == "shared"
+                    model.pos.weight.copy_(sinusoidal_table(n_ctx, cfg.d_model, shared=shared))
                 else:
                     model.pos.weight.zero_()
             model.pos.weight.requires_grad_(False)
     return model
+
+
+def _lecun_init(model: torch.nn.Module, gain: float) -> None:
+    """Every trainable linear and conv weight to ``lecun_normal`` (gain ``gain``), their biases to zero.
+
+    The label embedding and frozen modules (the identity encoder, fixed position tables) keep
+    their own init.
+    """
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and module.weight.requires_grad:
+            lecun_normal_(module.weight, gain=gain)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
 
 
 def to_bridge(native: NativeModel, copy_module: bool = True) -> TransformerBridge:

@@ -26,8 +26,23 @@ class ModelConfig(FrozenConfig):
         encoder: exemplar encoder: ``linear``, ``identity`` (frozen) or ``cnn``.
         readout: ``linear`` (the unembedding) or ``mlp`` (ReLU layers ``readout_hidden``).
         readout_hidden: hidden widths of the MLP readout.
-        init_mode: TransformerLens native init (``gpt2``, ``xavier_uniform``, ...).
-        init_range: std / gain of that init.
+        init_mode: init of every trainable weight matrix: TransformerLens's native schemes
+            (``gpt2``: normal with std ``init_range``, output projections smaller;
+            ``xavier_uniform``, ``xavier_normal``, ``kaiming_*`` with gain ``init_range``) or
+            ``lecun_normal`` (Flax's default for Dense: truncated normal with std
+            ``init_range / sqrt(fan_in)``, biases zero), which the JAX reference codes use.
+        init_range: std (``gpt2``) or gain (the others) of that init.
+        label_init: init of the label embedding ``W_E [n_labels, d_model]``: ``normal``
+            (std ``label_scale``; TransformerLens's token-embedding scale 0.02 by default) or
+            ``lecun_normal`` (a Dense layer on the one-hot label, std
+            ``label_scale / sqrt(n_labels)``, as in ``chanb/simple_icl``).
+        label_scale: std (``normal``) or gain (``lecun_normal``) of the label embedding.
+        label_bias: add a learned bias (zero at init) to every label token, as a Dense layer
+            on the one-hot label has.
+        positions: ``consecutive`` (token t gets position t) or ``shared`` (an exemplar and its
+            label share one index, the query gets the next: ``x_i, y_i -> i - 1``, query
+            ``-> n_pairs``, as in ``chanb/simple_icl``); ``shared`` needs a fixed table
+            (``positional`` ``sinusoidal`` or ``none``).
     """
 
     n_layers: int = 2
@@ -42,8 +57,14 @@ class ModelConfig(FrozenConfig):
     encoder: Literal["linear", "identity", "cnn"] = "linear"
     readout: Literal["linear", "mlp"] = "linear"
     readout_hidden: tuple[int, ...] = (128, 128, 128)
-    init_mode: Literal["gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"] = "gpt2"
+    init_mode: Literal[
+        "gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "lecun_normal"
+    ] = "gpt2"
     init_range: float = 0.02
+    label_init: Literal["normal", "lecun_normal"] = "normal"
+    label_scale: float = 0.02
+    label_bias: bool = False
+    positions: Literal["consecutive", "shared"] = "consecutive"
 
     def validate(self) -> None:
         require(self.n_layers >= 1, "model.n_layers", "at least 1", self.n_layers)
@@ -64,6 +85,13 @@ class ModelConfig(FrozenConfig):
             all(h >= 1 for h in self.readout_hidden), "model.readout_hidden", "positive widths", self.readout_hidden
         )
         require(self.init_range > 0, "model.init_range", "a positive number", self.init_range)
+        require(self.label_scale > 0, "model.label_scale", "a positive number", self.label_scale)
+        require(
+            self.positions == "consecutive" or self.positional in ("sinusoidal", "none"),
+            "model.positions",
+            f"consecutive with positional={self.positional!r} (shared needs sinusoidal or none)",
+            self.positions,
+        )
 
     @property
     def head_dim(self) -> int:

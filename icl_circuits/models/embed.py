@@ -37,6 +37,24 @@ class SmallCNN(nn.Module):
         return self.proj(h.mean(dim=(2, 3)))
 
 
+#: Flax's ``truncated_normal`` divides by this so that the truncated law keeps the asked std.
+_TRUNC_STD = 0.87962566103423978
+
+
+def lecun_normal_(weight: Tensor, fan_in: int | None = None, gain: float = 1.0) -> Tensor:
+    """Fill ``weight`` in place as Flax's ``lecun_normal`` (its default Dense init) and return it.
+
+    A normal truncated at two standard deviations, rescaled so its std is
+    ``gain / sqrt(fan_in)``; ``fan_in`` defaults to ``weight.shape[1] * prod(kernel)`` (a
+    torch ``[out, in, ...]`` weight).
+    """
+    if fan_in is None:
+        fan_in = weight.shape[1] * math.prod(weight.shape[2:])
+    std = gain / math.sqrt(fan_in) / _TRUNC_STD
+    with torch.no_grad():
+        return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
 def make_encoder(kind: str, d_in: int, d_model: int) -> nn.Module:
     """The exemplar encoder ``kind`` (``linear``, ``identity`` or ``cnn``)."""
     if kind == "linear":
@@ -63,20 +81,43 @@ class ExemplarEmbed(nn.Module):
         d_model: residual width.
         encoder: ``linear``, ``identity`` (frozen, needs ``d_in == d_model``) or ``cnn``
             (square images flattened to ``d_in``).
+        label_init: ``normal`` (std ``label_scale``) or ``lecun_normal`` (std
+            ``label_scale / sqrt(n_labels)``, truncated at two std, as Flax's Dense on a
+            one-hot label).
+        label_scale: std or gain of ``label_init``.
+        label_bias: a learned ``[d_model]`` bias (zero at init) added to label tokens.
     """
 
-    def __init__(self, d_in: int, n_labels: int, d_model: int, encoder: str = "linear") -> None:
+    def __init__(
+        self,
+        d_in: int,
+        n_labels: int,
+        d_model: int,
+        encoder: str = "linear",
+        label_init: str = "normal",
+        label_scale: float = 0.02,
+        label_bias: bool = False,
+    ) -> None:
         super().__init__()
         self.d_in = d_in
         self.encoder = make_encoder(encoder, d_in, d_model)
         self.sparse_encoder = encoder == "cnn"
-        self.weight = nn.Parameter(torch.randn(n_labels, d_model) * 0.02)
+        if label_init == "normal":
+            weight = torch.randn(n_labels, d_model) * label_scale
+        elif label_init == "lecun_normal":
+            weight = lecun_normal_(torch.empty(n_labels, d_model), fan_in=n_labels, gain=label_scale)
+        else:
+            raise ValueError(f"model.label_init: expected normal or lecun_normal, got {label_init!r}")
+        self.weight = nn.Parameter(weight)
+        self.label_bias = nn.Parameter(torch.zeros(d_model)) if label_bias else None
 
     def forward(self, tokens: Tensor) -> Tensor:
         # tokens: [batch, pos, d_in + 1] int32 -> [batch, pos, d_model]
         x, label = unpack_tokens(tokens, self.d_in)
         is_label = label >= 0
         lab_emb = self.weight[label.clamp(min=0).long()]
+        if self.label_bias is not None:
+            lab_emb = lab_emb + self.label_bias
         if self.sparse_encoder:
             # Costly encoders only see exemplar positions.
             out = lab_emb.clone()
@@ -110,9 +151,15 @@ class MLPReadout(nn.Module):
         return self.out(self.mlp(x))
 
 
-def sinusoidal_table(n_ctx: int, d_model: int, max_time: float = 30.0) -> Tensor:
-    """``[n_ctx, d_model]`` sinusoidal position codes (Chan et al.'s ``max_time`` = 30)."""
+def sinusoidal_table(n_ctx: int, d_model: int, max_time: float = 30.0, shared: bool = False) -> Tensor:
+    """``[n_ctx, d_model]`` sinusoidal position codes (Chan et al.'s ``max_time`` = 30).
+
+    With ``shared``, token t gets the code of index ``t // 2``: in ``x_1 y_1 ... x_L y_L x_q``
+    an exemplar and its label share an index and the query gets ``L`` (``chanb/simple_icl``).
+    """
     pos = torch.arange(n_ctx, dtype=torch.float32)[:, None]
+    if shared:
+        pos = pos // 2
     i = torch.arange(0, d_model, 2, dtype=torch.float32)
     freq = max_time ** (-i / d_model)
     table = torch.zeros(n_ctx, d_model)
