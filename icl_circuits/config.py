@@ -169,9 +169,7 @@ class RunConfig(FrozenConfig):
 def _data_dim(cfg: DataConfig) -> int:
     if isinstance(cfg, GaussianConfig):
         return cfg.D
-    if cfg.family == "stylized":
-        return cfg.d
-    return cfg.image_size**2 if cfg.bank == "omniglot" else cfg.d
+    return cfg.d_in
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
