@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -84,3 +86,33 @@ def load_native(run: Path, step: int | None = None, device: str = "cpu") -> torc
 def load_model(run: Path, step: int | None = None, device: str = "cpu"):
     """Checkpoint ``step`` as a TransformerLens bridge (``run_with_cache``, hooks, patching)."""
     return to_bridge(load_native(run, step, device), copy_module=False)
+
+
+def load_source(run: Path) -> DataSource:
+    """The run's data source (its evaluation splits, ``n_labels``, ``icl_split``...), on the CPU."""
+    cfg = load_config(Path(run))
+    return build_source(cfg.data, cfg.seed, "cpu")
+
+
+def iter_checkpoints(
+    run: Path, steps: list[int] | None = None, device: str = "cpu", skip_corrupt: bool = True
+) -> Iterator[tuple[int, Any]]:
+    """``(step, bridge)`` for every checkpoint of ``run`` (or ``steps``), ascending.
+
+    One model at a time is loaded, so memory stays flat however many checkpoints there are.
+
+    Args:
+        run: run folder.
+        steps: checkpoint steps (default: every checkpoint).
+        device: where the models go.
+        skip_corrupt: skip a checkpoint that fails its checksums (else raise CheckpointError).
+    """
+    run = Path(run)
+    for step in list_checkpoints(run) if steps is None else steps:
+        try:
+            model = load_model(run, step, device)
+        except CheckpointError:
+            if not skip_corrupt:
+                raise
+            continue
+        yield step, model

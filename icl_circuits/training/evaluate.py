@@ -60,6 +60,20 @@ def evaluate(model: torch.nn.Module, eval_sets: dict[str, Batch], n_labels: int,
     return rows
 
 
+@torch.no_grad()
+def evaluate_split(model: torch.nn.Module, source: DataSource, split: str, n: int = 512) -> dict[str, float]:
+    """Metrics of ``model`` (native or bridge; hooks in place apply) on ``n`` sequences of ``split``.
+
+    The sequences are the split's fixed evaluation set (the same as training's, given ``n``).
+
+    Returns:
+        ``{"loss", "acc", "acc_in_context", "acc_out_context", "p_context"}`` (see :func:`query_metrics`).
+    """
+    source.check_split(split)
+    batch = source.eval_batch(split, n)
+    return query_metrics(query_logits(model, batch.tokens()), batch, source.n_labels)
+
+
 def eval_sets(source: DataSource, n: int) -> dict[str, Batch]:
     """The fixed evaluation batches of every split of ``source``."""
     return {split: source.eval_batch(split, n) for split in source.splits}
