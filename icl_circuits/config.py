@@ -49,6 +49,9 @@ class TrainConfig(FrozenConfig):
             reproducible (two runs, or a resumed one, give the same metrics and weights) and
             is the fastest for these small models (``benchmarks/RESULTS.md``); 0 keeps torch's
             own choice (one per core), which is not reproducible.
+        logger: also log every checkpoint's metrics to ``wandb`` (offline unless ``WANDB_MODE``
+            says otherwise) or ``tensorboard``, into the run folder; ``none`` (default): only
+            ``metrics.jsonl`` (see :mod:`icl_circuits.training.tracking`).
     """
 
     steps: int = 4000
@@ -69,6 +72,7 @@ class TrainConfig(FrozenConfig):
     device: str = "auto"
     compile: bool = False
     threads: int = 1
+    logger: Literal["none", "wandb", "tensorboard"] = "none"
 
     def validate(self) -> None:
         require(self.steps >= 1, "train.steps", "at least 1", self.steps)

@@ -15,6 +15,7 @@
           rng.safetensors    torch RNG state
           MANIFEST.json      sha256 and size of every file above (written last)
       analysis/              probe results, cached per checkpoint and analysis version
+      wandb/, tensorboard/   only with train.logger = wandb | tensorboard (same metrics as metrics.jsonl)
 """
 
 from __future__ import annotations

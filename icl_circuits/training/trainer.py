@@ -41,6 +41,7 @@ from icl_circuits.runs.store import (
 from icl_circuits.training.evaluate import eval_sets, evaluate
 from icl_circuits.training.optim import build_optimizer, l2_penalty, split_params
 from icl_circuits.training.schedule import checkpoint_steps, lr_at
+from icl_circuits.training.tracking import check_logger, open_logger
 
 
 def resolve_device(name: str) -> torch.device:
@@ -182,6 +183,7 @@ def _train(cfg: RunConfig, run: Path, progress: bool, stop_after: int | None) ->
     optimizer = build_optimizer(model, tc)
     decayed, _ = split_params(model, tc.decay_on)
     schedule = checkpoint_steps(tc.steps, tc.n_checkpoints, tc.checkpoint_every)
+    check_logger(cfg)
     _prepare_folder(cfg, run, device)
     if _complete(run, tc.steps):
         return run  # nothing to train: no lock, no write (a finished run may be read-only)
@@ -195,6 +197,7 @@ def _train(cfg: RunConfig, run: Path, progress: bool, stop_after: int | None) ->
                 f"(step {start}); move it aside to resume from step {start}"
             )
         evals = eval_sets(source, tc.eval_size)
+        fresh = start is None
         if start is None:
             with torch.no_grad():
                 b0 = source.train_batch(0, tc.batch_size)
@@ -214,7 +217,10 @@ def _train(cfg: RunConfig, run: Path, progress: bool, stop_after: int | None) ->
         bar = tqdm(total=tc.steps, initial=start, disable=not progress, desc=cfg.name, unit="step", dynamic_ncols=True)
         loss_sum = torch.zeros((), device=device)
         n_since = 0
+        tracker = open_logger(cfg, run)
         try:
+            if fresh:
+                tracker.log(0, rows)
             for step in range(start, tc.steps):
                 lr = lr_at(tc, step)
                 for group in optimizer.param_groups:
@@ -239,6 +245,7 @@ def _train(cfg: RunConfig, run: Path, progress: bool, stop_after: int | None) ->
                     rows = _checkpoint(
                         run, done, model, optimizer.state_dict(), evals, source.n_labels, train_loss, device
                     )
+                    tracker.log(done, rows)
                     last_metrics = _headline(rows, source)
                     loss_sum.zero_()
                     n_since = 0
@@ -252,6 +259,7 @@ def _train(cfg: RunConfig, run: Path, progress: bool, stop_after: int | None) ->
                     bar.set_postfix({"loss": f"{value:.3f}", **last_metrics}, refresh=False)
         finally:
             bar.close()
+            tracker.close()
     return run
 
 
