@@ -153,6 +153,34 @@ def chan2024_stylized() -> RunConfig:
     )
 
 
+def chan2024_omniglot() -> RunConfig:
+    """Chan et al. 2024 on Omniglot: the stylized distribution with Omniglot characters as classes.
+
+    The paper's Omniglot variant draws sequences from the stylized distribution (frequent and
+    rare classes, one context pair, p_relevant 0.9) with Omniglot images as exemplars. The
+    reference (``chanb/simple_icl``, ``omniglot`` branch and the ``omniglot-input_noise``
+    plots) uses all 1,623 characters and a ResNet tokenizer at GPU scale. Ours, at CPU scale,
+    keeps everything of ``chan2024-stylized`` except:
+
+    =================  =========================  ===========================  =========================
+    parameter          paper                      reference code               ours
+    =================  =========================  ===========================  =========================
+    classes            Omniglot characters        1,623 characters             5 high + 5 low characters
+                                                                               (random, per seed)
+    exemplar           an image of the class      one of its drawings          one of its 20 drawings,
+                                                                               14 x 14, sigma 0
+    tokenizer          ResNet                     ResNet, trained              linear 196 -> 64, trained
+                                                                               (lecun-normal)
+    =================  =========================  ===========================  =========================
+    """
+    base = chan2024_stylized()
+    return base.replace(
+        name="chan2024-omniglot",
+        data=base.data.replace(bank="omniglot", image_size=14, sigma=0.0),
+        model=base.model.replace(encoder="linear"),
+    )
+
+
 def singh2024_induction() -> RunConfig:
     """Singh et al. 2024 (induction heads): 2 layers x 8 heads, attention only, RoPE.
 
@@ -224,6 +252,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "reddy2023": reddy2023,
     "nguyen-reddy2024": nguyen_reddy2024,
     "chan2024-stylized": chan2024_stylized,
+    "chan2024-omniglot": chan2024_omniglot,
     "singh2024-induction": singh2024_induction,
     "omniglot-bursty": omniglot_bursty,
 }

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from icl_circuits.data.stylized import StylizedSource
+from icl_circuits.errors import ConfigError
 from icl_circuits.reproduce import chan2024, reproduce
+from icl_circuits.reproduce.common import final
 from icl_circuits.sweeps.spec import SweepSpec, build_points
 
 torch.set_num_threads(1)
@@ -19,61 +21,100 @@ def test_smoke_writes_everything(tmp_path):
     rep = reproduce("chan2024", tmp_path, scale="smoke", workers=1, progress=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["name"] == "chan2024" and summary["scale"] == "smoke"
+    assert summary["settings"]["checkpoint"] == "min_train_loss"
     assert (tmp_path / "claims.md").read_text().startswith("| claim |")
     for name in ("transformer", "transformer_curves", "gating", "gating_curves"):
         table = pd.read_csv(tmp_path / f"{name}.csv")
         assert len(table) > 0
         assert {"N", "p_relevant", "seed", "split", "metric", "value"} <= set(table.columns)
-    for fig in ("transformer_accuracy.png", "gating_accuracy.png", "side_by_side.png"):
+    assert {"sigma", "step"} <= set(rep.tables["transformer"].columns)
+    assert set(rep.tables["transformer"]["sigma"]) == {0.2, 0.4}  # main grid and the noise sweep
+    for fig in ("transformer_accuracy.png", "gating_accuracy.png", "side_by_side.png", "noise.png"):
         assert (tmp_path / fig).stat().st_size > 0
     assert len(rep.claims) >= 5
     assert all(c.holds in (True, False) for c in rep.claims)
+    assert all("checkpoint: min_train_loss]" in c.claim for c in rep.claims if c.claim.startswith("Transformer"))
     gating = rep.tables["gating"]
     assert set(gating["metric"]) == {"acc_f", "acc_g", "acc_h", "alpha"}
     assert set(gating["split"]) == set(StylizedSource.splits)
     assert set(rep.tables["transformer"]["split"]) == set(StylizedSource.splits) | {"train"}
 
 
-def _table(curves: dict[tuple[str, str, float], list[float]], ns: list[int]) -> pd.DataFrame:
+def _table(curves: dict[tuple, list[float]], ns: list[int]) -> pd.DataFrame:
+    """A tidy table from ``(split, metric, p[, sigma]) -> values over ns`` (sigma 0.2 by default)."""
     rows = []
-    for (split, metric, p), values in curves.items():
+    for key, values in curves.items():
+        split, metric, p, sigma = (*key, 0.2) if len(key) == 3 else key
         rows += [
-            {"N": n, "p_relevant": p, "seed": 0, "split": split, "metric": metric, "value": v}
+            {"N": n, "p_relevant": p, "sigma": sigma, "seed": 0, "split": split, "metric": metric, "value": v}
             for n, v in zip(ns, values, strict=True)
         ]
     return pd.DataFrame(rows)
 
 
 def test_claims_on_known_curves():
-    ns = [2**6, 2**8, 2**10, 2**12]
+    ns = [2**6, 2**8, 2**10, 2**12, 2**14]
     t = _table(
         {
-            ("OOBD-low", "acc", 0.9): [0.9, 0.8, 0.3, 0.05],
-            ("IBD", "acc", 0.9): [0.96, 0.97, 0.99, 0.99],
-            ("IBD-irr-low", "acc", 0.9): [0.1, 0.3, 0.8, 0.9],
-            ("OOBD-high", "acc", 0.9): [0.0, 0.0, 0.01, 0.0],
-            ("OOBD-rel-low", "acc", 0.0): [0.0, 0.0, 0.0, 0.0],
-            ("OOBD-low", "acc", 1.0): [0.2, 0.9, 1.0, 1.0],
+            ("OOBD-low", "acc", 0.9): [0.2, 0.6, 0.8, 0.3, 0.05],
+            ("IBD-irr-low", "acc", 0.9): [0.1, 0.3, 0.5, 0.8, 0.9],
+            ("IBD", "acc", 0.9): [0.96, 0.97, 0.99, 0.99, 0.99],
+            ("OOBD-high", "acc", 0.9): [0.3, 0.0, 0.01, 0.0, 0.0],
+            ("OOBD-rel-low", "acc", 0.0): [0.0, 0.0, 0.0, 0.0, 0.0],
+            ("OOBD-low", "acc", 1.0): [0.2, 0.9, 1.0, 1.0, 0.95],
+            ("OOBD-low", "acc", 0.9, 0.4): [0.3, 0.6, 0.8, 0.7, 0.6],
         },
         ns,
     )
-    claims = chan2024.transformer_claims(t)
-    assert [c.holds for c in claims] == [True] * 7
+    claims = chan2024.transformer_claims(t, "last")
+    assert [c.holds for c in claims] == [True] * 8
+    assert all(c.claim.endswith("[checkpoint: last]") for c in claims)
+    bad = t.copy()
+    bad.loc[
+        (bad["split"] == "OOBD-low") & (bad["p_relevant"] == 0.9) & (bad["sigma"] == 0.2) & (bad["N"] == 2**14), "value"
+    ] = 0.2
+    assert not chan2024.transformer_claims(bad)[0].holds  # not <= 0.1 at the largest N
+    noisy = (bad["split"] == "OOBD-low") & (bad["sigma"] == 0.4) & (bad["N"] == 2**14)
+    bad.loc[noisy, "value"] = 0.3
+    assert not chan2024.transformer_claims(bad)[-1].holds  # sigma 0.4 only 0.1 above sigma 0.2
     t.loc[(t["split"] == "IBD") & (t["N"] == 2**8), "value"] = 0.9  # one N below 0.95
-    assert [c.holds for c in chan2024.transformer_claims(t)][2] is False
+    assert [c.holds for c in chan2024.transformer_claims(t)][2:4] == [False, False]
+    t.loc[(t["split"] == "OOBD-low") & (t["p_relevant"] == 1.0) & (t["N"] == 2**14), "value"] = 0.4
+    assert not chan2024.transformer_claims(t)[6].holds  # p_rel 1: ICL no longer persists
 
     g = _table(
         {
-            ("IBD-low", "alpha", 0.9): [0.4, 0.2, 0.5, 0.99],
-            ("IBD-high", "alpha", 0.9): [0.38, 0.6, 0.9, 1.0],
-            ("OOBD-low", "acc_f", 0.9): [0.9, 0.9, 0.5, 0.0],
-            ("IBD", "alpha", 0.0): [0.7, 0.9, 1.0, 1.0],
+            ("IBD-low", "alpha", 0.9): [0.4, 0.2, 0.5, 0.99, 1.0],
+            ("IBD-high", "alpha", 0.9): [0.38, 0.6, 0.9, 1.0, 1.0],
+            ("OOBD-low", "acc_f", 0.9): [0.9, 0.9, 0.5, 0.0, 0.0],
+            ("IBD", "alpha", 0.0): [0.7, 0.9, 1.0, 1.0, 1.0],
         },
         ns,
-    )
+    ).drop(columns="sigma")
     assert [c.holds for c in chan2024.gating_claims(g)] == [True] * 4
+    (together,) = chan2024.together_claim(t, g, "last")
+    assert together.holds  # transformer falls at 2^12, f at 2^12
     g.loc[(g["split"] == "IBD-high") & (g["N"] == 2**6), "value"] = 0.2  # high below low by 0.2
     assert [c.holds for c in chan2024.gating_claims(g)][1] is False
+
+
+def test_checkpoint_rules():
+    """``min_train_loss`` picks the lowest training loss (latest of ties), ``last`` the last step."""
+    rows = []
+    for point, losses in (("a", [2.0, 0.1, 0.3, 0.1]), ("b", [2.0, 0.5, 0.2, 0.4])):
+        for step, loss in zip([0, 10, 20, 30], losses, strict=True):
+            rows.append(
+                {"kind": "metrics", "point": point, "step": step, "split": "train", "metric": "loss", "value": loss}
+            )
+            rows.append(
+                {"kind": "metrics", "point": point, "step": step, "split": "IBD", "metric": "acc", "value": step}
+            )
+    res = pd.DataFrame(rows)
+    picked = final(res, "acc", "min_train_loss").set_index("point")["step"]
+    assert picked.to_dict() == {"a": 30, "b": 20}
+    assert final(res, "acc", "last").set_index("point")["step"].to_dict() == {"a": 30, "b": 30}
+    with pytest.raises(ConfigError, match="checkpoint rule"):
+        final(res, "acc", "best")
 
 
 def test_spearman():
@@ -83,25 +124,42 @@ def test_spearman():
 
 def test_full_scale_configs():
     s = chan2024.settings("full")
-    points = build_points(SweepSpec(base=chan2024.PRESET, overrides=tuple(s["overrides"]), grid=chan2024.grid(s)))
-    assert len(points) == 15 * 3 * 5
+    main = chan2024.grids(s)["transformer"]
+    points = build_points(SweepSpec(base=chan2024.PRESET, overrides=tuple(s["overrides"]), grid=main))
+    assert len(points) == 15 * 5
     assert max(p.config.data.n_train for p in points) == 2**20
     assert {p.config.train.steps for p in points} == {50_000}
     assert {p.config.train.lr for p in points} == {3e-4}
+    assert set(chan2024.grids(s)) == {"transformer", "transformer-p", "noise"}
     cfg = chan2024.GatingConfig.from_dict(s["gating"])
     assert cfg.batch_size == 32 and s["gating_passes"] == 1
 
 
+def test_preset_matches_the_reference_settings():
+    """The settings chanb/simple_icl fixes (read from its code; see the preset's table)."""
+    cfg = chan2024.get_preset(chan2024.PRESET)
+    m, d, t = cfg.model, cfg.data, cfg.train
+    assert (m.n_layers, m.n_heads, m.d_model, m.attn_only, m.act_fn) == (2, 1, 64, False, "gelu_new")
+    assert (m.init_mode, m.init_range) == ("lecun_normal", 1.0)
+    assert (m.label_init, m.label_scale, m.label_bias) == ("lecun_normal", 1.0, True)
+    assert (m.positional, m.positions, m.encoder, m.normalization) == ("sinusoidal", "shared", "identity", "LN")
+    assert (d.n_high, d.n_low, d.p_high, d.d, d.sigma, d.L, d.irrelevant) == (5, 5, 0.9, 64, 0.2, 1, "redraw")
+    assert (t.optimizer, t.lr, t.batch_size, t.schedule, t.grad_clip) == ("adam", 3e-4, 32, "constant", 0.0)
+
+
 #: Claims (by their opening words) that hold at the cpu scale, as reported in docs/reproductions.md.
 CPU_HOLDING = (
+    "Transformer, p_rel 0.9: rare-class ICL (OOBD-low) reaches",
     "Transformer, p_rel 0.9: in-weight accuracy on low-frequency classes",
     "Transformer, p_rel 0.9: high-frequency classes are learned in weight",
     "Transformer, p_rel 0 (context never relevant)",
     "Transformer, p_rel 1 (context always relevant)",
+    "Transformer, p_rel 0.9: with noisier inputs",
     "Gating model, p_rel 0.9: the gate's IWL share",
     "Gating model, p_rel 0.9: alpha on high-frequency",
     "Gating model, p_rel 0.9: its OOBD-low",
     "Gating model, p_rel 0 (context never relevant)",
+    "Transformer and gating model",
 )
 
 

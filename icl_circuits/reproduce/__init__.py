@@ -6,7 +6,7 @@ tests, ``cpu`` (default; at most 30 minutes on 2 cores) and ``full`` (the paper'
 
 >>> from icl_circuits.reproduce import REPRODUCTIONS, reproduce
 >>> sorted(REPRODUCTIONS)  # doctest: +NORMALIZE_WHITESPACE
-['chan2024', 'nguyen-reddy2024', 'reddy2023', 'singh2023', 'singh2024']
+['chan2024', 'chan2024-ablation', 'chan2024-llm', 'chan2024-omniglot', 'nguyen-reddy2024', 'reddy2023', 'singh2023', 'singh2024']
 >>> rep = reproduce("singh2024", "out/singh2024", scale="smoke")  # doctest: +SKIP
 """
 
@@ -21,6 +21,9 @@ from icl_circuits.reproduce.common import SCALES, Claim, Reproduction, check_sca
 #: name -> (module under icl_circuits.reproduce, one-line description)
 REPRODUCTIONS: dict[str, tuple[str, str]] = {
     "chan2024": ("chan2024", "Chan et al. 2024: training-set size sweep on stylized data + the gating model"),
+    "chan2024-ablation": ("chan2024_ablation", "Chan et al. 2024: which setting carries rare-class ICL"),
+    "chan2024-omniglot": ("chan2024_omniglot", "Chan et al. 2024: the stylized sweep with Omniglot exemplars"),
+    "chan2024-llm": ("chan2024_llm", "Chan et al. 2024 §5: fine-tuning SmolLM2-135M to memorise trades away ICL"),
     "nguyen-reddy2024": ("nguyen_reddy2024", "Nguyen & Reddy 2024: K* vs context length, t_ICL, bimodality"),
     "singh2023": ("singh2023", "Singh et al. 2023: transient ICL, and L2 keeping it"),
     "reddy2023": ("reddy2023", "Reddy 2023: (K, B) phase diagram and the abrupt induction head"),

@@ -135,11 +135,31 @@ def run_grid(
     return result.results
 
 
-def final(results: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
-    """The last checkpoint's ``metric`` rows of every run of a sweep's results table."""
+#: Checkpoint-selection rules of :func:`final`.
+CHECKPOINT_RULES = ("last", "min_train_loss")
+
+
+def final(results: pd.DataFrame, metric: str = "acc", rule: str = "last") -> pd.DataFrame:
+    """One checkpoint's ``metric`` rows of every run of a sweep's results table.
+
+    Args:
+        results: a sweep's tidy results (``kind``, ``point``, ``step``, ``split``, ``metric``, ``value``).
+        metric: the metric to keep.
+        rule: ``last`` (the last checkpoint) or ``min_train_loss`` (the checkpoint with the
+            lowest training loss, the latest of ties, as ``chanb/simple_icl``'s plots choose;
+            the training loss is the mean over the steps since the previous checkpoint).
+    """
+    if rule not in CHECKPOINT_RULES:
+        raise ConfigError(f"checkpoint rule: expected one of {', '.join(CHECKPOINT_RULES)}, got {rule!r}")
     rows = results[(results["kind"] == "metrics") & (results["metric"] == metric)]
-    last = rows.groupby("point")["step"].transform("max")
-    return rows[rows["step"] == last].reset_index(drop=True)
+    if rule == "last":
+        chosen = rows.groupby("point")["step"].max()
+    else:
+        loss = results[(results["kind"] == "metrics") & (results["split"] == "train") & (results["metric"] == "loss")]
+        loss = loss.sort_values(["point", "value", "step"], ascending=[True, True, False])
+        chosen = loss.groupby("point")["step"].first()
+    keep = rows["step"] == rows["point"].map(chosen)
+    return rows[keep].reset_index(drop=True)
 
 
 def timed(fn: Callable[[], Reproduction]) -> Reproduction:
