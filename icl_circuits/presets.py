@@ -40,6 +40,19 @@ def reddy2023() -> RunConfig:
     eps = 0.75 as in the published replication. Differs: positions are a learned embedding
     rather than a one-hot code at a random offset; labels are learned embeddings rather
     than fixed random vectors.
+
+    Label-embedding and init audit (against the paper's code as summarised in
+    ``shared/references.md``; not changed here, the reproduction's numbers stand on these):
+
+    ================  ===========================  ==============================
+    parameter         reference                    ours
+    ================  ===========================  ==============================
+    label vectors     fixed N(0, I/D), norm ~1     learned, std 0.02 (norm ~0.16)
+    attention init    scale 1/sqrt(D)              TransformerLens gpt2, std 0.02
+    ================  ===========================  ==============================
+
+    ``model.label_init=lecun_normal model.label_scale=...`` and ``model.init_mode=lecun_normal``
+    reach the reference's scales.
     """
     return RunConfig(
         name="reddy2023",
@@ -70,6 +83,13 @@ def nguyen_reddy2024() -> RunConfig:
     then induction head): with the paper's single layer this layout cannot learn ICL.
     For the transience run use ``train.weight_decay=3e-3 train.decay_on=attention+embed
     data.K=10000``.
+
+    Label-embedding and init audit (``anhhuyalex/icl-kinetics``; not changed here, the packed
+    layout of the one-token-per-item issue replaces this model): the reference's label is a
+    one-hot entry of the LayerNorm'd input token, so after the norm it is as large as the
+    exemplar; ours is a learned embedding of std 0.02 (norm ~0.16 at d = 64) next to a linear
+    encoding of the exemplar. Weights: PyTorch's Linear default (uniform, std
+    1/sqrt(3 fan_in)) there, TransformerLens's std 0.02 here.
     """
     return RunConfig(
         name="nguyen-reddy2024",
@@ -189,6 +209,11 @@ def singh2024_induction() -> RunConfig:
     steps (1e6 sequences). Weights start at a fan-in scale (Xavier normal, gain 1) like
     Equinox's default rather than TransformerLens's std 0.02: from the small init the loss
     sat on its ln 2 plateau for all 31,250 steps at lr 1e-5, and for 12,000 steps at 1e-4.
+
+    Label-embedding audit (``aadityasingh/icl-dynamics``; not changed here): the reference
+    embeds the one-hot label with an Equinox Linear without bias (uniform, std
+    1/sqrt(3 n_labels)); ours keeps TransformerLens's std 0.02, several times smaller.
+    ``model.label_init=lecun_normal`` gives a Dense-on-one-hot scale.
     """
     return RunConfig(
         name="singh2024-induction",
@@ -213,6 +238,12 @@ def omniglot_bursty() -> RunConfig:
     8 context pairs. Model: 12 layers x 8 heads, d = 64, a small CNN encoder (the reference
     uses a ResNet), sinusoidal positions; Adam with 4,000 warm-up steps to 3e-4 then
     inverse-square-root decay, batch 32, 500k steps (GPU scale).
+
+    Label-embedding and init audit (``google-deepmind/emergent_in_context_learning``,
+    ``modules/embedding.py`` and ``modules/transformer_core.py``): labels truncated-normal
+    std 0.02 there, normal std 0.02 here (the same scale); every Linear there is Haiku's
+    ``VarianceScaling(1.0)`` (lecun-normal), here TransformerLens's std 0.02 (not changed:
+    ``model.init_mode=lecun_normal model.init_range=1`` matches it).
     """
     return RunConfig(
         name="omniglot-bursty",
