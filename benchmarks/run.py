@@ -14,6 +14,8 @@ Sections (ratios first in the report, then absolute numbers and the machine):
         number of checkpoints and of heads.
     memory: peak RSS of a training run and of an analysis run, each in a subprocess.
     reference: Nguyen & Reddy 2024's reference loop rebuilt here, against our preset.
+    llm: the pretrained LM (SmolLM2-135M): load time, fine-tune step and sequences/s,
+        analysis per checkpoint, peak RSS, bytes per checkpoint (benchmarks/llm.py).
 
 Every timing alternates the things it compares and reports the median of its rounds, so a
 noisy neighbour slows both sides of a ratio. Runs on CUDA when available.
@@ -34,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import DEV, FULL, OUT, QUICK, Goal, load, machine  # noqa: E402
+from benchmarks.llm import bench_llm  # noqa: E402
 from benchmarks.memory import bench_memory, bench_reference  # noqa: E402
 from benchmarks.scaling import bench_analysis, bench_ensemble  # noqa: E402
 from benchmarks.training import bench_overheads, bench_training  # noqa: E402
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> str:
             lambda: bench_analysis(root, scale),
             lambda: bench_memory(root, scale),
             lambda: bench_reference(root, scale),
+            lambda: bench_llm(root, scale),
         ):
             g, lines = fn()
             goals += g

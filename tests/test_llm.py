@@ -155,3 +155,20 @@ def test_finetune_run_folder_is_readable(lm, tmp_path):
     assert "llm-finetune-1" in str(err.value) and "\n" not in str(err.value)
     # A finished run is not trained again.
     assert F.finetune(lm, ts, cfg, run, ev) == run and list_checkpoints(run) == steps
+
+
+def test_benchmark_section_skips_without_the_model(monkeypatch, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.common import QUICK
+    from benchmarks.llm import bench_llm
+    from icl_circuits.llm import loading
+
+    def missing():
+        raise ModelNotFoundError("smollm2-135m: not installed; run: pip install ...")
+
+    monkeypatch.setattr(loading, "default_gguf", missing)
+    goals, lines = bench_llm(tmp_path, QUICK)
+    assert goals == [] and any(line.startswith("Skipped: smollm2-135m: not installed") for line in lines)

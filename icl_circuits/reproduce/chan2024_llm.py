@@ -6,7 +6,7 @@ SmolLM2-135M-Instruct (:mod:`icl_circuits.llm`):
 
 1. The base model's induction heads (repeated random tokens), checked by ablating the top-k
    against k random heads (zero and mean ablation): the repeated half's loss and the tasks.
-2. Two fine-tuning runs (preset ``chan2024-llm``: attention of layers 12-29, AdamW) on a fixed
+2. Two fine-tuning runs (preset ``chan2024-llm``: attention of layers 16-29, AdamW) on a fixed
    set of made-up names with fixed cities, the query's fact in context with probability
    ``p_relevant`` (low and high), evaluated at ~16 log-spaced checkpoints: ICL on held-out
    names, memorisation of the trained facts, conflicts, pretrained knowledge, head scores.
@@ -17,6 +17,7 @@ steps per run; ``full`` 600 steps, 3 p_relevant values, larger evaluation sets.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -56,7 +57,7 @@ def settings_for(scale: str) -> dict:
         "steps": pick(scale, 4, 150, 600),
         "n_checkpoints": pick(scale, 3, 16, 24),
         "eval_size": pick(scale, 3, 16, 32),
-        "train_layers": pick(scale, (1, 2), (12, 30), (12, 30)),
+        "train_layers": pick(scale, (1, 2), (16, 30), (16, 30)),
         "head_seqs": pick(scale, 2, 8, 16),
         "head_half": pick(scale, 6, 24, 32),
         "k_heads": pick(scale, 2, 10, 10),
@@ -82,8 +83,27 @@ def base_study(lm, ts: T.TaskSet, st: dict) -> tuple[pd.DataFrame, pd.DataFrame,
     return scores, abl, top, {"evals": evals, "known": countries}
 
 
+def threads() -> int:
+    """Torch threads: all cores on a free machine, one when others keep the cores busy.
+
+    Measured on 2 shared cores at load 10: a fine-tuning step took 1.4-2.0 s on one thread and
+    6.9-13.5 s on two (threads waiting on each other's time slices).
+    """
+    cores = os.cpu_count() or 1
+    return 1 if os.getloadavg()[0] > cores else cores
+
+
 def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
     """Run the study into ``out`` (the fine-tuning runs in ``out/runs/p<p_relevant>``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads())
+    try:
+        return _run(out, scale, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(out: Path, scale: str, progress: bool) -> Reproduction:
     st = settings_for(scale)
     torch.manual_seed(0)
     lm = load(st["model"])
