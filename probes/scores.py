@@ -150,9 +150,12 @@ def copying_scores(model) -> Tensor:
     if not isinstance(getattr(model.unembed, "original_component", None), torch.nn.Linear):
         return torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     with torch.no_grad():
-        full = model.W_E @ model.W_V @ model.W_O @ model.W_U  # [layer, head, label, label]
-        eig = torch.linalg.eigvals(full)
-    return eig.real.sum(-1) / eig.abs().sum(-1).clamp(min=1e-12)
+        # The full circuit W_E W_V W_O W_U ([label, label]) has rank <= d_head, and its nonzero
+        # eigenvalues are those of W_O W_U W_E W_V ([d_head, d_head]): the same score, computed
+        # on a d_head matrix rather than one per label (1603 labels for Omniglot).
+        small = model.W_O @ model.W_U @ model.W_E @ model.W_V  # [layer, head, d_head, d_head]
+        eig = torch.linalg.eigvals(small.double())
+    return (eig.real.sum(-1) / eig.abs().sum(-1).clamp(min=1e-12)).float()
 
 
 def token_sequence_scores(model, batch: Batch) -> pd.DataFrame:
