@@ -79,3 +79,16 @@ def test_every_preset_trains_and_analyses(tmp_path, name):
     summary = next((run / layout.ANALYSIS).glob("report-*/summary.txt")).read_text()
     if name == "chan2024-stylized":  # one context pair: prefix matching cannot be defined
         assert "scores skipped for this layout: prefix_matching (needs a pair repeated" in summary
+
+
+def test_threads_section_survives_a_benchmark_rewrite(tmp_path):
+    from benchmarks.threads import BEGIN, END, keep_section, write_section
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\nold body\n")
+    write_section(f"{BEGIN}\n| 1 | 1.0 s |\n{END}", results)
+    write_section(f"{BEGIN}\n| 1 | 2.0 s |\n{END}", results)  # replaced, not appended twice
+    text = results.read_text()
+    assert text.count(BEGIN) == 1 and "2.0 s" in text and "old body" in text
+    rewritten = keep_section("# Benchmark results\n\nnew body\n", results)
+    assert "new body" in rewritten and "2.0 s" in rewritten and "old body" not in rewritten
