@@ -19,7 +19,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["01_quickstart", "02_attention", "03_ablation_study", "04_competition"]
+NOTEBOOKS = ["01_quickstart", "02_attention", "03_ablation_study", "04_competition", "05_language_model"]
 SWITCH = 'SMALL = os.environ.get("ICL_NOTEBOOK_SMALL", "0") == "1"'
 
 
