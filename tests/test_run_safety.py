@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -231,3 +232,22 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoints(tmp_path)
         assert math.isfinite(_strict(line)["value"])
     _strict((run / layout.CONFIG).read_text())
     assert not [p for p in (run / layout.CHECKPOINTS).iterdir() if p.name.startswith(".")], "nothing half-written"
+
+
+# ------------------------------------------------------------------------------ unsafe loads
+UNSAFE = re.compile(
+    r"pickle\.loads?\(|allow_pickle\s*=\s*True|yaml\.load\(|torch\.load\((?![^)]*weights_only\s*=\s*True)"
+)
+
+
+def test_no_unsafe_deserialisation_in_the_code():
+    """Tensors only via safetensors or torch.load(weights_only=True); nothing is unpickled."""
+    root = Path(__file__).resolve().parents[1]
+    hits = []
+    for folder in ("icl_circuits", "probes", "scripts", "benchmarks"):
+        for path in (root / folder).rglob("*.py"):
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if UNSAFE.search(line):
+                    hits.append(f"{path.relative_to(root)}:{i}: {line.strip()}")
+    assert not hits, hits
+    assert UNSAFE.search("x = torch.load(f)") and not UNSAFE.search("torch.load(f, weights_only=True)")
