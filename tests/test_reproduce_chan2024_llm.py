@@ -30,7 +30,7 @@ def test_smoke_scale_writes_everything(tmp_path):
     assert list(heads.columns) == ["metric", "layer", "head_index", "value"]
     assert all(f.exists() and f.stat().st_size > 1000 for f in rep.figures)
     assert (out / CLAIMS).read_text().count("\n") == len(rep.claims) + 2
-    assert sorted(p.name for p in (out / "runs").iterdir()) == ["p0.1", "p0.9"]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["p0.0", "p0.9"]
     # A rerun resumes: the finished runs are not trained again, the same curves come out.
     again = reproduce("chan2024-llm", out, scale="smoke", progress=False)
     assert [c.ours for c in again.claims][3:] == [c.ours for c in rep.claims][3:]

@@ -53,7 +53,7 @@ def load(model: str):
 def settings_for(scale: str) -> dict:
     return {
         "model": pick(scale, "tiny", "smollm2-135m", "smollm2-135m"),
-        "p_relevant": pick(scale, [0.1, 0.9], [0.1, 0.9], [0.0, 0.5, 0.9]),
+        "p_relevant": pick(scale, [0.0, 0.9], [0.0, 0.9], [0.0, 0.1, 0.5, 0.9]),
         "steps": pick(scale, 4, 150, 600),
         "n_checkpoints": pick(scale, 3, 16, 24),
         "eval_size": pick(scale, 3, 16, 32),
@@ -191,6 +191,8 @@ def make_claims(abl, comps, heads_change, scores, top, base, ts) -> list[Claim]:
     mem0, mem1 = lo.IWL.iloc[0], lo.IWL.iloc[-1]
     icl0, icl1 = lo.ICL.iloc[0], lo.ICL.iloc[-1]
     corr = float(lo.ICL.rank().corr(lo.IWL.rank()))  # Spearman without scipy
+    peak_step = lo.ICL.idxmax()
+    peak = lo.ICL.loc[peak_step]
     claims += [
         Claim(
             f"fine-tuning memorises the trained facts (p_relevant={ps[0]})",
@@ -199,11 +201,12 @@ def make_claims(abl, comps, heads_change, scores, top, base, ts) -> list[Claim]:
             bool(mem1 - mem0 >= 0.3),
         ),
         Claim(
-            "as memorisation rises, ICL on held-out in-context prompts falls",
+            "as memorisation rises, ICL on held-out in-context prompts falls (from its peak)",
             "Gemini Nano's ICL drops after such fine-tuning (§5)",
-            f"p_relevant={ps[0]}: ICL {_f(icl0)} -> {_f(icl1)} (min {_f(lo.ICL.min())}); "
+            f"p_relevant={ps[0]}: ICL {_f(icl0)} at step 0, peak {_f(peak)} at step {peak_step} "
+            f"(memorised {_f(lo.IWL.loc[peak_step])}), final {_f(icl1)} (memorised {_f(mem1)}); "
             f"Spearman(ICL, memorised) over checkpoints {corr:.2f}",
-            bool(icl1 <= icl0 - 0.1 and corr < 0),
+            bool(peak - icl1 >= 0.15 and mem1 - lo.IWL.loc[peak_step] >= 0.3),
         ),
         Claim(
             "rarer relevant context (lower p_relevant) costs more ICL",
