@@ -74,7 +74,8 @@ def _kill_and_check(tmp_path: Path, n_kills: int, seed: int) -> dict:
         report["lost"] += len(seen - set(steps))
         seen |= set(steps)
         read_metrics(run)
-        for line in (run / layout.METRICS).read_text().splitlines()[:-1]:
+        metrics = run / layout.METRICS  # absent if the kill came before the first checkpoint
+        for line in (metrics.read_text() if metrics.exists() else "").splitlines()[:-1]:
             json.loads(line)  # only the last line may be torn by a kill
         report["survived"] += 1
         if finished:
