@@ -79,6 +79,9 @@ def test_ablation_hooks_removed_and_change_output(lm):
             ablated = lm.model(tokens)
         assert not torch.allclose(clean, ablated)
         assert torch.allclose(clean, lm.model(tokens))  # hooks gone
+        other = tokens[:, :5]  # another length: the mean over reference positions is used
+        with A.ablate(lm.model, [(1, 0)], method, tokens):
+            assert lm.model(other).shape[1] == 5
     with pytest.raises(RuntimeError), A.ablate(lm.model, [(1, 0)]):
         raise RuntimeError("body fails")
     assert torch.allclose(clean, lm.model(tokens))

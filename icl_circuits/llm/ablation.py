@@ -3,7 +3,9 @@
 Heads are removed at ``blocks.{l}.attn.hook_z`` (``[batch, pos, head_index, d_head]``, the
 attention-weighted values right before ``W_O``; the TransformerLens 4 bridge has no per-head
 result hook), which removes exactly the head's ``z @ W_O`` contribution. ``zero`` sets the
-slice to 0; ``mean`` replaces it by its mean over a reference batch at each position.
+slice to 0; ``mean`` replaces it by its mean over a reference batch at each position (for
+inputs of another length, e.g. task prompts, by its mean over the reference's positions after
+the first).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def ablate(model, heads: Sequence[Head], method: str = "zero", reference: Tensor
         model: a TransformerBridge.
         heads: heads to remove.
         method: ``zero`` or ``mean`` (mean over ``reference [batch, pos]`` per position).
-        reference: tokens for the mean; its sequence length must match the inputs'.
+        reference: tokens for the mean.
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
@@ -56,8 +58,8 @@ def ablate(model, heads: Sequence[Head], method: str = "zero", reference: Tensor
                 z[:, :, idx] = 0.0
             else:
                 ref = means[name]
-                if ref.shape[1] != z.shape[1]:
-                    raise ValueError(f"mean ablation: reference length {ref.shape[1]} != input length {z.shape[1]}")
+                if ref.shape[1] != z.shape[1]:  # other inputs (task prompts): mean over positions too
+                    ref = ref[:, 1:].mean(1, keepdim=True).expand(-1, z.shape[1], -1, -1)
                 z[:, :, idx] = ref[:, :, idx].expand(z.shape[0], -1, -1, -1)
             return z
 
