@@ -105,3 +105,67 @@ def induction_circuit_model(
 
         model.head.weight[:, LAB : LAB + n_labels] = torch.eye(n_labels) * logit_scale
     return model.eval()
+
+
+#: The only edge of :func:`in_weight_model`: the query's exemplar straight into the readout.
+IWL_EDGES = ("emb.x->readout",)
+#: The edges of :func:`induction_circuit_model` (graph of :func:`probes.graph.build_graph`).
+INDUCTION_EDGES = (
+    "emb.x->L0H0.v",  # the previous-token head copies each exemplar ...
+    "L0H0->L1H0.k",  # ... into PREV, which the induction head's keys read,
+    "emb.x->L1H0.q",  # matched against the query's exemplar,
+    "emb.y->L1H0.v",  # copying the label,
+    "L1H0->readout",  # which the readout reads.
+)
+
+
+def in_weight_model(
+    label_vectors: torch.Tensor, n_pairs: int, n_heads: int = 2, logit_scale: float = 10.0
+) -> NativeModel:
+    """A hand-wired in-weight model: the readout recalls the query's label from its exemplar alone.
+
+    The residual stream holds the exemplar ``X`` (identity encoder) and a one-hot position;
+    labels embed to nothing. Every head of both layers attends to position 0 and writes
+    nothing, so the only computation is ``logits = logit_scale * X_query @ label_vectors.T``:
+    with ``label_vectors[l]`` the mean of the class labelled ``l`` (e.g. a Gaussian source's
+    ``means`` with ``K == L``) the model answers trained classes from memory and ignores its
+    context (IW accuracy ~1, IC accuracy at chance). Ground truth edges: :data:`IWL_EDGES`.
+
+    Args:
+        label_vectors: ``[n_labels, d_in]`` the exemplar direction of each label.
+        n_pairs: context pairs (sequence length ``2 * n_pairs + 1``).
+        n_heads: heads per layer (all inert).
+        logit_scale: readout gain.
+
+    Returns:
+        A plain native model; wrap it with :func:`icl_circuits.models.to_bridge`.
+    """
+    n_labels, d_in = label_vectors.shape
+    n_ctx = 2 * n_pairs + 1
+    X, POS = 0, d_in
+    d_model = d_in + n_ctx
+    cfg = ModelConfig(
+        n_layers=2,
+        n_heads=n_heads,
+        d_model=d_model,
+        d_head=max(n_ctx, 1),
+        attn_only=True,
+        normalization="none",
+        positional="standard",
+        encoder="linear",
+        readout="linear",
+    )
+    model = build_native(cfg, d_in, n_labels, n_ctx, seed=0)
+    d_head = cfg.head_dim
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.tok_embed.encoder.weight[X : X + d_in] = torch.eye(d_in)
+        model.pos.weight[:, POS : POS + n_ctx] = torch.eye(n_ctx)
+        for layer in model.layers:
+            for h in range(n_heads):
+                hs = slice(h * d_head, (h + 1) * d_head)
+                layer.attn.q.weight[hs][0, POS : POS + n_ctx] = 40.0
+                layer.attn.k.weight[hs][0, POS] = 1.0
+        model.head.weight[:, X : X + d_in] = label_vectors * logit_scale
+    return model.eval()

@@ -1,0 +1,154 @@
+"""Circuit discovery (graph, exact edge patching, EAP, EAP-IG, pruning) against hand-wired ground truth.
+
+Ground truth: :func:`probes.handwired.induction_circuit_model` computes through exactly
+:data:`probes.handwired.INDUCTION_EDGES`; :func:`probes.handwired.in_weight_model` through
+exactly :data:`probes.handwired.IWL_EDGES`. Every other edge carries nothing, so each method
+must score it 0 and the discovered circuit must be the wired edges.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icl_circuits.data.gaussian import GaussianConfig, GaussianSource
+from icl_circuits.models.build import build_native, to_bridge
+from icl_circuits.models.config import ModelConfig
+from probes.discovery import Circuit, discover, drop_dangling, overlap
+from probes.eap import edge_scores, mask_gradient, rank_agreement, score_table
+from probes.edge_patching import full_mask, logit_diff, mask_of, patch_edges, patch_values, patched_metric
+from probes.graph import build_graph
+from probes.handwired import INDUCTION_EDGES, IWL_EDGES, in_weight_model, induction_circuit_model
+
+METHODS = ("exact", "eap", "eap-ig")
+
+
+@pytest.fixture(scope="module")
+def source():
+    return GaussianSource(GaussianConfig(K=8, L=8, D=16, N=4, B=2, eps=0.1), seed=0)
+
+
+@pytest.fixture(scope="module")
+def data(source):
+    return {split: source.eval_batch(split, 64) for split in ("IC", "IW")}
+
+
+@pytest.fixture(scope="module")
+def wired(source):
+    return {
+        "induction": (to_bridge(induction_circuit_model(16, 8, 4, sharpness=10.0)), "IC", set(INDUCTION_EDGES)),
+        "iwl": (to_bridge(in_weight_model(source.means, 4)), "IW", set(IWL_EDGES)),
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A random tiny model with LayerNorm, MLP blocks and an MLP readout (every node kind)."""
+    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, attn_only=False, readout="mlp", readout_hidden=(16,))
+    return to_bridge(build_native(cfg, 16, 8, 9, seed=1))
+
+
+def n_hooks(model) -> int:
+    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.hook_points())
+
+
+def test_graph_counts(tiny, wired):
+    g = build_graph(wired["induction"][0])
+    # embeddings (2) -> 6 layer-0 inputs, + 2 layer-0 heads -> 6 layer-1 inputs, 6 senders -> readout
+    assert g.n_edges == 2 * 6 + 4 * 6 + 6
+    assert set(INDUCTION_EDGES) <= set(g.edge_names)
+    gt = build_graph(tiny)
+    assert {"M0", "M1"} <= {n.name for n in gt.nodes} and "L0H1->M0" in gt.edge_names
+    assert "M1->L1H0.q" not in gt.edge_names  # an MLP writes after its own block's attention
+    assert list(gt.table().columns) == ["edge", "sender", "receiver", "layer", "head_index", "input"]
+    with pytest.raises(KeyError, match="edges look like"):
+        g.index("nope")
+
+
+def test_patch_edges_is_exact_and_removes_hooks(tiny, data):
+    g = build_graph(tiny)
+    clean, corrupt = data["IC"].tokens(), data["IW"].tokens()
+    patch = patch_values(tiny, g, "corrupt", data["IW"])
+    before = n_hooks(tiny)
+    with torch.no_grad():
+        ref_clean, ref_corrupt = tiny(clean)[:, -1], tiny(corrupt)[:, -1]
+        with patch_edges(tiny, g, patch, full_mask(g, 1.0)):
+            assert torch.allclose(tiny(clean)[:, -1], ref_clean, atol=1e-6)
+        with patch_edges(tiny, g, patch, full_mask(g, 0.0)):  # every edge patched = the corrupted run
+            assert torch.allclose(tiny(clean)[:, -1], ref_corrupt, atol=1e-5)
+        with pytest.raises(RuntimeError, match="boom"), patch_edges(tiny, g, patch, full_mask(g, 0.0)):
+            raise RuntimeError("boom")
+    assert n_hooks(tiny) == before
+    with pytest.raises(ValueError, match="mask"), patch_edges(tiny, g, patch, torch.ones(3)):
+        pass
+
+
+@pytest.mark.parametrize("name", ["induction", "iwl"])
+@pytest.mark.parametrize("method", METHODS)
+def test_wired_edges_are_exactly_the_nonzero_scores(wired, data, name, method):
+    model, split, edges = wired[name]
+    g, batch = build_graph(model), data[split]
+    patch = patch_values(model, g, "mean", batch)
+    scores = edge_scores(model, g, batch.tokens(), patch, logit_diff(batch.target), method)
+    nonzero = {g.edges[i].name for i in range(g.n_edges) if abs(float(scores[i])) > 1e-5}
+    assert nonzero == edges
+    assert all(float(scores[g.index(e)]) > 0 for e in edges)
+
+
+@pytest.mark.parametrize("name", ["induction", "iwl"])
+@pytest.mark.parametrize("method", METHODS)
+def test_discovered_circuit_is_the_wired_one(wired, data, name, method):
+    model, split, edges = wired[name]
+    circuit = discover(model, data[split], method=method, target=0.99)
+    assert set(circuit.edges) == edges
+    assert circuit.present and circuit.faithfulness == pytest.approx(1.0, abs=1e-4)
+    assert circuit.completeness == pytest.approx(1.0, abs=1e-4)
+    assert circuit.acc_circuit == circuit.acc_clean == 1.0
+
+
+def test_iwl_model_has_no_icl_circuit(wired, data):
+    model, _, _ = wired["iwl"]
+    circuit = discover(model, data["IC"], method="eap")
+    assert not circuit.present and circuit.edges == ()
+    assert overlap(circuit, circuit)["jaccard"] != overlap(circuit, circuit)["jaccard"]  # NaN: both empty
+
+
+def test_eap_is_the_mask_gradient_and_agrees_with_exact_patching(tiny, data):
+    g, batch = build_graph(tiny), data["IC"]
+    tokens, metric = batch.tokens(), logit_diff(batch.target)
+    patch = patch_values(tiny, g, "mean", batch)
+    grad, _ = mask_gradient(tiny, g, tokens, patch, metric)
+    i = int(grad.abs().argmax())
+    eps = 1e-2
+    mask = full_mask(g)
+    mask[i] = 1 - eps
+    fd = (
+        patched_metric(tiny, g, tokens, patch, full_mask(g), metric)
+        - patched_metric(tiny, g, tokens, patch, mask, metric)
+    ) / eps
+    assert fd == pytest.approx(float(grad[i]), rel=0.05)
+    table = score_table(tiny, g, tokens, patch, metric, methods=("eap", "exact"))
+    agree = rank_agreement(table, "eap", "exact", top=15)
+    assert agree["spearman"] > 0.8
+
+
+def test_eap_ig_scores_sum_to_the_total_effect(tiny, data):
+    g, batch = build_graph(tiny), data["IC"]
+    tokens, metric = batch.tokens(), logit_diff(batch.target)
+    patch = patch_values(tiny, g, "mean", batch)
+    total = patched_metric(tiny, g, tokens, patch, full_mask(g, 1.0), metric) - patched_metric(
+        tiny, g, tokens, patch, full_mask(g, 0.0), metric
+    )
+    scores = edge_scores(tiny, g, tokens, patch, metric, "eap-ig", steps=16)
+    assert float(scores.sum()) == pytest.approx(total, rel=0.05, abs=1e-4)  # midpoint rule, 16 steps
+
+
+def test_drop_dangling_and_overlap(wired):
+    g = build_graph(wired["induction"][0])
+    # L0H1 is read by nothing kept, so the edge into it goes.
+    assert drop_dangling(g, ["emb.x->L0H1.q", "L1H0->readout"]) == ["L1H0->readout"]
+    kept = mask_of(g, ["L1H0->readout"])
+    assert float(kept.sum()) == 1.0
+    a = Circuit(("x", "y"), 5, 1, 1, 1, 1, 1, 0, 1, 1, 0, True, None)
+    b = Circuit(("y", "z"), 5, 1, 1, 1, 1, 1, 0, 1, 1, 0, True, None)
+    assert overlap(a, b) == {"shared": 1, "only_a": 1, "only_b": 1, "jaccard": 1 / 3}
