@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from icl_circuits.data.batch import Batch
+from probes.ablation import as_tokens
 from probes.edge_patching import Metric, full_mask, patch_edges, patched_metric, query_metric
 from probes.graph import Graph
 
@@ -42,14 +43,29 @@ def mask_gradient(
     return grad.detach(), float(value.detach())
 
 
-def exact_edge_scores(model, graph: Graph, tokens: Batch | Tensor, patch: dict[str, Tensor], metric: Metric) -> Tensor:
-    """``M(clean) - M(edge e patched)`` for every edge (``[n_edges]``; ``n_edges + 1`` passes)."""
+def exact_edge_scores(
+    model, graph: Graph, tokens: Batch | Tensor, patch: dict[str, Tensor], metric: Metric, max_rows: int = 4096
+) -> Tensor:
+    """``M(clean) - M(edge e patched)`` for every edge (``[n_edges]``).
+
+    The single-edge patches run batched: the sequences are repeated once per edge of a chunk,
+    each copy with its own mask (one pass per ``max_rows`` rows), so the cost is
+    ``n_edges * batch`` sequences in few Python passes.
+    """
+    tokens = as_tokens(tokens)
+    n = tokens.shape[0]
     clean = patched_metric(model, graph, tokens, patch, full_mask(graph), metric)
+    per = max(1, max_rows // n)
     out = torch.empty(graph.n_edges)
-    for i in range(graph.n_edges):
-        mask = full_mask(graph)
-        mask[i] = 0.0
-        out[i] = clean - patched_metric(model, graph, tokens, patch, mask, metric)
+    for start in range(0, graph.n_edges, per):
+        idx = torch.arange(start, min(start + per, graph.n_edges))
+        mask = torch.ones(len(idx), graph.n_edges)
+        mask[torch.arange(len(idx)), idx] = 0.0
+        rep_patch = {k: v if v.shape[0] == 1 else v.repeat(len(idx), 1, 1) for k, v in patch.items()}
+        with torch.no_grad(), patch_edges(model, graph, rep_patch, mask.repeat_interleave(n, 0)):
+            logits = model(tokens.repeat(len(idx), 1, 1))[:, -1]
+        for j, i in enumerate(idx.tolist()):
+            out[i] = clean - float(metric(logits[j * n : (j + 1) * n]))
     return out
 
 

@@ -70,10 +70,10 @@ def _split_embed(graph: Graph, emb: Tensor) -> dict[str, Tensor]:
     return {EMBED_X: emb * even, EMBED_Y: emb * (1 - even)}
 
 
-def _head_outputs(model, layer: int, z: Tensor) -> Tensor:
-    # z: [batch, pos, head_index, d_head] -> [batch, pos, head_index, d_model]
-    W_O = model.W_O[layer].detach().to(z.dtype)  # [head_index, d_head, d_model]
-    return torch.einsum("bphe,hed->bphd", z, W_O)
+def _head_outputs(W_O: Tensor, z: Tensor) -> Tensor:
+    # z: [batch, pos, head_index, d_head], W_O: [head_index, d_head, d_model]
+    # -> [batch, pos, head_index, d_model]
+    return torch.einsum("bphe,hed->bphd", z, W_O.to(z.dtype))
 
 
 @torch.no_grad()
@@ -85,7 +85,7 @@ def sender_outputs(model, graph: Graph, tokens: Batch | Tensor) -> dict[str, Ten
     _, cache = model.run_with_cache(as_tokens(tokens), names_filter=names)
     out = _split_embed(graph, cache["hook_embed"])
     for layer in range(graph.n_layers):
-        heads = _head_outputs(model, layer, cache[f"blocks.{layer}.attn.hook_z"])
+        heads = _head_outputs(model.W_O[layer].detach(), cache[f"blocks.{layer}.attn.hook_z"])
         for h in range(graph.n_heads):
             out[head_name(layer, h)] = heads[:, :, h]
         if not graph.attn_only:
@@ -162,7 +162,9 @@ def patch_edges(model, graph: Graph, patch: dict[str, Tensor], mask: Tensor) -> 
         model: a TransformerBridge in eval mode whose graph is ``graph``.
         graph: from :func:`probes.graph.build_graph`.
         patch: sender patch values from :func:`patch_values`.
-        mask: ``[n_edges]`` floats in [0, 1]; may require grad (values in between interpolate).
+        mask: ``[n_edges]`` floats in [0, 1], or ``[batch, n_edges]`` (one mask per sequence, so
+            many patches run in one batched pass); may require grad (values in between
+            interpolate).
 
     Yields:
         The model.
@@ -171,8 +173,10 @@ def patch_edges(model, graph: Graph, patch: dict[str, Tensor], mask: Tensor) -> 
         ValueError: a mask of the wrong shape, or patch values missing a sender.
         RuntimeError: a receiver's q/k/v cannot be reproduced from ``ln1`` and ``W_Q/W_K/W_V``.
     """
-    if mask.shape != (graph.n_edges,):
-        raise ValueError(f"mask: expected shape ({graph.n_edges},), got {tuple(mask.shape)}")
+    if mask.ndim not in (1, 2) or mask.shape[-1] != graph.n_edges:
+        raise ValueError(
+            f"mask: expected shape ({graph.n_edges},) or (batch, {graph.n_edges}), got {tuple(mask.shape)}"
+        )
     missing = {n.name for n in graph.nodes} - set(patch)
     if missing:
         raise ValueError(f"patch: no values for senders {sorted(missing)}")
@@ -184,15 +188,18 @@ def patch_edges(model, graph: Graph, patch: dict[str, Tensor], mask: Tensor) -> 
         for layer in range(graph.n_layers)
         for t in QKV
     }
+    W_O = {layer: model.W_O[layer].detach() for layer in range(graph.n_layers)}
     state: dict = {"out": {}, "resid": {}}
 
     def delta(key: str, like: Tensor) -> Tensor | None:
         # -> [batch, pos, n_cols, d_model], or None when the group is fully clean
         senders, idx = groups[key]
-        w = 1.0 - mask.to(like.device, like.dtype)[idx.to(like.device)]  # [n_senders, n_cols]
+        w = 1.0 - mask.to(like.device, like.dtype)[..., idx.to(like.device)]  # [(batch,) n_senders, n_cols]
         if not w.requires_grad and not bool((w != 0).any()):
             return None
         diffs = torch.stack([patch[s].to(like.dtype) - state["out"][s] for s in senders])  # [s, b, p, d]
+        if w.ndim == 3:
+            return torch.einsum("sbpd,bsh->bphd", diffs, w)
         return torch.einsum("sbpd,sh->bphd", diffs, w)
 
     def grab_embed(x: Tensor, hook) -> Tensor:
@@ -201,7 +208,7 @@ def patch_edges(model, graph: Graph, patch: dict[str, Tensor], mask: Tensor) -> 
 
     def grab_z(layer: int):
         def hook_fn(z: Tensor, hook) -> Tensor:
-            heads = _head_outputs(model, layer, z)
+            heads = _head_outputs(W_O[layer], z)
             for h in range(graph.n_heads):
                 state["out"][head_name(layer, h)] = heads[:, :, h]
             return z
