@@ -32,7 +32,7 @@ from probes.graph import Graph, build_graph
 #: Default faithfulness target of :func:`discover`.
 TARGET = 0.9
 #: Least ``M(G) - M(empty)`` (logits) for a circuit to be looked for.
-MIN_EFFECT = 0.25
+MIN_EFFECT = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +231,7 @@ def split_circuits(
     method: str = "eap-ig",
     target: float = TARGET,
     steps: int = 5,
+    min_effect: float = MIN_EFFECT,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Circuits of the ICL and IWL splits (or ``splits``) of a run's data source.
 
@@ -244,7 +245,8 @@ def split_circuits(
     graph = build_graph(model)
     rows, edges, found = [], [], {}
     for split in splits:
-        circuit = discover(model, source.eval_batch(split, n), method, target, steps=steps, graph=graph)
+        batch = source.eval_batch(split, n)
+        circuit = discover(model, batch, method, target, steps=steps, graph=graph, min_effect=min_effect)
         found[roles.get(split, split)] = circuit
         rows.append(
             {"split": split, "role": roles.get(split, ""), **circuit.summary(), "edges": " ".join(circuit.edges)}

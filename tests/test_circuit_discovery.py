@@ -152,3 +152,54 @@ def test_drop_dangling_and_overlap(wired):
     a = Circuit(("x", "y"), 5, 1, 1, 1, 1, 1, 0, 1, 1, 0, True, None)
     b = Circuit(("y", "z"), 5, 1, 1, 1, 1, 1, 0, 1, 1, 0, True, None)
     assert overlap(a, b) == {"shared": 1, "only_a": 1, "only_b": 1, "jaccard": 1 / 3}
+
+
+# ----------------------------------------------------------------------------- over training
+def test_circuits_over_training_cached(tiny_run, tmp_path, monkeypatch):
+    import pandas as pd
+
+    import probes.circuits_over_training as cot
+    from probes.circuit_figures import circuit_figure, edge_heatmap
+
+    params = cot.CircuitParams(n=16, steps=2, min_effect=0.0)
+    circuits, edges = cot.circuits_over_training(tiny_run, params=params, cache=tmp_path)
+    steps = sorted(circuits["step"].unique())
+    assert len(steps) >= 2 and set(circuits["role"]) == {"ICL", "IWL"}
+    assert {"step", "split", "n_edges", "faithfulness", "completeness", "present", "edges"} <= set(circuits.columns)
+    assert {"step", "split", "edge", "head_index", "score", "in_circuit"} <= set(edges.columns)
+    present = circuits[circuits["present"]]
+    assert (present["faithfulness"] >= params.target - 1e-9).all()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed a cached checkpoint")
+
+    monkeypatch.setattr(cot, "split_circuits", boom)
+    again, again_edges = cot.circuits_over_training(tiny_run, params=params, cache=tmp_path)
+    pd.testing.assert_frame_equal(again, circuits, check_dtype=False)
+    assert len(again_edges) == len(edges)
+    overlay = cot.circuit_overlay(circuits)
+    assert list(overlay["role"]) == ["ICL", "IWL"]
+    from icl_circuits.runs.read import load_model
+
+    graph = build_graph(load_model(tiny_run))
+    last = edges[(edges["step"] == steps[-1]) & (edges["split"] == circuits["split"].iloc[0])]
+    circuit_figure(graph, last)
+    edge_heatmap(edges, circuits["split"].iloc[0], {"emerges": steps[1]})
+
+
+def test_edge_entry_steps():
+    import pandas as pd
+
+    from probes.circuits_over_training import edge_entry_steps
+
+    rows = []
+    for step, inside in zip([0, 10, 20, 30], [(0, 0), (1, 0), (0, 1), (1, 1)], strict=True):
+        rows += [
+            {"step": step, "split": "IC", "edge": "a", "score": 1.0, "in_circuit": bool(inside[0])},
+            {"step": step, "split": "IC", "edge": "b", "score": 2.0, "in_circuit": bool(inside[1])},
+            {"step": step, "split": "IC", "edge": "c", "score": 0.0, "in_circuit": False},
+        ]
+    out = edge_entry_steps(pd.DataFrame(rows))
+    assert list(out["edge"]) == ["a", "b"]
+    assert list(out["enters"]) == [10, 20] and list(out["stays_from"]) == [30, 20]
+    assert list(out["n_steps_in"]) == [2, 2]
