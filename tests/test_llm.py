@@ -93,7 +93,13 @@ def test_induction_ablation_table(lm):
     table = A.induction_ablation(lm.model, tokens, 6, top, n_random=2)
     assert set(table.condition) == {"clean", "top", "random"}
     summary = A.ablation_summary(table)
-    assert set(summary.method) == {"zero", "mean"} and {"clean", "top", "random", "ratio"} <= set(summary.columns)
+    assert set(summary.method) == {"zero", "mean"} and {
+        "clean",
+        "top",
+        "random",
+        "top_increase",
+        "random_increase",
+    } <= set(summary.columns)
     assert not set(A.random_heads((2, 4), 2, 0, exclude=top)) & set(top)
 
 

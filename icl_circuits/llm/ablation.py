@@ -123,13 +123,24 @@ def induction_ablation(
 
 
 def ablation_summary(table: pd.DataFrame, metric: str = "loss_repeat_half", split: str = "repeat") -> pd.DataFrame:
-    """Per method: clean value, top-k ablated, mean of random draws, and the increases' ratio."""
+    """Per method: clean value, top-k ablated, mean of the random draws, and both increases.
+
+    (A ratio of the increases is not reported: a random draw can lower the loss.)
+    """
     sub = table[(table.metric == metric) & (table.split == split)]
     clean = float(sub[sub.condition == "clean"].value.iloc[0])
     rows = []
     for method, m in sub[sub.condition != "clean"].groupby("method"):
         top = float(m[m.condition == "top"].value.mean())
         rand = float(m[m.condition == "random"].value.mean())
-        ratio = (top - clean) / (rand - clean) if rand != clean else float("inf")
-        rows.append({"method": method, "clean": clean, "top": top, "random": rand, "ratio": ratio})
+        rows.append(
+            {
+                "method": method,
+                "clean": clean,
+                "top": top,
+                "random": rand,
+                "top_increase": top - clean,
+                "random_increase": rand - clean,
+            }
+        )
     return pd.DataFrame(rows)

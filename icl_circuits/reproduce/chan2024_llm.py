@@ -171,10 +171,11 @@ def make_claims(abl, comps, heads_change, scores, top, base, ts) -> list[Claim]:
             f"{len(top)} random heads",
             "(Olsson et al. 2022)",
             "; ".join(
-                f"{m}: {_f(r.clean)} -> {_f(r.top)} (top) vs {_f(r.random)} (random mean), x{r.ratio:.1f}"
+                f"{m}: {_f(r.clean)} -> {_f(r.top)} (top, {r.top_increase:+.2f}) vs {_f(r.random)} "
+                f"(random mean, {r.random_increase:+.2f})"
                 for m, r in by.items()
             ),
-            bool(all(r.ratio >= 3 and r.top - r.clean > 0.5 for r in by.values())),
+            bool(all(r.top_increase > 1.0 and r.top_increase >= 3 * max(r.random_increase, 0.0) for r in by.values())),
         ),
         Claim(
             "… and ICL on the held-out-name task",
