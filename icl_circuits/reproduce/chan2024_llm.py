@@ -133,7 +133,7 @@ def _run(out: Path, scale: str, progress: bool) -> Reproduction:
     curves = pd.concat([c.reset_index().assign(p_relevant=p) for p, c in comps.items()], ignore_index=True)
     heads_change = pd.concat(changes, ignore_index=True)
     claims = make_claims(abl, comps, heads_change, scores, top, base, ts)
-    fig = figure(comps, out / "chan2024_llm_curves.png")
+    fig = figure(comps, out / "chan2024_llm_curves.png", ts.chance)
     settings = {**st, "known_capitals": len(base["known"]), "cities": len(ts.cities), "chance": ts.chance}
     tables = {"head_scores": scores, "ablation": abl, "curves": curves, "head_changes": heads_change}
     return Reproduction("chan2024-llm", scale, settings, claims, tables, [fig])
@@ -256,7 +256,7 @@ def make_claims(abl, comps, heads_change, scores, top, base, ts) -> list[Claim]:
     return claims
 
 
-def figure(comps: dict, path: Path) -> Path:
+def figure(comps: dict, path: Path, chance: float) -> Path:
     cols = [
         ("ICL", "ICL (held-out names)"),
         ("IWL", "memorised (trained names)"),
@@ -268,6 +268,8 @@ def figure(comps: dict, path: Path) -> Path:
         for p, table in comps.items():
             if col in table:
                 ax.plot(table.index + 1, table[col], marker="o", ms=3, label=f"p_relevant={p}")
+        if col != "top_induction":
+            ax.axhline(chance, ls=":", c="gray", label="chance")
         ax.set_xscale("log")
         ax.set_xlabel("fine-tuning step + 1")
         ax.set_title(title)
