@@ -27,9 +27,10 @@ Each run is read at one checkpoint, chosen by ``settings["checkpoint"]`` (``min_
 the lowest training loss, as the reference's plots do; every claim names the rule).
 
 Scales: ``cpu`` trains N = 2^6 .. 2^16 (6 values) at p_relevant 0.9 with 3 seeds, p_relevant
-0 and 1 with one seed, and the noise sweep sigma in {0, 0.4} at N = 2^10 and 2^16 with 3
-seeds (sigma 0.2 is the main grid), 5,000 steps each at the paper's lr; ``full`` is the
-paper's 15 N values x 5 seeds x 50k steps.
+0 and 1 at N = 2^6, 2^10, 2^12, 2^16 with one seed, and the noise sweep sigma in {0, 0.4}
+at N = 2^10 and 2^16 with 2 seeds (sigma 0.2 is the main grid): 34 runs of 10,000 steps at
+the paper's lr (rare-class ICL at N = 2^10 is still rising at 5,000); ``full`` is the
+paper's 15 N values x 5 seeds x 50k steps for every grid.
 """
 
 from __future__ import annotations
@@ -78,14 +79,17 @@ def settings(scale: str) -> dict:
         "n_train": n_train,
         "p_relevant": pick(scale, [MAIN_P], P_RELEVANT, P_RELEVANT),
         "seeds": pick(scale, [0], [0, 1, 2], [0, 1, 2, 3, 4]),
+        # p_relevant 0 and 1, and the noise sweep, at fewer N and seeds on the cpu scale.
+        "other_p_n_train": pick(scale, n_train, [2**6, 2**10, 2**12, 2**16], n_train),
         "other_p_seeds": pick(scale, [0], [0], [0, 1, 2, 3, 4]),
         "sigma": pick(scale, [0.4], [0.0, 0.4], [0.0, 0.4]),
         "sigma_n_train": pick(scale, n_train[-1:], [2**10, 2**16], n_train),
+        "sigma_seeds": pick(scale, [0], [0, 1], [0, 1, 2, 3, 4]),
         "checkpoint": "min_train_loss",
         "overrides": pick(
             scale,
             _SMOKE,
-            ["train.steps=5000", "train.n_checkpoints=10", "train.eval_size=512", "train.device=cpu"],
+            ["train.steps=10000", "train.n_checkpoints=10", "train.eval_size=512", "train.device=cpu"],
             ["train.steps=50000", "train.n_checkpoints=50", "train.eval_size=3000"],
         ),
         "gating": GatingConfig(
@@ -106,9 +110,13 @@ def grids(s: dict) -> dict[str, dict[str, list]]:
     others = [p for p in s["p_relevant"] if p != MAIN_P]
     out = {"transformer": {"data.n_train": s["n_train"], "data.p_relevant": [MAIN_P], "seed": s["seeds"]}}
     if others:
-        out["transformer-p"] = {"data.n_train": s["n_train"], "data.p_relevant": others, "seed": s["other_p_seeds"]}
+        out["transformer-p"] = {
+            "data.n_train": s["other_p_n_train"],
+            "data.p_relevant": others,
+            "seed": s["other_p_seeds"],
+        }
     if s["sigma"]:
-        out["noise"] = {"data.n_train": s["sigma_n_train"], "data.sigma": s["sigma"], "seed": s["seeds"]}
+        out["noise"] = {"data.n_train": s["sigma_n_train"], "data.sigma": s["sigma"], "seed": s["sigma_seeds"]}
     return out
 
 
