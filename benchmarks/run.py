@@ -12,6 +12,7 @@ Sections (ratios first in the report, then absolute numbers and the machine):
     ensemble: per-seed throughput of ``train_ensemble`` at S = 16 against separate runs.
     analysis: the full probe suite per checkpoint, 100 demo checkpoints, growth with the
         number of checkpoints and of heads.
+    circuits: discovered ICL and IWL circuits (EAP-IG + pruning) at 100 demo checkpoints.
     memory: peak RSS of a training run and of an analysis run, each in a subprocess.
     reference: Nguyen & Reddy 2024's reference loop rebuilt here, against our preset.
     llm: the pretrained LM (SmolLM2-135M): load time, fine-tune step and sequences/s,
@@ -35,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.circuits import bench_circuits  # noqa: E402
 from benchmarks.common import DEV, FULL, OUT, QUICK, Goal, load, machine  # noqa: E402
 from benchmarks.llm import bench_llm  # noqa: E402
 from benchmarks.memory import bench_memory, bench_reference  # noqa: E402
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> str:
             lambda: bench_overheads(root, scale, info),
             lambda: bench_ensemble(root, scale, info),
             lambda: bench_analysis(root, scale),
+            lambda: bench_circuits(root, scale),
             lambda: bench_memory(root, scale),
             lambda: bench_reference(root, scale),
             lambda: bench_llm(root, scale),

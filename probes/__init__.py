@@ -2,14 +2,21 @@
 
 Scores (:mod:`probes.scores`), interventions (:mod:`probes.ablation`, :mod:`probes.pattern`,
 :mod:`probes.paths`, :mod:`probes.subcircuits`), circuit finding (:mod:`probes.circuits`),
-evaluation over training (:mod:`probes.over_training`), competition and transition detection
-(:mod:`probes.competition`), figures (:mod:`probes.figures`) and the report of
-``icl-circuits analyze`` (:mod:`probes.report`).
+circuit discovery by edge patching, EAP and EAP-IG (:mod:`probes.graph`,
+:mod:`probes.edge_patching`, :mod:`probes.eap`, :mod:`probes.discovery`,
+:mod:`probes.circuits_over_training`), evaluation over training (:mod:`probes.over_training`),
+competition and transition detection (:mod:`probes.competition`), figures
+(:mod:`probes.figures`) and the report of ``icl-circuits analyze`` (:mod:`probes.report`).
 """
 
 from probes.ablation import ablate_heads, all_heads_ablation
 from probes.circuits import FoundCircuit, find_icl_circuit
+from probes.circuits_over_training import circuit_overlay, circuits_over_training, edge_entry_steps
 from probes.competition import competition_table, detect_transition, summarize
+from probes.discovery import Circuit, discover, overlap, split_circuits
+from probes.eap import edge_scores, rank_agreement, score_table
+from probes.edge_patching import logit_diff, patch_edges, patch_values
+from probes.graph import Graph, build_graph
 from probes.over_training import analyze_checkpoint, analyze_run
 from probes.paths import ablate_k_path
 from probes.pattern import clamp_pattern, preserve_patterns
@@ -17,7 +24,9 @@ from probes.scores import attention_scores, direct_logit_attribution, head_score
 from probes.subcircuits import Subcircuit, ablate_subcircuit, icl_circuit, iwl_path, subcircuit_effects
 
 __all__ = [
+    "Circuit",
     "FoundCircuit",
+    "Graph",
     "Subcircuit",
     "ablate_heads",
     "ablate_k_path",
@@ -26,15 +35,28 @@ __all__ = [
     "analyze_checkpoint",
     "analyze_run",
     "attention_scores",
+    "build_graph",
+    "circuit_overlay",
+    "circuits_over_training",
     "clamp_pattern",
     "competition_table",
     "detect_transition",
     "direct_logit_attribution",
+    "discover",
+    "edge_entry_steps",
+    "edge_scores",
     "find_icl_circuit",
     "head_scores",
     "icl_circuit",
     "iwl_path",
+    "logit_diff",
+    "overlap",
+    "patch_edges",
+    "patch_values",
     "preserve_patterns",
+    "rank_agreement",
+    "score_table",
+    "split_circuits",
     "subcircuit_effects",
     "summarize",
     "token_sequence_scores",

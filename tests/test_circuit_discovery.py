@@ -203,3 +203,13 @@ def test_edge_entry_steps():
     assert list(out["edge"]) == ["a", "b"]
     assert list(out["enters"]) == [10, 20] and list(out["stays_from"]) == [30, 20]
     assert list(out["n_steps_in"]) == [2, 2]
+
+
+def test_bench_circuits_row(tiny_run, tmp_path, monkeypatch):
+    import benchmarks.circuits as bc
+    from benchmarks.common import QUICK
+
+    monkeypatch.setattr(bc, "_analysis_run", lambda root, name, overrides: tiny_run)
+    goals, lines = bc.bench_circuits(tmp_path, QUICK)
+    assert goals[0].name.startswith("circuits: 100 demo checkpoints") and goals[0].met is not None
+    assert any("checkpoints" in line for line in lines)
