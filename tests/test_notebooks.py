@@ -19,7 +19,14 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["01_quickstart", "02_attention", "03_ablation_study", "04_competition", "05_language_model"]
+NOTEBOOKS = [
+    "01_quickstart",
+    "02_attention",
+    "03_ablation_study",
+    "04_competition",
+    "05_language_model",
+    "06_circuit_discovery",
+]
 SWITCH = 'SMALL = os.environ.get("ICL_NOTEBOOK_SMALL", "0") == "1"'
 
 
