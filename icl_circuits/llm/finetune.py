@@ -11,7 +11,7 @@ layers in ``train_layers`` (default 16..29 of 30). Attention is where induction 
 live (the model's top induction heads are in layers 17-23, a strong previous-token head in
 layer 16), so this is where fine-tuning can trade ICL away, and it can memorise by reading
 the name tokens (OV circuits). Embeddings, norms, MLPs and layers 0-15 stay frozen, which
-keeps a checkpoint at 50 MB (12.4 M float32 parameters; 16 checkpoints 0.8 GB) and the
+keeps a checkpoint at 47.3 MiB (12.4 M float32 parameters; the cpu run's 15: 710 MB) and the
 backward pass out of the lower 16 layers. Checkpoints store only these parameters.
 
 Run folder (the toolkit's layout, :mod:`icl_circuits.runs.layout`)::
