@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from icl_circuits.data import build_source
@@ -96,6 +97,7 @@ def circuits_over_training(
     params: CircuitParams | None = None,
     cache: Path | str | None = None,
     progress: bool = False,
+    threads: int | None = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ICL and IWL circuits at every checkpoint (or ``steps``) of ``run``.
 
@@ -105,6 +107,9 @@ def circuits_over_training(
         params: what to compute (default :class:`CircuitParams`).
         cache: cache folder (default ``RUN/analysis``).
         progress: tqdm bar over the checkpoints not yet cached.
+        threads: torch CPU threads while computing (restored after; None: leave as is). One
+            is the fastest for these small models and far faster than two on a busy 2-core
+            machine (measured 3.3 vs 39 s per demo checkpoint at load average 9).
 
     Returns:
         ``(circuits, edges)``: ``circuits`` has one row per step and split (``step, split,
@@ -134,27 +139,37 @@ def circuits_over_training(
         else:
             circuits.append(c)
             edges.append(e)
-    for step, c_path, e_path in tqdm(todo, disable=not progress, desc="circuits", unit="ckpt"):
-        model = load_model(run, step)
-        c, e = split_circuits(
-            model,
-            source,
-            n=params.n,
-            method=params.method,
-            target=params.target,
-            steps=params.steps,
-            min_effect=params.min_effect,
-        )
-        c.insert(0, "step", step)
-        e.insert(0, "step", step)
-        _write(c_path, c)
-        _write(e_path, e)
-        circuits.append(c)
-        edges.append(e)
+    before = torch.get_num_threads()
+    try:
+        if threads and todo:
+            torch.set_num_threads(threads)
+        for step, c_path, e_path in tqdm(todo, disable=not progress, desc="circuits", unit="ckpt"):
+            c, e = _compute(run, source, step, params)
+            _write(c_path, c)
+            _write(e_path, e)
+            circuits.append(c)
+            edges.append(e)
+    finally:
+        torch.set_num_threads(before)
     c_all = pd.concat(circuits, ignore_index=True).sort_values(["step", "split"], kind="stable")
     e_all = pd.concat(edges, ignore_index=True).sort_values(["step", "split"], kind="stable")
     c_all["edges"] = c_all["edges"].fillna("").astype(str)
     return c_all.reset_index(drop=True), e_all.reset_index(drop=True)
+
+
+def _compute(run: Path, source, step: int, params: CircuitParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    c, e = split_circuits(
+        load_model(run, step),
+        source,
+        n=params.n,
+        method=params.method,
+        target=params.target,
+        steps=params.steps,
+        min_effect=params.min_effect,
+    )
+    c.insert(0, "step", step)
+    e.insert(0, "step", step)
+    return c, e
 
 
 def edge_entry_steps(edges: pd.DataFrame) -> pd.DataFrame:
