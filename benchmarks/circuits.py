@@ -15,7 +15,7 @@ GOAL_S = 120.0
 
 def bench_circuits(root: Path, scale: Scale) -> tuple[list[Goal], list[str]]:
     """Time the discovered ICL and IWL circuits (EAP-IG, pruning) at every checkpoint of a demo run."""
-    from probes.circuits_over_training import CircuitParams, circuits_over_training
+    from probes.circuits_over_training import CircuitParams, discover_run
 
     n_ckpt = scale.analysis_ckpts[-1]
     run = _analysis_run(
@@ -25,8 +25,8 @@ def bench_circuits(root: Path, scale: Scale) -> tuple[list[Goal], list[str]]:
     params = CircuitParams()
     cache = root / "circuits-cache"
     shutil.rmtree(cache, ignore_errors=True)
-    t_all = clock(lambda: circuits_over_training(run, params=params, cache=cache))
-    cached = clock(lambda: circuits_over_training(run, params=params, cache=cache))
+    t_all = clock(lambda: discover_run(run, params=params, cache=cache))
+    cached = clock(lambda: discover_run(run, params=params, cache=cache))
     per100 = t_all / n_all * 100
     lines = [
         "## Circuit discovery over training (`probes.circuits_over_training`)",

@@ -11,7 +11,7 @@ competition and transition detection (:mod:`probes.competition`), figures
 
 from probes.ablation import ablate_heads, all_heads_ablation
 from probes.circuits import FoundCircuit, find_icl_circuit
-from probes.circuits_over_training import circuit_overlay, circuits_over_training, edge_entry_steps
+from probes.circuits_over_training import circuit_overlay, discover_run, edge_entry_steps
 from probes.competition import competition_table, detect_transition, summarize
 from probes.discovery import Circuit, discover, overlap, split_circuits
 from probes.eap import edge_scores, rank_agreement, score_table
@@ -37,7 +37,7 @@ __all__ = [
     "attention_scores",
     "build_graph",
     "circuit_overlay",
-    "circuits_over_training",
+    "discover_run",
     "clamp_pattern",
     "competition_table",
     "detect_transition",

@@ -1,6 +1,6 @@
 """The discovered-circuits part of the ``icl-circuits analyze`` report.
 
-:func:`write_circuit_report` runs :func:`probes.circuits_over_training.circuits_over_training`
+:func:`write_circuit_report` runs :func:`probes.circuits_over_training.discover_run`
 (cached next to the other analysis tables), writes its tables and figures into the report
 folder and returns the summary lines.
 """
@@ -14,7 +14,7 @@ import pandas as pd
 from icl_circuits.runs.read import load_model
 from probes import figures
 from probes.circuit_figures import circuit_figure, edge_heatmap
-from probes.circuits_over_training import CircuitParams, circuit_overlay, circuits_over_training, edge_entry_steps
+from probes.circuits_over_training import CircuitParams, circuit_overlay, discover_run, edge_entry_steps
 from probes.competition import Transition
 from probes.graph import build_graph
 
@@ -84,7 +84,7 @@ def write_circuit_report(
     """
     out = Path(out)
     params = params or CircuitParams()
-    circuits, edges = circuits_over_training(run, steps, params, cache, progress)
+    circuits, edges = discover_run(run, steps, params, cache, progress)
     entry = edge_entry_steps(edges)
     overlay = circuit_overlay(circuits, transitions)
     circuits.to_csv(out / CIRCUITS, index=False)

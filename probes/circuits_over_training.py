@@ -91,7 +91,7 @@ def _write(path: Path, df: pd.DataFrame) -> None:
             raise  # "already exists" means a concurrent analysis won
 
 
-def circuits_over_training(
+def discover_run(
     run: Path | str,
     steps: list[int] | None = None,
     params: CircuitParams | None = None,

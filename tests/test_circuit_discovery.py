@@ -162,7 +162,7 @@ def test_circuits_over_training_cached(tiny_run, tmp_path, monkeypatch):
     from probes.circuit_figures import circuit_figure, edge_heatmap
 
     params = cot.CircuitParams(n=16, steps=2, min_effect=0.0)
-    circuits, edges = cot.circuits_over_training(tiny_run, params=params, cache=tmp_path)
+    circuits, edges = cot.discover_run(tiny_run, params=params, cache=tmp_path)
     steps = sorted(circuits["step"].unique())
     assert len(steps) >= 2 and set(circuits["role"]) == {"ICL", "IWL"}
     assert {"step", "split", "n_edges", "faithfulness", "completeness", "present", "edges"} <= set(circuits.columns)
@@ -174,7 +174,7 @@ def test_circuits_over_training_cached(tiny_run, tmp_path, monkeypatch):
         raise AssertionError("recomputed a cached checkpoint")
 
     monkeypatch.setattr(cot, "split_circuits", boom)
-    again, again_edges = cot.circuits_over_training(tiny_run, params=params, cache=tmp_path)
+    again, again_edges = cot.discover_run(tiny_run, params=params, cache=tmp_path)
     pd.testing.assert_frame_equal(again, circuits, check_dtype=False)
     assert len(again_edges) == len(edges)
     overlay = cot.circuit_overlay(circuits)
