@@ -12,13 +12,14 @@ from icl_circuits.data import build_source
 from icl_circuits.runs import layout
 from icl_circuits.runs.read import load_config, read_metrics
 from probes import figures
+from probes.circuit_report import write_circuit_report
 from probes.circuits import FoundCircuit, fmt_heads
 from probes.competition import competition_table, summarize
 from probes.over_training import RANDOM_HEADS, analyze_run
 from probes.scores import undefined_scores
 
 #: Bump when the report's derived content changes (its folder name carries it).
-REPORT_VERSION = 3
+REPORT_VERSION = 4  # 4: discovered circuits (probes.circuit_report)
 TABLE = "probes.csv"
 COMPETITION = "competition.csv"
 SUMMARY = "summary.txt"
@@ -124,6 +125,7 @@ def write_report(run: Path | str, progress: bool = True, out: Path | str | None 
         lines.append("scores skipped for this layout: " + "; ".join(f"{m} ({why})" for m, why in undefined.items()))
     n_heads = cfg.model.n_layers * cfg.model.n_heads
     lines += ablation_lines(df, circuit, n_heads, [source.icl_split, source.iwl_split])
+    lines += write_circuit_report(run, root, tmp, transitions, steps=sorted(set(df.step)), progress=progress)
     (tmp / SUMMARY).write_text("\n".join(lines) + "\n")
     try:
         os.rename(tmp, final_out)

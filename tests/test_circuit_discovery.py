@@ -213,3 +213,16 @@ def test_bench_circuits_row(tiny_run, tmp_path, monkeypatch):
     goals, lines = bc.bench_circuits(tmp_path, QUICK)
     assert goals[0].name.startswith("circuits: 100 demo checkpoints") and goals[0].met is not None
     assert any("checkpoints" in line for line in lines)
+
+
+def test_circuit_report_section(tiny_run, tmp_path):
+    from probes.circuit_report import CIRCUITS, FIG_CIRCUIT, FIG_CIRCUIT_EDGES, write_circuit_report
+    from probes.circuits_over_training import CircuitParams
+
+    out = tmp_path / "report"
+    out.mkdir()
+    lines = write_circuit_report(tiny_run, tmp_path / "cache", out, params=CircuitParams(n=16, steps=2, min_effect=0.0))
+    assert lines[0].startswith("discovered circuits (eap-ig, faithfulness target 0.9")
+    assert any("ICL circuit" in line for line in lines) and any("IWL circuit" in line for line in lines)
+    assert (out / CIRCUITS).exists()
+    assert (out / FIG_CIRCUIT.format(role="ICL")).exists() and (out / FIG_CIRCUIT_EDGES.format(role="IWL")).exists()
