@@ -1,0 +1,60 @@
+"""Circuit discovery on trained demo models (slow: two demo trainings; `make test-slow`).
+
+The numbers these check are reported in docs/circuits.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from icl_circuits.config import apply_overrides
+from icl_circuits.presets import demo
+from icl_circuits.runs.read import load_model, load_source
+from icl_circuits.training import train
+from probes.discovery import discover
+from probes.eap import rank_agreement, score_table
+from probes.edge_patching import logit_diff, patch_values
+from probes.graph import build_graph
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("circuits")
+    return {
+        "demo": train(demo(), root / "demo", progress=False),
+        "k32": train(apply_overrides(demo(), ["data.K=32"]), root / "k32", progress=False),
+    }
+
+
+def test_demo_icl_circuit_is_small_faithful_and_induction_shaped(runs):
+    model, source = load_model(runs["demo"]), load_source(runs["demo"])
+    batch = source.eval_batch("IC", 256)
+    for method, most in (("exact", 12), ("eap-ig", 16)):
+        circuit = discover(model, batch, method=method, target=0.9)
+        assert circuit.present and circuit.faithfulness >= 0.9
+        assert circuit.size <= most < circuit.n_total == 42
+        # the matching half of induction: a query from the exemplar, a key from a layer-0 head
+        assert any(e.startswith("emb.x->L1") and e.endswith(".q") for e in circuit.edges)
+        assert any(e.startswith("L0") and e.endswith(".k") for e in circuit.edges)
+
+
+def test_demo_eap_ranking_vs_exact_patching(runs):
+    model, source = load_model(runs["demo"]), load_source(runs["demo"])
+    graph, batch = build_graph(model), source.eval_batch("IC", 256)
+    patch = patch_values(model, graph, "mean", batch)
+    table = score_table(model, graph, batch.tokens(), patch, logit_diff(batch.target), ("exact", "eap", "eap-ig"))
+    # Measured 0.85 (EAP) and 0.81 (EAP-IG) over all edges; the top-10 figure (0.71) misses
+    # the 0.9 goal (docs/circuits.md says why).
+    assert rank_agreement(table, "eap", "exact")["spearman"] >= 0.75
+    assert rank_agreement(table, "eap-ig", "exact", top=10)["top_overlap"] >= 0.8
+
+
+def test_k32_iwl_circuit_carries_iw_and_icl_is_absent(runs):
+    model, source = load_model(runs["k32"]), load_source(runs["k32"])
+    iwl = discover(model, source.eval_batch("IW", 256), method="eap-ig")
+    assert iwl.present and iwl.faithfulness >= 0.9 and iwl.acc_circuit >= 0.9
+    assert "emb.x->readout" in iwl.edges and iwl.size <= 3
+    icl = discover(model, source.eval_batch("IC", 256), method="eap-ig")
+    assert not icl.present
