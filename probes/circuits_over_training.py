@@ -25,12 +25,13 @@ import torch
 from tqdm.auto import tqdm
 
 from icl_circuits.data import build_source
-from icl_circuits.errors import CheckpointError, ICLError, RunFolderError
+from icl_circuits.errors import CheckpointError, RunFolderError
 from icl_circuits.runs import layout
 from icl_circuits.runs.read import load_config, load_model
-from icl_circuits.runs.store import list_checkpoints, read_json, write_new_file
+from icl_circuits.runs.store import read_json, write_new_file
 from probes.competition import Transition, detect_transition
 from probes.discovery import MIN_EFFECT, TARGET, split_circuits
+from probes.over_training import resolve_steps
 
 #: Bump when what is computed changes: old cache files are then ignored.
 VERSION = 1
@@ -119,13 +120,7 @@ def discover_run(
     """
     run = Path(run)
     params = params or CircuitParams()
-    available = list_checkpoints(run)
-    if not available:
-        raise RunFolderError(f"{run / layout.CHECKPOINTS}: no checkpoints to analyse")
-    steps = available if steps is None else list(steps)
-    missing = sorted(set(steps) - set(available))
-    if missing:
-        raise ICLError(f"steps: no checkpoint at step {missing[0]} in {run}")
+    steps = resolve_steps(run, steps)
     cfg = load_config(run)
     source = build_source(cfg.data, cfg.seed, "cpu")
     root = Path(cache) if cache is not None else run / layout.ANALYSIS

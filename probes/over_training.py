@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -136,6 +137,18 @@ def resolve_circuit(run: Path, source, evals, circuit: FoundCircuit | None) -> F
     return find_icl_circuit(head_scores(load_model(run, last), evals[source.icl_split]))
 
 
+def resolve_steps(run: Path, steps: Sequence[int] | None) -> list[int]:
+    """``steps`` (default: every checkpoint of ``run``), each checked to have a checkpoint."""
+    available = list_checkpoints(run)
+    if not available:
+        raise RunFolderError(f"{run / layout.CHECKPOINTS}: no checkpoints to analyse")
+    steps = available if steps is None else list(steps)
+    missing = sorted(set(steps) - set(available))
+    if missing:
+        raise ICLError(f"steps: no checkpoint at step {missing[0]} in {run} (have {available[0]}..{available[-1]})")
+    return steps
+
+
 def analyze_run(
     run: Path | str,
     steps: list[int] | None = None,
@@ -168,13 +181,7 @@ def analyze_run(
     """
     run = Path(run)
     cfg = load_config(run)
-    available = list_checkpoints(run)
-    if not available:
-        raise RunFolderError(f"{run / layout.CHECKPOINTS}: no checkpoints to analyse")
-    steps = available if steps is None else list(steps)
-    missing = sorted(set(steps) - set(available))
-    if missing:
-        raise ICLError(f"steps: no checkpoint at step {missing[0]} in {run} (have {available[0]}..{available[-1]})")
+    steps = resolve_steps(run, steps)
     if ablation not in ("mean", "zero", "resample"):
         raise ICLError(f"ablation: expected mean, zero or resample, got {ablation!r}")
     source = build_source(cfg.data, cfg.seed, "cpu")

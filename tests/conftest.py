@@ -52,3 +52,11 @@ def tiny_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(), run, progress=False)
     return run
+
+
+def assert_claims_hold(rep, prefixes: tuple[str, ...]) -> None:
+    """Every claim of ``rep`` opening with one of ``prefixes`` exists once and holds."""
+    checked = [c for c in rep.claims if c.claim.startswith(prefixes)]
+    assert len(checked) == len(prefixes), [c.claim for c in rep.claims]
+    for claim in checked:
+        assert claim.holds, claim

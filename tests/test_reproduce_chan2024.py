@@ -13,6 +13,7 @@ from icl_circuits.errors import ConfigError
 from icl_circuits.reproduce import chan2024, reproduce
 from icl_circuits.reproduce.common import final
 from icl_circuits.sweeps.spec import SweepSpec, build_points
+from tests.conftest import assert_claims_hold
 
 torch.set_num_threads(1)
 
@@ -166,7 +167,4 @@ CPU_HOLDING = (
 @pytest.mark.slow
 def test_cpu_scale_claims(tmp_path):
     rep = reproduce("chan2024", tmp_path, scale="cpu", workers=2, progress=False)
-    checked = [c for c in rep.claims if c.claim.startswith(CPU_HOLDING)]
-    assert len(checked) == len(CPU_HOLDING)
-    for claim in checked:
-        assert claim.holds, claim
+    assert_claims_hold(rep, CPU_HOLDING)

@@ -8,6 +8,7 @@ import torch
 
 from icl_circuits.presets import get_preset
 from icl_circuits.reproduce import chan2024_ablation, reproduce
+from tests.conftest import assert_claims_hold
 
 torch.set_num_threads(1)
 
@@ -74,10 +75,7 @@ ABLATION_HOLDING = (
 @pytest.mark.slow
 def test_ablation_cpu_scale_claims(tmp_path):
     rep = reproduce("chan2024-ablation", tmp_path, scale="cpu", workers=2, progress=False)
-    checked = [c for c in rep.claims if c.claim.startswith(ABLATION_HOLDING)]
-    assert len(checked) == len(ABLATION_HOLDING)
-    for claim in checked:
-        assert claim.holds, claim
+    assert_claims_hold(rep, ABLATION_HOLDING)
 
 
 @pytest.mark.slow
