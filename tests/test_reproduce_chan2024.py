@@ -68,7 +68,7 @@ def test_claims_on_known_curves():
         ns,
     )
     claims = chan2024.transformer_claims(t, "last")
-    assert [c.holds for c in claims] == [True] * 8
+    assert [c.holds for c in claims] == [True] * 9
     assert all(c.claim.endswith("[checkpoint: last]") for c in claims)
     bad = t.copy()
     bad.loc[
@@ -78,10 +78,13 @@ def test_claims_on_known_curves():
     noisy = (bad["split"] == "OOBD-low") & (bad["sigma"] == 0.4) & (bad["N"] == 2**14)
     bad.loc[noisy, "value"] = 0.3
     assert not chan2024.transformer_claims(bad)[-1].holds  # sigma 0.4 only 0.1 above sigma 0.2
+    late = t.copy()
+    late.loc[late["split"] == "OOBD-high", "value"] = [0.9, 0.9, 0.9, 0.9, 0.0]  # frequent ICL falls after rare
+    assert not chan2024.transformer_claims(late)[5].holds
     t.loc[(t["split"] == "IBD") & (t["N"] == 2**8), "value"] = 0.9  # one N below 0.95
     assert [c.holds for c in chan2024.transformer_claims(t)][2:4] == [False, False]
     t.loc[(t["split"] == "OOBD-low") & (t["p_relevant"] == 1.0) & (t["N"] == 2**14), "value"] = 0.4
-    assert not chan2024.transformer_claims(t)[6].holds  # p_rel 1: ICL no longer persists
+    assert not chan2024.transformer_claims(t)[7].holds  # p_rel 1: ICL no longer persists
 
     g = _table(
         {
@@ -152,7 +155,7 @@ def test_preset_matches_the_reference_settings():
 CPU_HOLDING = (
     "Transformer, p_rel 0.9: rare-class ICL (OOBD-low) reaches",
     "Transformer, p_rel 0.9: in-weight accuracy on low-frequency classes",
-    "Transformer, p_rel 0.9: high-frequency classes are learned in weight",
+    "Transformer, p_rel 0.9: IWL takes over first for frequent classes",
     "Transformer, p_rel 0 (context never relevant)",
     "Transformer, p_rel 1 (context always relevant)",
     "Transformer, p_rel 0.9: with noisier inputs",

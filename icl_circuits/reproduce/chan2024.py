@@ -203,6 +203,13 @@ def _n(n: float) -> str:
     return f"2^{int(round(math.log2(n)))}"
 
 
+def _fall(curve: pd.Series) -> float:
+    """The first N after the peak at which the curve is below half its peak (inf if never)."""
+    after = curve[curve.index > curve.idxmax()]
+    below = after[after < curve.max() / 2]
+    return float(below.index.min()) if len(below) else math.inf
+
+
 def transformer_claims(t: pd.DataFrame, rule: str = "last") -> list[Claim]:
     """The transformer's claims, each read at the checkpoint ``rule`` chose (named in the claim)."""
     at = f" [checkpoint: {rule}]"
@@ -260,6 +267,17 @@ def transformer_claims(t: pd.DataFrame, rule: str = "last") -> list[Claim]:
                 bool(high[high.index > high.index.min()].max() <= 0.2),
             )
         )
+    if len(high) and len(low):
+        nh, nl = _fall(high), _fall(low)
+        claims.append(
+            Claim(
+                f"Transformer, p_rel {MAIN_P}: IWL takes over first for frequent classes: ICL on high-frequency "
+                f"queries (OOBD-high) falls below half its peak at a smaller N than on low-frequency ones{at}",
+                "as N grows, IWL takes over first for the frequent classes",
+                f"OOBD-high falls at N = {nh:g}, OOBD-low at N = {nl:g}; OOBD-high: {fmt_curve(high)}",
+                bool(math.isfinite(nh) and nh < nl),
+            )
+        )
     irr = by_n(t, "OOBD-rel-low", "acc", 0.0)
     if len(irr):
         claims.append(
@@ -306,13 +324,7 @@ def together_claim(t: pd.DataFrame, g: pd.DataFrame, rule: str) -> list[Claim]:
     if len(low) < 2 or len(f_low) < 2:
         return []
 
-    def fall(curve: pd.Series) -> float:
-        """The first N after the peak at which the curve is below half its peak (inf if never)."""
-        after = curve[curve.index > curve.idxmax()]
-        below = after[after < curve.max() / 2]
-        return float(below.index.min()) if len(below) else math.inf
-
-    nt, ng = fall(low), fall(f_low)
+    nt, ng = _fall(low), _fall(f_low)
     ok = math.isfinite(nt) and math.isfinite(ng) and abs(math.log2(nt) - math.log2(ng)) <= 2
     return [
         Claim(
