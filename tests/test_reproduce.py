@@ -56,10 +56,16 @@ def test_final_takes_each_runs_last_checkpoint():
 def test_induction_curves_follow_the_final_best_head():
     rows = []
     for step, (h0, h1) in {0: (0.5, 0.0), 10: (0.1, 0.9)}.items():
-        rows.append({"step": step, "split": "IC", "metric": "acc", "layer": pd.NA, "head_index": pd.NA, "value": step / 10})
+        rows.append(
+            {"step": step, "split": "IC", "metric": "acc", "layer": pd.NA, "head_index": pd.NA, "value": step / 10}
+        )
         for head, v in enumerate((h0, h1)):
-            rows.append({"step": step, "split": "IC", "metric": "task_induction", "layer": 1, "head_index": head, "value": v})
-            rows.append({"step": step, "split": "IC", "metric": "prev_token", "layer": 0, "head_index": head, "value": 1 - v})
+            rows.append(
+                {"step": step, "split": "IC", "metric": "task_induction", "layer": 1, "head_index": head, "value": v}
+            )
+            rows.append(
+                {"step": step, "split": "IC", "metric": "prev_token", "layer": 0, "head_index": head, "value": 1 - v}
+            )
     df = pd.DataFrame(rows).astype({"layer": "Int64", "head_index": "Int64"})
     curves = induction_curves(df)
     ind = curves[curves["curve"].str.startswith("layer-2")]
