@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -25,13 +24,13 @@ import torch
 from tqdm.auto import tqdm
 
 from icl_circuits.data import build_source
-from icl_circuits.errors import CheckpointError, RunFolderError
+from icl_circuits.errors import CheckpointError
 from icl_circuits.runs import layout
 from icl_circuits.runs.read import load_config, load_model
-from icl_circuits.runs.store import read_json, write_new_file
+from icl_circuits.runs.store import read_json
 from probes.competition import Transition, detect_transition
 from probes.discovery import MIN_EFFECT, TARGET, split_circuits
-from probes.over_training import resolve_steps
+from probes.over_training import resolve_steps, write_cache
 
 #: Bump when what is computed changes: old cache files are then ignored.
 VERSION = 1
@@ -76,20 +75,6 @@ def _read(path: Path) -> pd.DataFrame | None:
         return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return None  # a damaged cache file is recomputed, never trusted
-
-
-def _write(path: Path, df: pd.DataFrame) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunFolderError(f"{path.parent}: could not create the analysis cache ({err.strerror})") from None
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    try:
-        write_new_file(path, buf.getvalue().encode())
-    except RunFolderError:
-        if not path.exists():
-            raise  # "already exists" means a concurrent analysis won
 
 
 def discover_run(
@@ -140,8 +125,8 @@ def discover_run(
             torch.set_num_threads(threads)
         for step, c_path, e_path in tqdm(todo, disable=not progress, desc="circuits", unit="ckpt"):
             c, e = _compute(run, source, step, params)
-            _write(c_path, c)
-            _write(e_path, e)
+            write_cache(c_path, c)
+            write_cache(e_path, e)
             circuits.append(c)
             edges.append(e)
     finally:

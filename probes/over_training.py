@@ -211,7 +211,7 @@ def analyze_run(
             skipped.append((step, str(err).split("; nearest good")[0]))
             return
         df = analyze_checkpoint(model, source, evals, params, step)
-        _write_cache(path, df)
+        write_cache(path, df)
         frames[step] = df
 
     if todo:
@@ -230,7 +230,8 @@ def analyze_run(
     return out
 
 
-def _write_cache(path: Path, df: pd.DataFrame) -> None:
+def write_cache(path: Path, df: pd.DataFrame) -> None:
+    """Write an analysis cache table once, atomically; a concurrent writer that got there first wins."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
