@@ -7,10 +7,12 @@ stream) and an exemplar of class k is ``x = c_k + sigma * N(0, I)``. The label o
 k itself. A sequence has ``L`` context pairs and a query whose class (the target) is drawn
 from the class weights. Each context slot independently holds the target class with
 probability ``p_relevant`` (so the number of relevant slots is Binomial(L, p_relevant));
-every other slot holds a class drawn from the class weights with the target excluded.
-With L = 1 (the paper's setting) this is the reference's law; for L > 1 the reference
-instead marks whole sequences relevant and rejection-samples their context, while here
-relevance is per slot, so ``-irr`` contexts never hold the query's class.
+every other slot holds a class drawn from the class weights with the target excluded
+(``irrelevant="exclude"``, the default) or, as ``chanb/simple_icl`` does, drawn from the
+class weights and redrawn once if it hits the target (``irrelevant="redraw"``, used by the
+``chan2024-*`` presets; the slot then holds the target with probability w_t^2). For L > 1
+the reference sets a Binomial number of slots to the target after drawing the context; here
+relevance is per slot. ``-irr`` evaluation contexts never hold the query's class.
 
 Training uses a *finite* set of ``n_train`` sequences; the batch at step t draws indices
 uniformly from ``[0, n_train)`` and returns those sequences. Sequence i is a pure function
