@@ -28,6 +28,22 @@ PREV_TOKEN_HEAD = (0, 0)
 INDUCTION_HEAD = (1, 0)
 
 
+def _bare_model(d_model: int, n_heads: int, d_head: int, d_in: int, n_labels: int, n_ctx: int):
+    """A 2-layer attention-only native model without norms, to be wired by hand; its config too."""
+    cfg = ModelConfig(
+        n_layers=2,
+        n_heads=n_heads,
+        d_model=d_model,
+        d_head=d_head,
+        attn_only=True,
+        normalization="none",
+        positional="standard",
+        encoder="linear",
+        readout="linear",
+    )
+    return cfg, build_native(cfg, d_in, n_labels, n_ctx, seed=0)
+
+
 def induction_circuit_model(
     d_in: int, n_labels: int, n_pairs: int, n_heads: int = 2, sharpness: float = 40.0, logit_scale: float = 10.0
 ) -> NativeModel:
@@ -49,18 +65,7 @@ def induction_circuit_model(
     X, LAB, POS = 0, d_in, d_in + n_labels
     PREV = POS + n_ctx
     d_model = PREV + d_in
-    cfg = ModelConfig(
-        n_layers=2,
-        n_heads=n_heads,
-        d_model=d_model,
-        d_head=d_head,
-        attn_only=True,
-        normalization="none",
-        positional="standard",
-        encoder="linear",
-        readout="linear",
-    )
-    model = build_native(cfg, d_in, n_labels, n_ctx, seed=0)
+    cfg, model = _bare_model(d_model, n_heads, d_head, d_in, n_labels, n_ctx)
     scale = d_head**0.5  # the native attention divides scores by sqrt(d_head)
     with torch.no_grad():
         for p in model.parameters():
@@ -144,18 +149,7 @@ def in_weight_model(
     n_ctx = 2 * n_pairs + 1
     X, POS = 0, d_in
     d_model = d_in + n_ctx
-    cfg = ModelConfig(
-        n_layers=2,
-        n_heads=n_heads,
-        d_model=d_model,
-        d_head=max(n_ctx, 1),
-        attn_only=True,
-        normalization="none",
-        positional="standard",
-        encoder="linear",
-        readout="linear",
-    )
-    model = build_native(cfg, d_in, n_labels, n_ctx, seed=0)
+    cfg, model = _bare_model(d_model, n_heads, max(n_ctx, 1), d_in, n_labels, n_ctx)
     d_head = cfg.head_dim
     with torch.no_grad():
         for p in model.parameters():
