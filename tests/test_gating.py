@@ -11,7 +11,7 @@ import torch
 from icl_circuits.configbase import ConfigError
 from icl_circuits.data import StylizedConfig, build_source
 from icl_circuits.data.batch import Batch
-from icl_circuits.theory.gating import GatingConfig, GatingModel, algorithm1_step, record_steps, train_gating
+from icl_circuits.papers.chan2024.gating import GatingConfig, GatingModel, algorithm1_step, record_steps, train_gating
 
 torch.set_num_threads(1)
 

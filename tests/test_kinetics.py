@@ -1,4 +1,4 @@
-"""Ground truth for the Nguyen & Reddy minimal model and the K* fits (icl_circuits.theory.kinetics)."""
+"""Ground truth for the Nguyen & Reddy minimal model and the K* fits (icl_circuits.papers.nguyen_reddy2024.kinetics)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from icl_circuits.errors import ConfigError
-from icl_circuits.theory import kinetics as kin
+from icl_circuits.papers.nguyen_reddy2024 import kinetics as kin
 
 
 def test_one_euler_step_matches_hand_computation():

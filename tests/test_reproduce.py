@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from icl_circuits.cli import main
+from icl_circuits.papers.reddy2023.reproduce import induction_curves
 from icl_circuits.reproduce import REPRODUCTIONS, reproduce
 from icl_circuits.reproduce.common import CLAIMS, SUMMARY, Claim, Reproduction, final, pick
-from icl_circuits.reproduce.reddy2023 import induction_curves
 
 
 def test_pick_and_unknown_scale():

@@ -10,7 +10,8 @@ import torch
 
 from icl_circuits.data.stylized import StylizedSource
 from icl_circuits.errors import ConfigError
-from icl_circuits.reproduce import chan2024, reproduce
+from icl_circuits.papers.chan2024 import reproduce as chan2024
+from icl_circuits.reproduce import reproduce
 from icl_circuits.reproduce.common import final
 from icl_circuits.sweeps.spec import SweepSpec, build_points
 from tests.conftest import assert_claims_hold

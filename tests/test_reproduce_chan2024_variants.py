@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
+from icl_circuits.papers.chan2024 import ablation as chan2024_ablation
 from icl_circuits.presets import get_preset
-from icl_circuits.reproduce import chan2024_ablation, reproduce
+from icl_circuits.reproduce import reproduce
 from tests.conftest import assert_claims_hold
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icl_circuits.reproduce import nguyen_reddy2024 as nr
+from icl_circuits.papers.nguyen_reddy2024 import reproduce as nr
 from icl_circuits.reproduce import reproduce
 from icl_circuits.sweeps import SweepSpec, build_points
 

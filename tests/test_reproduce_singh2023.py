@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
+from icl_circuits.papers.singh2023 import reproduce as sg
 from icl_circuits.reproduce import reproduce
-from icl_circuits.reproduce import singh2023 as sg
 
 
 def test_smoke_writes_tables_figure_and_claims(tmp_path):

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from icl_circuits.reproduce.chan2024 import PRESET, transformer_tables  # noqa: E402
+from icl_circuits.papers.chan2024.reproduce import PRESET, transformer_tables  # noqa: E402
 from icl_circuits.reproduce.common import Claim, Reproduction, pick  # noqa: E402
 from probes.figures import save  # noqa: E402
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from icl_circuits.reproduce.chan2024 import MAIN_P, by_n, fmt_curve, transformer_tables
-from icl_circuits.reproduce.chan2024_figures import accuracy_figure
+from icl_circuits.papers.chan2024.figures import accuracy_figure
+from icl_circuits.papers.chan2024.reproduce import MAIN_P, by_n, fmt_curve, transformer_tables
 from icl_circuits.reproduce.common import Claim, Reproduction, pick
 
 NAME = "chan2024-omniglot"

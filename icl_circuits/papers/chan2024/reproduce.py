@@ -9,7 +9,7 @@ rare classes, p_high = 0.9, sigma = 0.2, one context pair):
   the reference's ``default`` context (the training p_relevant) with shifted labels, i.e.
   our ``OOBD``, ``OOBD-high`` and ``OOBD-low``; ``OOBD-rel-*`` (context always relevant)
   and ``IBD-irr-*`` (never relevant) are reported alongside.
-* **Gating model** (:mod:`icl_circuits.theory.gating`) trained with the paper's Algorithm 1
+* **Gating model** (:mod:`icl_circuits.papers.chan2024.gating`) trained with the paper's Algorithm 1
   on the same finite training set (the same ``train_batch`` stream) with horizon N: one
   pass, ceil(N / batch) rounds, so that every round's loss is measured on a sequence the
   predictors have (almost always) not yet trained on, as in the paper's online analysis.
@@ -45,8 +45,7 @@ from tqdm.auto import tqdm
 
 from icl_circuits.config import apply_overrides
 from icl_circuits.data import build_source
-from icl_circuits.presets import get_preset
-from icl_circuits.reproduce.chan2024_claims import (  # noqa: F401 (re-exported for the variants and tests)
+from icl_circuits.papers.chan2024.claims import (  # noqa: F401 (re-exported for the variants and tests)
     MAIN_P,
     SIGMA,
     by_n,
@@ -56,8 +55,9 @@ from icl_circuits.reproduce.chan2024_claims import (  # noqa: F401 (re-exported 
     together_claim,
     transformer_claims,
 )
+from icl_circuits.papers.chan2024.gating import GatingConfig, train_gating
+from icl_circuits.presets import get_preset
 from icl_circuits.reproduce.common import Reproduction, final, pick, run_grid
-from icl_circuits.theory.gating import GatingConfig, train_gating
 
 NAME = "chan2024"
 PRESET = "chan2024-stylized"
@@ -184,7 +184,7 @@ def gating_tables(s: dict, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
 # --------------------------------------------------------------------------- entry point
 def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
     """Train the transformer grids and the gating model at ``scale``; measure and plot."""
-    from icl_circuits.reproduce import chan2024_figures as figs
+    from icl_circuits.papers.chan2024 import figures as figs
 
     torch.set_num_threads(1)
     s = settings(scale)

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from icl_circuits.theory import kinetics as kin
+from icl_circuits.papers.nguyen_reddy2024 import kinetics as kin
 from probes.figures import save
 
 ICL_THRESHOLD = 0.95  # t_ICL: first step with ICL accuracy above this (the paper's)

@@ -1,6 +1,6 @@
 """The claims of the Chan et al. 2024 reproduction, measured from its tidy tables.
 
-Pure functions of the tables that :mod:`icl_circuits.reproduce.chan2024` writes (columns
+Pure functions of the tables that :mod:`icl_circuits.papers.chan2024.reproduce` writes (columns
 ``N, p_relevant[, sigma], seed, split, metric, value``); each claim names the checkpoint rule
 its table was read with.
 """

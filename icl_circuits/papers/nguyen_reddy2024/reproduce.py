@@ -6,7 +6,7 @@ grows as ``K* ~ N^(1/nu)``, ``1/nu ~ 1.43``, because memorisation takes a time `
 while ICL takes a time ``~ N``; the time to ICL (first step with ICL accuracy > 0.95) is
 long-tailed and its median grows linearly with N; near K* runs end either memorising or
 generalising (bimodal). Its minimal model has a generalising and a memorising subcircuit
-learning at different rates on a shared loss (:mod:`icl_circuits.theory.kinetics`).
+learning at different rates on a shared loss (:mod:`icl_circuits.papers.nguyen_reddy2024.kinetics`).
 
 What we train instead (interleaved tokens ``x_1 y_1 ... x_N y_N x_q``, where one attention
 layer cannot bind an exemplar to the label after it): the ``demo`` architecture, 2
@@ -35,8 +35,8 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 
-from icl_circuits.reproduce.common import Claim, Reproduction, pick, run_grid
-from icl_circuits.reproduce.nguyen_reddy2024_figures import (
+from icl_circuits.papers.nguyen_reddy2024 import kinetics as kin
+from icl_circuits.papers.nguyen_reddy2024.figures import (
     ICL_THRESHOLD,
     MEM_THRESHOLD,
     MID_BAND,
@@ -46,7 +46,7 @@ from icl_circuits.reproduce.nguyen_reddy2024_figures import (
     fig_memorisation,
     fig_t_icl,
 )
-from icl_circuits.theory import kinetics as kin
+from icl_circuits.reproduce.common import Claim, Reproduction, pick, run_grid
 
 
 def settings(scale: str) -> dict:
