@@ -83,7 +83,7 @@ def bench_reference(root: Path, scale: Scale) -> tuple[list[Goal], list[str]]:
     source = build_source(cfg.data, cfg.seed, DEV)
     bs = cfg.train.batch_size
     batches = [source.train_batch(s, bs) for s in range(n)]
-    ref = NguyenReddyRef(cfg.data.D + 2).to(DEV)
+    ref = NguyenReddyRef(cfg.data.d + 2).to(DEV)
     ref_in = [nr_tokens(b) for b in batches]
 
     def ref_loss(tok, y):
@@ -121,7 +121,7 @@ def bench_reference(root: Path, scale: Scale) -> tuple[list[Goal], list[str]]:
     lines = [
         "## Reference implementation: Nguyen & Reddy 2024",
         "",
-        f"Setting: K = {cfg.data.K}, D = {cfg.data.D}, N = {cfg.data.N} context items, binary labels, SGD lr "
+        f"Setting: K = {cfg.data.n_classes}, D = {cfg.data.d}, N = {cfg.data.n_pairs} context items, binary labels, SGD lr "
         f"{cfg.train.lr}, batch {bs}. The reference model (rebuilt here): LayerNorm(65) on tokens x ⊕ onehot(label) "
         "(query label zeroed), one causal single-head attention layer (Q/K/V Linear 65→195 without bias, scale 1, "
         "no positions), ReLU MLP 512-512→1 on x_last + attn_last, loss −logsigmoid(±logit); 101 tokens per "

@@ -172,7 +172,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
             spec, out = load_spec(path), Path(args.out) if args.out else Path("sweeps") / path.stem
     elif args.base:
         if not axes:
-            raise ICLError("sweep: give at least one axis, e.g. 'data.K=[32,1024]' or 'seed=range(3)'")
+            raise ICLError("sweep: give at least one axis, e.g. 'data.n_classes=[32,1024]' or 'seed=range(3)'")
         grid: dict[str, list] = {}
         for item in axes:
             key, values = parse_axis_arg(item)
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", allow_abbrev=False, help="train a preset (or --config) into a run folder; resumes if it exists"
     )
     p.add_argument("preset", nargs="?", help="preset name (icl-circuits presets)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.K=32 train.steps=2000")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.n_classes=32 train.steps=2000")
     p.add_argument("--config", help="a config.json to start from instead of a preset")
     p.add_argument("--out", help=f"run folder (default {DEFAULT_ROOT}/NAME)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "axes",
         nargs="*",
-        help="with --base: grid axes, e.g. 'data.K=[32,1024]' 'seed=range(3)' 'data.K=[2**i for i in range(5,8)]'",
+        help="with --base: grid axes, e.g. 'data.n_classes=[32,1024]' 'seed=range(3)' 'data.n_classes=[2**i for i in range(5,8)]'",
     )
     p.add_argument("--base", help="preset every point starts from (instead of a SPEC file)")
     p.add_argument(

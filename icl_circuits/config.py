@@ -8,8 +8,7 @@ import re
 from typing import Any, Literal
 
 from icl_circuits.configbase import FrozenConfig, require
-from icl_circuits.data import DataConfig, data_config_from_dict
-from icl_circuits.data.gaussian import GaussianConfig
+from icl_circuits.data import DataConfig, data_config_from_dict, family_config
 from icl_circuits.errors import ConfigError
 from icl_circuits.limits import check_sizes
 from icl_circuits.models.config import ModelConfig
@@ -125,7 +124,7 @@ class RunConfig(FrozenConfig):
 
     name: str = "custom"
     seed: int = 0
-    data: DataConfig = dataclasses.field(default_factory=GaussianConfig)
+    data: DataConfig = dataclasses.field(default_factory=lambda: data_config_from_dict({}))
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
@@ -140,7 +139,7 @@ class RunConfig(FrozenConfig):
         require(0 <= self.seed < 2**63, "seed", "a non-negative integer", self.seed)
         check_sizes(self)
         if self.model.encoder == "identity":
-            d_in = _data_dim(self.data)
+            d_in = self.data.d_in
             require(
                 d_in == self.model.d_model,
                 "model.d_model",
@@ -148,9 +147,9 @@ class RunConfig(FrozenConfig):
                 self.model.d_model,
             )
         if self.model.encoder == "cnn":
-            side = round(_data_dim(self.data) ** 0.5)
+            side = round(self.data.d_in**0.5)
             require(
-                side * side == _data_dim(self.data),
+                side * side == self.data.d_in,
                 "model.encoder",
                 "linear or identity: cnn needs square images",
                 self.model.encoder,
@@ -170,22 +169,18 @@ class RunConfig(FrozenConfig):
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def _data_dim(cfg: DataConfig) -> int:
-    if isinstance(cfg, GaussianConfig):
-        return cfg.D
-    return cfg.d_in
-
-
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply CLI overrides such as ``data.K=32`` or ``train.lr=3e-4`` to ``cfg``.
+    """Apply CLI overrides such as ``data.n_classes=32`` or ``train.lr=3e-4`` to ``cfg``.
 
     Values are parsed as JSON where possible (``32``, ``3e-4``, ``true``, ``[1, 2]``),
-    else taken as strings. Unknown keys fail like unknown keys in a config file.
+    else taken as strings. Unknown keys fail like unknown keys in a config file. A data
+    field's old name (``data.n_classes`` for ``data.n_classes``: the family's ``RENAMED``) sets the
+    field it was renamed to.
     """
     tree = cfg.to_dict()
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"{item}: expected key=value (e.g. data.K=32)")
+            raise ConfigError(f"{item}: expected key=value (e.g. data.n_classes=32)")
         key, raw = item.split("=", 1)
         try:
             value = json.loads(raw)
@@ -193,6 +188,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             value = raw
         node = tree
         parts = key.split(".")
+        if len(parts) == 2 and parts[0] == "data" and isinstance(tree.get("data"), dict):
+            renamed = family_config(tree["data"]["family"]).RENAMED
+            parts[1] = renamed.get(parts[1], parts[1])
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"{key}: unknown key ({part!r} is not a config section)")

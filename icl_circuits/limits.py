@@ -28,17 +28,14 @@ if TYPE_CHECKING:
 #: Bound of integer fields without an entry in ``SIZE_LIMITS`` (seed has its own).
 DEFAULT_MAX = 2**31 - 1
 
-#: Upper bounds of size fields, by dotted name (``data.K`` applies to any data family).
+#: Upper bounds of size fields, by dotted name (``data.n_classes`` applies to any data family).
 SIZE_LIMITS: dict[str, int] = {
-    "data.K": 2**24,
-    "data.L": 2**16,
-    "data.D": 2**16,
-    "data.N": 2**12,
-    "data.B": 2**12,
+    "data.n_classes": 2**24,
+    "data.n_pairs": 2**12,
+    "data.burst": 2**12,
     "data.d": 2**16,
     "data.n_high": 2**20,
     "data.n_low": 2**20,
-    "data.n_classes": 2**20,
     "data.n_exemplars": 2**12,
     "data.n_common": 2**20,
     "data.n_holdout": 2**20,
@@ -101,19 +98,8 @@ def check_sizes(cfg: FrozenConfig, prefix: str = "") -> None:
 def _sizes(cfg: RunConfig) -> dict[str, Any]:
     """The numbers the estimate depends on, keyed by the config field that sets each."""
     data, model, tc = cfg.data, cfg.model, cfg.train
-    family = data.family
-    if family == "gaussian":
-        world = {"data.K": max(data.K, 0), "data.D": data.D}
-        d_in, n_labels, pairs, splits = ("data.D", data.D), data.L, ("data.N", data.N), 3
-    elif family == "stylized":
-        world = {"data.n_high": data.n_high + data.n_low, "data.d": data.d}
-        d_in, n_labels, pairs, splits = ("data.d", data.d), data.n_high + data.n_low, ("data.L", data.L), 18
-    else:
-        side = getattr(data, "image_size", 0)
-        dim = side * side if getattr(data, "bank", "") == "omniglot" else data.d
-        dim_field = "data.image_size" if getattr(data, "bank", "") == "omniglot" else "data.d"
-        world = {"data.n_classes": data.n_classes, "data.n_exemplars": data.n_exemplars, dim_field: dim}
-        d_in, n_labels, pairs, splits = (dim_field, dim), data.vocab_size, ("data.N", data.N), 6
+    terms = data.memory_terms()
+    world, d_in, n_labels, pairs, splits = terms.world, terms.d_in, terms.n_labels, terms.pairs, terms.splits
     return {
         "world": world,
         d_in[0]: d_in[1],
@@ -173,9 +159,8 @@ def _driving_field(cfg: RunConfig, s: dict[str, Any]) -> str:
     length at its default, however quadratic the context's cost.
     """
     from icl_circuits.config import RunConfig
-    from icl_circuits.data import data_config_from_dict
 
-    default = _sizes(RunConfig(data=data_config_from_dict({"family": cfg.data.family})))
+    default = _sizes(RunConfig(data=type(cfg.data)()))
     base = sum(_need(s).values())
 
     def growth(grown: dict[str, Any]) -> float:

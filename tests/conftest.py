@@ -14,10 +14,10 @@ torch.set_num_threads(1)
 
 #: CLI overrides that shrink the demo preset to a run of about a second (no burstiness axis).
 TINY_OVERRIDES = (
-    "data.K=64",
-    "data.L=8",
-    "data.D=8",
-    "data.N=4",
+    "data.n_classes=64",
+    "data.n_labels=8",
+    "data.d=8",
+    "data.n_pairs=4",
     "model.d_model=16",
     "train.steps=12",
     "train.batch_size=8",
@@ -33,7 +33,7 @@ def tiny_config(**train_overrides) -> RunConfig:
     return RunConfig(
         name="tiny",
         seed=3,
-        data=GaussianConfig(K=64, L=8, D=8, N=4, B=2, eps=0.1),
+        data=GaussianConfig(n_classes=64, n_labels=8, d=8, n_pairs=4, burst=2, noise=0.1),
         model=ModelConfig(n_layers=2, n_heads=2, d_model=16, attn_only=True),
         train=train.replace(**train_overrides),
     )

@@ -25,7 +25,7 @@ from icl_circuits.presets import get_preset
 from icl_circuits.training import train
 from tests.conftest import TINY_OVERRIDES, tiny_config
 
-TINY = [*TINY_OVERRIDES, "data.B=2"]
+TINY = [*TINY_OVERRIDES, "data.burst=2"]
 HANG_S = 10
 
 
@@ -84,24 +84,24 @@ def bad_cases(root: Path, run: Path) -> list[tuple[list[str], str]]:
     out = str(root / "out")
     t = ["train", "demo", "--no-progress", "--out", out]
     cases = [
-        ([*t, "data.K=1000000000"], "data.K"),
+        ([*t, "data.n_classes=1000000000"], "data.n_classes"),
         ([*t, "model.d_model=1000000"], "model.d_model"),
         ([*t, "train.batch_size=100000000"], "train.batch_size"),
         ([*t, "train.steps=1e12", "train.n_checkpoints=1e6"], "train.steps"),
         ([*t, "train.n_checkpoints=1e6"], "train.n_checkpoints"),
         ([*t, "train.steps=1000000000", "train.checkpoint_every=1"], "train.checkpoint_every"),
         ([*t, "train.eval_size=1e9"], "train.eval_size"),
-        ([*t, "data.N=1e7"], "data.N"),
+        ([*t, "data.n_pairs=1e7"], "data.n_pairs"),
         ([*t, "model.n_layers=1e30"], "model.n_layers"),
         ([*t, "model.n_heads=1e12"], "model.n_heads"),
         ([*t, "model.readout_hidden=[1e9]"], "model.readout_hidden"),
         ([*t, "model.readout_hidden=" + json.dumps([8] * 1000)], "model.readout_hidden"),
-        ([*t, "data.D=1e400"], "data.D"),
+        ([*t, "data.d=1e400"], "data.d"),
         ([*t, "train.threads=-1"], "train.threads"),
         ([*t, "train.threads=100000"], "train.threads"),
         ([*t, "seed=1e30"], "seed"),
-        ([*t, "data.K=65536", "data.D=65536"], "data."),  # fits the bounds, not the memory
-        ([*t, "train.batch_size=1048576", "data.N=4096"], "train.batch_size"),
+        ([*t, "data.n_classes=65536", "data.d=65536"], "data."),  # fits the bounds, not the memory
+        ([*t, "train.batch_size=1048576", "data.n_pairs=4096"], "train.batch_size"),
         ([*t, "name=../../x"], "name"),
         ([*t, "name=/tmp/abs"], "name"),
         ([*t, "name=.hidden"], "name"),
@@ -123,7 +123,7 @@ def bad_cases(root: Path, run: Path) -> list[tuple[list[str], str]]:
     for field in ("lr", "weight_decay", "grad_clip", "l2", "momentum"):
         for value in ("Infinity", "-Infinity", "NaN", "1e400"):
             cases.append(([*t, f"train.{field}={value}"], f"train.{field}"))
-    for field in ("data.eps", "data.alpha", "data.p_B", "model.init_range"):
+    for field in ("data.noise", "data.zipf_alpha", "data.p_bursty", "model.init_range"):
         cases.append(([*t, f"{field}=Infinity"], field))
     return cases
 

@@ -43,11 +43,11 @@ def test_bare_loop_and_reference_model_run(bench):
         lambda ex, lab, y: torch.nn.functional.cross_entropy(hand(ex, lab), y), hand.parameters(), cfg, lp["hand_in"]
     )
     assert t > 0
-    nr = apply_overrides(nguyen_reddy2024(), ["data.N=6"])
+    nr = apply_overrides(nguyen_reddy2024(), ["data.n_pairs=6"])
     tok, y = bench.nr_tokens(build_source(nr.data, 0).train_batch(0, 4))
-    assert tok.shape == (4, 7, nr.data.D + 2) and set(y.tolist()) <= {-1.0, 1.0}
+    assert tok.shape == (4, 7, nr.data.d + 2) and set(y.tolist()) <= {-1.0, 1.0}
     assert (tok[:, -1, -2:] == 0).all(), "query label zeroed"
-    ref = bench.NguyenReddyRef(nr.data.D + 2)
+    ref = bench.NguyenReddyRef(nr.data.d + 2)
     (-torch.nn.functional.logsigmoid(y * ref(tok)).mean()).backward()
 
 

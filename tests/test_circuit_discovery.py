@@ -25,7 +25,7 @@ METHODS = ("exact", "eap", "eap-ig")
 
 @pytest.fixture(scope="module")
 def source():
-    return GaussianSource(GaussianConfig(K=8, L=8, D=16, N=4, B=2, eps=0.1), seed=0)
+    return GaussianSource(GaussianConfig(n_classes=8, n_labels=8, d=16, n_pairs=4, burst=2, noise=0.1), seed=0)
 
 
 @pytest.fixture(scope="module")

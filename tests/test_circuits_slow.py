@@ -24,7 +24,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("circuits")
     return {
         "demo": train(demo(), root / "demo", progress=False),
-        "k32": train(apply_overrides(demo(), ["data.K=32"]), root / "k32", progress=False),
+        "k32": train(apply_overrides(demo(), ["data.n_classes=32"]), root / "k32", progress=False),
     }
 
 

@@ -12,7 +12,7 @@ from icl_circuits.errors import ConfigError
 from icl_circuits.presets import PRESETS, get_preset
 from tests.conftest import TINY_OVERRIDES
 
-TINY = [*TINY_OVERRIDES, "data.B=2"]
+TINY = [*TINY_OVERRIDES, "data.burst=2"]
 
 
 def test_every_preset_is_valid_and_round_trips():
@@ -22,12 +22,12 @@ def test_every_preset_is_valid_and_round_trips():
 
 
 def test_overrides():
-    cfg = apply_overrides(get_preset("demo"), ["data.K=32", "train.lr=3e-4", "model.readout_hidden=[64]"])
-    assert cfg.data.K == 32 and cfg.train.lr == 3e-4 and cfg.model.readout_hidden == (64,)
+    cfg = apply_overrides(get_preset("demo"), ["data.n_classes=32", "train.lr=3e-4", "model.readout_hidden=[64]"])
+    assert cfg.data.n_classes == 32 and cfg.train.lr == 3e-4 and cfg.model.readout_hidden == (64,)
     with pytest.raises(ConfigError, match=r"^data\.KK: unknown key"):
         apply_overrides(cfg, ["data.KK=3"])
-    with pytest.raises(ConfigError, match=r"^data\.B: expected a divisor of N=8"):
-        apply_overrides(cfg, ["data.B=3"])
+    with pytest.raises(ConfigError, match=r"^data\.burst: expected a divisor of n_pairs=8"):
+        apply_overrides(cfg, ["data.burst=3"])
     with pytest.raises(ConfigError, match=r"^train\.lr: expected a number"):
         apply_overrides(cfg, ["train.lr=fast"])
 
@@ -63,8 +63,8 @@ def test_train_show_analyze(tmp_path, capsys):
     ("argv", "needle"),
     [
         (["train", "nope"], "preset: expected one of"),
-        (["train", "demo", "data.B=3"], "data.B: expected a divisor"),
-        (["train", "demo", "data.K"], "data.K: expected key=value"),
+        (["train", "demo", "data.burst=3"], "data.burst: expected a divisor"),
+        (["train", "demo", "data.n_classes"], "data.n_classes: expected key=value"),
         (["train", "demo", "train.steps=-1"], "train.steps: expected at least 1"),
         (["train", "--config", "missing.json"], "missing.json: no such config file"),
         (["show", "no/such/run"], "no/such/run: no such run folder"),

@@ -16,7 +16,7 @@ from icl_circuits.runs.read import load_native
 from icl_circuits.training import train, trainer
 from tests.conftest import TINY_OVERRIDES
 
-RUN = [*TINY_OVERRIDES, "data.B=2", "train.steps=24", "train.n_checkpoints=6"]
+RUN = [*TINY_OVERRIDES, "data.burst=2", "train.steps=24", "train.n_checkpoints=6"]
 
 
 def _quiet(argv: list[str]) -> int:
@@ -63,8 +63,8 @@ def _shrink(name: str) -> list[str]:
     out += ["train.warmup_steps=0", "train.device=cpu"]
     if cfg.model.n_layers > 2:
         out.append("model.n_layers=2")
-    if cfg.data.family == "gaussian" and cfg.data.N > 16:
-        out.append("data.N=8")
+    if cfg.data.family == "gaussian" and cfg.data.n_pairs > 16:
+        out.append("data.n_pairs=8")
     return out
 
 

@@ -24,7 +24,7 @@ def _counts(cls: torch.Tensor) -> torch.Tensor:
 
 
 def test_world_split_and_bank():
-    cfg = ClassBankConfig(n_classes=40, n_exemplars=4, d=16, n_holdout=6, n_common=3, exemplar_noise=0.1)
+    cfg = ClassBankConfig(n_classes=40, n_exemplars=4, d=16, n_holdout=6, n_common=3, noise=0.1)
     src = ClassBankSource(cfg, seed=0)
     assert src.bank.shape == (40, 4, 16) and src.n_labels == 34 and src.d_in == 16
     assert sorted(torch.cat([src.trained, src.holdout]).tolist()) == list(range(40))
@@ -41,7 +41,7 @@ def test_world_split_and_bank():
 
 def test_zipf_class_frequencies():
     cfg = ClassBankConfig(
-        n_classes=30, n_holdout=5, n_common=5, d=2, n_exemplars=1, zipf_alpha=1.0, p_bursty=0.0, N=4, shots=2
+        n_classes=30, n_holdout=5, n_common=5, d=2, n_exemplars=1, zipf_alpha=1.0, p_bursty=0.0, n_pairs=4, shots=2
     )
     src = ClassBankSource(cfg, seed=2)
     cls = src.train_batch(0, 20000).classes.flatten()
@@ -57,7 +57,7 @@ def test_zipf_class_frequencies():
 
 
 def test_p_bursty_fraction():
-    cfg = ClassBankConfig(**BIG, p_bursty=0.3, N=8, shots=3, ways=2)
+    cfg = ClassBankConfig(**BIG, p_bursty=0.3, n_pairs=8, shots=3, ways=2)
     b = ClassBankSource(cfg, seed=1).train_batch(3, 20000)
     query_count = (b.classes[:, :-1] == b.classes[:, -1:]).sum(1)
     share = (query_count >= 3).float().mean().item()
@@ -65,7 +65,7 @@ def test_p_bursty_fraction():
 
 
 def test_shots_by_ways_structure():
-    cfg = ClassBankConfig(**BIG, p_bursty=1.0, N=9, shots=2, ways=3)
+    cfg = ClassBankConfig(**BIG, p_bursty=1.0, n_pairs=9, shots=2, ways=3)
     b = ClassBankSource(cfg, seed=0).train_batch(0, 2000)
     ctx, query = b.classes[:, :-1], b.classes[:, -1:]
     counts = _counts(ctx)
@@ -77,7 +77,7 @@ def test_shots_by_ways_structure():
 
 def test_constant_burst_structure():
     cfg = ClassBankConfig(
-        n_classes=12, n_holdout=2, n_common=0, d=4, n_exemplars=1, sampler="constant", B=2, N=7, p_bursty=1.0
+        n_classes=12, n_holdout=2, n_common=0, d=4, n_exemplars=1, sampler="constant", burst=2, n_pairs=7, p_bursty=1.0
     )
     b = ClassBankSource(cfg, seed=0).train_batch(0, 3000)
     ctx, query = b.classes[:, :-1], b.classes[:, -1:]
@@ -92,7 +92,7 @@ def test_constant_burst_structure():
 
 
 def test_holdout_disjoint_and_fewshot():
-    cfg = ClassBankConfig(n_classes=60, n_holdout=8, d=4, n_exemplars=2, N=8, shots=3, ways=2)
+    cfg = ClassBankConfig(n_classes=60, n_holdout=8, d=4, n_exemplars=2, n_pairs=8, shots=3, ways=2)
     src = ClassBankSource(cfg, seed=0)
     holdout = set(src.holdout.tolist())
     seen = torch.cat([src.train_batch(s, 256).classes.flatten() for s in range(20)])
@@ -115,7 +115,7 @@ def test_holdout_disjoint_and_fewshot():
 
 
 def test_nosupport_and_ciwl():
-    cfg = ClassBankConfig(n_classes=50, n_holdout=4, d=4, n_exemplars=1, N=6, zipf_alpha=1.0)
+    cfg = ClassBankConfig(n_classes=50, n_holdout=4, d=4, n_exemplars=1, n_pairs=6, zipf_alpha=1.0)
     src = ClassBankSource(cfg, seed=0)
     ns = src.eval_batch("nosupport", 1000)
     assert not ns.query_in_context().any()
@@ -130,7 +130,7 @@ def test_nosupport_and_ciwl():
 
 
 def test_flip_swaps_labels():
-    cfg = ClassBankConfig(**BIG, N=8, shots=3, ways=2)
+    cfg = ClassBankConfig(**BIG, n_pairs=8, shots=3, ways=2)
     src = ClassBankSource(cfg, seed=0)
     b = src.eval_batch("flip", 1000)
     own = src.label_table[b.classes]
@@ -145,7 +145,9 @@ def test_flip_swaps_labels():
 
 
 def test_relabel_pairs():
-    cfg = ClassBankConfig(n_classes=50, n_exemplars=1, N=2, sampler="constant", B=1, relabel=True, p_bursty=1.0)
+    cfg = ClassBankConfig(
+        n_classes=50, n_exemplars=1, n_pairs=2, sampler="constant", burst=1, relabel=True, p_bursty=1.0
+    )
     src = ClassBankSource(cfg, seed=0)
     assert src.train_pairs.shape == (8, 2) and src.val_pairs.shape == (2, 2)
     all_pairs = {tuple(p) for p in torch.cat([src.train_pairs, src.val_pairs]).tolist()}
@@ -162,7 +164,7 @@ def test_relabel_pairs():
 
 
 def test_label_flip_rate():
-    cfg = ClassBankConfig(**BIG, N=2, sampler="constant", B=1, p_bursty=1.0, label_flip=0.3)
+    cfg = ClassBankConfig(**BIG, n_pairs=2, sampler="constant", burst=1, p_bursty=1.0, label_flip=0.3)
     src = ClassBankSource(cfg, seed=0)
     b = src.train_batch(0, 20000)
     flipped = (b.target != src.label_table[b.classes[:, -1]]).float().mean().item()
@@ -174,7 +176,7 @@ def test_label_flip_rate():
 
 
 def test_determinism_and_fresh_eval():
-    cfg = ClassBankConfig(n_classes=100, n_exemplars=2, d=8, exemplar_noise=0.5)
+    cfg = ClassBankConfig(n_classes=100, n_exemplars=2, d=8, noise=0.5)
     a, b = ClassBankSource(cfg, seed=0), ClassBankSource(cfg, seed=0)
     assert torch.equal(a.train_batch(5, 16).exemplars, b.train_batch(5, 16).exemplars)
     assert not torch.equal(a.train_batch(5, 16).classes, a.train_batch(6, 16).classes)
@@ -185,7 +187,7 @@ def test_determinism_and_fresh_eval():
 
 
 def test_batch_tokens_round_trip():
-    src = ClassBankSource(ClassBankConfig(n_classes=30, n_exemplars=1, d=5, N=6), seed=0)
+    src = ClassBankSource(ClassBankConfig(n_classes=30, n_exemplars=1, d=5, n_pairs=6), seed=0)
     for b in [src.train_batch(0, 4)] + [src.eval_batch(s, 4) for s in src.splits]:
         tok = b.tokens()
         assert tok.dtype == torch.int32 and tok.shape == (4, 13, 6)
@@ -207,7 +209,7 @@ def test_omniglot_bank():
 
 
 def test_config_round_trip():
-    cfg = ClassBankConfig(n_classes=50, n_exemplars=1, N=2, sampler="constant", relabel=True)
+    cfg = ClassBankConfig(n_classes=50, n_exemplars=1, n_pairs=2, sampler="constant", relabel=True)
     assert data_config_from_dict(cfg.to_dict()) == cfg
     assert cfg.n_pairs == 2 and cfg.vocab_size == 40 and cfg.d_in == 64
 
@@ -220,8 +222,8 @@ def test_config_round_trip():
         ({"n_classes": 20, "n_holdout": 10, "n_common": 10}, "data.n_holdout"),
         ({"n_classes": 20, "n_holdout": 30}, "data.n_holdout"),
         ({"n_holdout": 1}, "data.n_holdout"),
-        ({"sampler": "constant", "B": 5, "N": 8}, "data.B"),
-        ({"sampler": "constant", "B": 0}, "data.B"),
+        ({"sampler": "constant", "B": 5, "N": 8}, "data.burst"),
+        ({"sampler": "constant", "B": 0}, "data.burst"),
         ({"bank": "omniglot", "n_classes": 100}, "data.n_classes"),
         ({"bank": "omniglot", "n_exemplars": 21}, "data.n_exemplars"),
         ({"relabel": True, "ways": 3, "N": 9}, "data.ways"),
@@ -232,13 +234,13 @@ def test_config_round_trip():
         ({"label_flip": -0.1}, "data.label_flip"),
         ({"zipf_alpha": -1.0}, "data.zipf_alpha"),
         ({"image_size": 0}, "data.image_size"),
-        ({"exemplar_noise": -1.0}, "data.exemplar_noise"),
+        ({"exemplar_noise": -1.0}, "data.noise"),
         ({"ways": 1}, "data.ways"),
-        ({"N": 0}, "data.N"),
+        ({"N": 0}, "data.n_pairs"),
     ],
 )
 def test_bad_config(kwargs, field):
     with pytest.raises(ConfigError) as err:
-        ClassBankConfig(**kwargs)
+        ClassBankConfig.from_dict(kwargs, prefix="data.")  # old names (N, B, ...) migrate
     assert str(err.value).startswith(field)
     assert "\n" not in str(err.value)

@@ -13,7 +13,7 @@ from icl_circuits.errors import ConfigError
 
 
 def test_bursty_context_structure():
-    cfg = GaussianConfig(K=512, L=32, D=16, N=8, B=4, p_B=1.0)
+    cfg = GaussianConfig(n_classes=512, n_labels=32, d=16, n_pairs=8, burst=4, p_bursty=1.0)
     b = GaussianSource(cfg, seed=0).train_batch(0, 2000)
     ctx, query = b.classes[:, :-1], b.classes[:, -1]
     for row, q in zip(ctx[:200], query[:200], strict=True):
@@ -27,7 +27,7 @@ def test_bursty_context_structure():
 
 
 def test_p_bursty_fraction_and_iid_part():
-    cfg = GaussianConfig(K=4096, L=32, D=8, N=8, B=2, p_B=0.3)
+    cfg = GaussianConfig(n_classes=4096, n_labels=32, d=8, n_pairs=8, burst=2, p_bursty=0.3)
     b = GaussianSource(cfg, seed=1).train_batch(5, 20000)
     in_ctx = b.query_in_context().any(1).float().mean().item()
     # bursty rows always hold the query; i.i.d. rows almost never do with K = 4096
@@ -36,7 +36,7 @@ def test_p_bursty_fraction_and_iid_part():
 
 
 def test_zipf_class_frequencies():
-    cfg = GaussianConfig(K=20, L=4, D=4, N=4, B=0, p_B=0.0, alpha=1.0)
+    cfg = GaussianConfig(n_classes=20, n_labels=4, d=4, n_pairs=4, burst=0, p_bursty=0.0, zipf_alpha=1.0)
     b = GaussianSource(cfg, seed=2).train_batch(0, 50000)
     freq = torch.bincount(b.classes.flatten(), minlength=20).float()
     freq /= freq.sum()
@@ -46,7 +46,7 @@ def test_zipf_class_frequencies():
 
 
 def test_exemplar_noise_formula():
-    cfg = GaussianConfig(K=8, L=8, D=400, N=2, B=1, eps=0.5)
+    cfg = GaussianConfig(n_classes=8, n_labels=8, d=400, n_pairs=2, burst=1, noise=0.5)
     src = GaussianSource(cfg, seed=0)
     b = src.train_batch(0, 500)
     mu = src.means[b.classes]
@@ -57,7 +57,7 @@ def test_exemplar_noise_formula():
 
 
 def test_eval_splits():
-    cfg = GaussianConfig(K=64, L=8, D=8, N=8, B=4)
+    cfg = GaussianConfig(n_classes=64, n_labels=8, d=8, n_pairs=8, burst=4)
     src = GaussianSource(cfg, seed=0)
     ic = src.eval_batch("IC", 500)
     assert (ic.classes >= 64).all(), "IC must use novel classes"
@@ -73,7 +73,7 @@ def test_eval_splits():
 
 
 def test_eval_fresh_and_deterministic():
-    cfg = GaussianConfig(K=64, L=8, D=8, N=4, B=2)
+    cfg = GaussianConfig(n_classes=64, n_labels=8, d=8, n_pairs=4, burst=2)
     a, b = GaussianSource(cfg, seed=0), GaussianSource(cfg, seed=0)
     assert torch.equal(a.train_batch(7, 32).exemplars, b.train_batch(7, 32).exemplars)
     assert not torch.equal(a.train_batch(7, 32).exemplars, a.train_batch(8, 32).exemplars)
@@ -85,12 +85,12 @@ def test_eval_fresh_and_deterministic():
 
 
 def test_binary_variant_and_infinite_k():
-    cfg = GaussianConfig(K=100, L=2, D=8, N=16, B=1, label_mode="binary")
+    cfg = GaussianConfig(n_classes=100, n_labels=2, d=8, n_pairs=16, burst=1, label_mode="binary")
     src = GaussianSource(cfg, seed=0)
     assert src.label_table.sum().item() == 50, "balanced ±1 table"
     b = src.train_batch(0, 256)
     assert b.query_in_context().any(1).all()
-    inf = GaussianSource(GaussianConfig(K=-1, L=8, D=8, N=4, B=2), seed=0)
+    inf = GaussianSource(GaussianConfig(n_classes=-1, n_labels=8, d=8, n_pairs=4, burst=2), seed=0)
     b1, b2 = inf.train_batch(0, 64), inf.train_batch(1, 64)
     assert b1.classes.min() >= 0 and b1.query_in_context().any(1).all()
     assert torch.cdist(b1.exemplars.flatten(0, 1), b2.exemplars.flatten(0, 1)).min() > 0
@@ -99,16 +99,16 @@ def test_binary_variant_and_infinite_k():
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"B": 3, "N": 8}, "data.B"),
-        ({"K": 0}, "data.K"),
-        ({"p_B": 1.5}, "data.p_B"),
-        ({"eps": -1.0}, "data.eps"),
-        ({"label_mode": "binary", "L": 4}, "data.L"),
-        ({"L": 1}, "data.L"),
+        ({"B": 3, "N": 8}, "data.burst"),
+        ({"K": 0}, "data.n_classes"),
+        ({"p_B": 1.5}, "data.p_bursty"),
+        ({"eps": -1.0}, "data.noise"),
+        ({"label_mode": "binary", "n_labels": 4}, "data.n_labels"),
+        ({"n_labels": 1}, "data.n_labels"),
     ],
 )
 def test_bad_config(kwargs, field):
     with pytest.raises(ConfigError) as err:
-        GaussianConfig(**kwargs)
+        GaussianConfig.from_dict(kwargs, prefix="data.")  # old names (K, B, ...) migrate
     assert str(err.value).startswith(field)
     assert "\n" not in str(err.value)

@@ -19,7 +19,7 @@ def _tol(p: float, n: int, k: float = 4.0) -> float:
 
 
 def test_splits_and_their_semantics():
-    src = StylizedSource(StylizedConfig(L=3, p_relevant=0.5), seed=0)
+    src = StylizedSource(StylizedConfig(n_pairs=3, p_relevant=0.5), seed=0)
     assert len(src.splits) == 18 and len(set(src.splits)) == 18
     assert {"IBD", "IBD-rel-low", "OOBD-irr-high", "OOBD-high"} <= set(src.splits)
     assert src.icl_split == "OOBD-rel" and src.iwl_split == "IBD-irr" and src.ciwl_split is None
@@ -57,7 +57,7 @@ def test_high_low_class_frequencies():
 
 
 def test_p_relevant_per_slot_and_irrelevant_slots():
-    cfg = StylizedConfig(L=4, p_relevant=0.3, d=2, n_train=2**14)
+    cfg = StylizedConfig(n_pairs=4, p_relevant=0.3, d=2, n_train=2**14)
     b = StylizedSource(cfg, seed=2).training_sequences(torch.arange(cfg.n_train))
     rel = b.query_in_context().float()
     n = rel.numel()
@@ -73,7 +73,7 @@ def test_p_relevant_per_slot_and_irrelevant_slots():
 
 
 def test_oobd_shift_is_exact():
-    src = StylizedSource(StylizedConfig(L=2), seed=0)
+    src = StylizedSource(StylizedConfig(n_pairs=2), seed=0)
     shift = torch.tensor([1, 2, 3, 4, 0, 6, 7, 8, 9, 5])
     for split in ("OOBD", "OOBD-rel-low", "OOBD-irr-high", "OOBD-high"):
         b = src.eval_batch(split, 300)
@@ -84,7 +84,7 @@ def test_oobd_shift_is_exact():
 
 
 def test_finite_training_set_and_index_determinism():
-    cfg = StylizedConfig(L=2, d=8, n_train=16)
+    cfg = StylizedConfig(n_pairs=2, d=8, n_train=16)
     src = StylizedSource(cfg, seed=3)
     seen: dict[int, torch.Tensor] = {}
     distinct = set()
@@ -112,7 +112,7 @@ def test_large_training_set_is_vectorised_and_stateless():
 
 
 def test_exemplar_noise_and_centres():
-    cfg = StylizedConfig(d=64, sigma=0.2, n_train=2**12)
+    cfg = StylizedConfig(d=64, noise=0.2, n_train=2**12)
     src = StylizedSource(cfg, seed=0)
     assert torch.allclose(src.centres.norm(dim=-1), torch.ones(10))
     for b in (src.train_batch(0, 2000), src.eval_batch("IBD", 2000)):
@@ -144,7 +144,7 @@ def test_determinism():
 
 
 def test_batch_tokens_round_trip():
-    src = StylizedSource(StylizedConfig(L=3, d=6), seed=0)
+    src = StylizedSource(StylizedConfig(n_pairs=3, d=6), seed=0)
     for b in (src.train_batch(0, 5), src.eval_batch("OOBD", 5)):
         tok = b.tokens()
         assert tok.dtype == torch.int32 and tok.shape == (5, 7, 7)
@@ -155,7 +155,7 @@ def test_batch_tokens_round_trip():
 
 
 def test_config_round_trip():
-    cfg = StylizedConfig(L=2, n_train=100)
+    cfg = StylizedConfig(n_pairs=2, n_train=100)
     assert data_config_from_dict(cfg.to_dict()) == cfg
     assert cfg.n_pairs == 2 and StylizedSource(cfg, 0).n_labels == 10
 
@@ -165,10 +165,10 @@ def test_config_round_trip():
     [
         ({"n_high": 0}, "data.n_high"),
         ({"n_low": 0}, "data.n_low"),
-        ({"sigma": -0.1}, "data.sigma"),
+        ({"sigma": -0.1}, "data.noise"),
         ({"p_high": 1.1}, "data.p_high"),
         ({"p_relevant": -0.5}, "data.p_relevant"),
-        ({"L": 0}, "data.L"),
+        ({"n_pairs": 0}, "data.n_pairs"),
         ({"d": 0}, "data.d"),
         ({"n_train": 0}, "data.n_train"),
         ({"n_train": 2**20 + 1}, "data.n_train"),
@@ -176,7 +176,7 @@ def test_config_round_trip():
 )
 def test_bad_config(kwargs, field):
     with pytest.raises(ConfigError) as err:
-        StylizedConfig(**kwargs)
+        StylizedConfig.from_dict(kwargs, prefix="data.")  # old names (sigma, L) migrate
     assert str(err.value).startswith(field)
     assert "\n" not in str(err.value)
 
@@ -219,7 +219,7 @@ def test_reference_eval_sets_are_training_sequences():
 
 
 def test_omniglot_bank_exemplars_are_drawings_of_their_class():
-    cfg = StylizedConfig(bank="omniglot", image_size=8, sigma=0.0, n_train=2**8)
+    cfg = StylizedConfig(bank="omniglot", image_size=8, noise=0.0, n_train=2**8)
     src = StylizedSource(cfg, seed=0)
     assert src.d_in == 64 and src.bank.shape == (10, 20, 64)
     b = src.train_batch(0, 64)
@@ -227,7 +227,7 @@ def test_omniglot_bank_exemplars_are_drawings_of_their_class():
     assert own.all()  # each exemplar is one of its class's 20 drawings
     drawers = (b.exemplars[:, -1:, None] == src.bank[b.classes[:, -1:]]).all(-1).float().argmax(-1)
     assert drawers.unique().numel() > 5  # different drawings, not one per class
-    noisy = StylizedSource(cfg.replace(sigma=0.2), seed=0).train_batch(0, 64)
+    noisy = StylizedSource(cfg.replace(noise=0.2), seed=0).train_batch(0, 64)
     assert (noisy.exemplars - b.exemplars).std().item() == pytest.approx(0.2, rel=0.1)
     with pytest.raises(ConfigError, match="data.n_low"):
         StylizedConfig(bank="omniglot", n_low=2000)

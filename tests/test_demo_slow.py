@@ -36,7 +36,7 @@ def test_demo_learns_icl_quickly(demo_run):
 
 
 def test_demo_with_few_classes_memorises(tmp_path, demo_run):
-    run = train(apply_overrides(demo(), ["data.K=32"]), tmp_path / "k32", progress=False)
+    run = train(apply_overrides(demo(), ["data.n_classes=32"]), tmp_path / "k32", progress=False)
     assert _final(run, "IW") >= 0.8
     assert _final(run, "IC") < _final(demo_run[0], "IC") - 0.3
 

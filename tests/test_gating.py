@@ -184,7 +184,7 @@ def test_config_validation_and_records():
 
 
 def test_sequence_gate_runs():
-    source = build_source(StylizedConfig(n_train=64, L=2), 0)
+    source = build_source(StylizedConfig(n_train=64, n_pairs=2), 0)
     model, _, ev = train_gating(source, GatingConfig(alpha_input="sequence", steps=3, eval_size=16, n_records=1))
     assert model.gate[0].in_features == 3 * 64 + 2 * 10
     assert ev["value"].between(0, 1).all()

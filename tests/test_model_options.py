@@ -18,7 +18,7 @@ from icl_circuits.models import ModelConfig, build_native, query_logits, to_brid
 from icl_circuits.models.embed import lecun_normal_, sinusoidal_table
 from probes.viz import attention_html
 
-SRC = GaussianSource(GaussianConfig(K=64, L=8, D=8, N=4, B=2), seed=0)
+SRC = GaussianSource(GaussianConfig(n_classes=64, n_labels=8, d=8, n_pairs=4, burst=2), seed=0)
 BATCH = SRC.train_batch(0, 32)
 
 #: Each option alone and the reference's combination.

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from icl_circuits.data.gaussian import GaussianConfig, GaussianSource
+from icl_circuits.metrics import query_metrics
 from icl_circuits.models.build import build_native, query_logits, to_bridge
 from icl_circuits.models.config import ModelConfig
-from icl_circuits.training.evaluate import query_metrics
 from probes.ablation import ablate_heads, all_heads_ablation, resample_index
 from probes.handwired import induction_circuit_model
 from probes.paths import ablate_k_path
@@ -31,7 +31,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def data():
-    src = GaussianSource(GaussianConfig(K=256, L=N_LABELS, D=32, N=4, B=2, eps=0.1), seed=0)
+    src = GaussianSource(GaussianConfig(n_classes=256, n_labels=N_LABELS, d=32, n_pairs=4, burst=2, noise=0.1), seed=0)
     return {split: src.eval_batch(split, 256) for split in src.splits}
 
 

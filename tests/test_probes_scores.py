@@ -17,7 +17,7 @@ from probes.circuits import find_icl_circuit
 from probes.competition import detect_transition
 from probes.handwired import INDUCTION_HEAD, PREV_TOKEN_HEAD, induction_circuit_model
 
-SRC = GaussianSource(GaussianConfig(K=256, L=8, D=32, N=4, B=2, eps=0.1), seed=0)
+SRC = GaussianSource(GaussianConfig(n_classes=256, n_labels=8, d=32, n_pairs=4, burst=2, noise=0.1), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -148,7 +148,7 @@ def test_preset_matches_the_reference_settings():
     assert (m.init_mode, m.init_range) == ("lecun_normal", 1.0)
     assert (m.label_init, m.label_scale, m.label_bias) == ("lecun_normal", 1.0, True)
     assert (m.positional, m.positions, m.encoder, m.normalization) == ("sinusoidal", "shared", "identity", "LN")
-    assert (d.n_high, d.n_low, d.p_high, d.d, d.sigma, d.L, d.irrelevant) == (5, 5, 0.9, 64, 0.2, 1, "redraw")
+    assert (d.n_high, d.n_low, d.p_high, d.d, d.noise, d.n_pairs, d.irrelevant) == (5, 5, 0.9, 64, 0.2, 1, "redraw")
     assert (t.optimizer, t.lr, t.batch_size, t.schedule, t.grad_clip) == ("adam", 3e-4, 32, "constant", 0.0)
 
 

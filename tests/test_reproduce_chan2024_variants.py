@@ -58,7 +58,7 @@ def test_main_effects_on_a_known_table():
 
 def test_omniglot_preset_and_smoke(tmp_path):
     cfg = get_preset("chan2024-omniglot")
-    assert (cfg.data.bank, cfg.data.sigma, cfg.model.encoder) == ("omniglot", 0.0, "linear")
+    assert (cfg.data.bank, cfg.data.noise, cfg.model.encoder) == ("omniglot", 0.0, "linear")
     assert cfg.model.label_init == get_preset("chan2024-stylized").model.label_init
     rep = reproduce("chan2024-omniglot", tmp_path, scale="smoke", workers=1, progress=False)
     assert set(rep.tables["transformer"]["N"]) == {2**6, 2**8}

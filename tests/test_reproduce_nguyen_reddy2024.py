@@ -48,7 +48,7 @@ def _results(curve_ic, curve_iw, K=64, seed=0):
                     "split": split,
                     "step": step,
                     "value": v,
-                    "data.K": K,
+                    "data.n_classes": K,
                     "seed": seed,
                 }
             )
@@ -84,10 +84,10 @@ def test_memorisation_exponent_and_log_spread():
 def test_every_config_of_the_larger_scales_builds(scale):
     s = nr.settings(scale)
     for N in s["Ns"]:
-        grid = {"data.K": nr.k_values(s, N, s["coarse"]), "seed": s["refine_seeds"]}
-        overrides = (*s["common"], f"train.steps={s['steps']}", f"data.N={N}")
+        grid = {"data.n_classes": nr.k_values(s, N, s["coarse"]), "seed": s["refine_seeds"]}
+        overrides = (*s["common"], f"train.steps={s['steps']}", f"data.n_pairs={N}")
         cfg = build_points(SweepSpec(base=s["preset"], overrides=overrides, grid=grid))[0].config
-        assert cfg.data.N == N and cfg.data.B == 1 and cfg.train.steps == s["steps"]
+        assert cfg.data.n_pairs == N and cfg.data.burst == 1 and cfg.train.steps == s["steps"]
         assert cfg.model.n_layers == 2 and cfg.model.n_heads == 2
     assert len(s["refine_seeds"]) >= 5 and len(s["coarse_seeds"]) + len(s["top_seeds"]) >= 5
     if scale == "full":

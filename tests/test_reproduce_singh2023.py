@@ -119,7 +119,7 @@ def test_cpu_configs_differ_only_in_the_decay():
     assert none.weight_decay == 0 and att.weight_decay == every.weight_decay > 0
     assert (att.decay_on, every.decay_on) == ("attention", "matrices")
     assert configs["none"][0].data == configs["all-decay"][0].data
-    assert configs["none"][0].data.K == 1024 and configs["none"][0].data.p_B == 0.9
+    assert configs["none"][0].data.n_classes == 1024 and configs["none"][0].data.p_bursty == 0.9
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ from icl_circuits.sweeps.sweep import INDEX, RESULTS, SPEC
 from tests.conftest import TINY_OVERRIDES
 
 TINY = TINY_OVERRIDES
-GRID = {"data.K": [16, 64], "data.B": [0, 2], "seed": [0, 1]}
+GRID = {"data.n_classes": [16, 64], "data.burst": [0, 2], "seed": [0, 1]}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,7 +72,7 @@ def test_axis_expressions():
     assert parse_values("[2*i+1 for i in range(4) if i != 2]") == [1, 3, 7]
     assert parse_values("['adam', 'sgd']") == ["adam", "sgd"]
     assert parse_values("[[64], [128, 128]]") == [[64], [128, 128]]
-    assert parse_axis_arg("data.K=[32,1024]") == ("data.K", [32, 1024])
+    assert parse_axis_arg("data.n_classes=[32,1024]") == ("data.n_classes", [32, 1024])
     assert parse_axis_arg("seed=range(3)") == ("seed", [0, 1, 2])
     for bad, needle in [
         ("__import__('os').system('true')", "not allowed|unknown name"),
@@ -87,29 +87,31 @@ def test_axis_expressions():
         ("[1,", "cannot parse"),
     ]:
         with pytest.raises(ConfigError, match=needle) as err:
-            parse_axis_arg(f"data.K={bad}")
+            parse_axis_arg(f"data.n_classes={bad}")
         assert "\n" not in str(err.value)
 
 
 def test_spec_files_and_bad_keys(tmp_path):
     toml = tmp_path / "k.toml"
     toml.write_text(
-        'base = "demo"\noverrides = ["train.steps=300"]\n\n[grid]\n"data.K" = "[2**i for i in range(5, 7)]"\n'
-        "seed = [0, 1]\ndata.B = [0, 4]\n"
+        'base = "demo"\noverrides = ["train.steps=300"]\n\n[grid]\n"data.n_classes" = "[2**i for i in range(5, 7)]"\n'
+        "seed = [0, 1]\ndata.burst = [0, 4]\n"
     )
     spec = load_spec(toml)
-    assert spec.grid == {"data.K": [32, 64], "seed": [0, 1], "data.B": [0, 4]}
+    assert spec.grid == {"data.n_classes": [32, 64], "seed": [0, 1], "data.burst": [0, 4]}
     points = build_points(spec)
-    assert len(points) == 8 and points[0].name == "data.K=32,seed=0,data.B=0"
-    assert points[-1].config.data.K == 64 and points[-1].config.seed == 1 and points[-1].config.train.steps == 300
+    assert len(points) == 8 and points[0].name == "data.n_classes=32,seed=0,data.burst=0"
+    assert (
+        points[-1].config.data.n_classes == 64 and points[-1].config.seed == 1 and points[-1].config.train.steps == 300
+    )
     as_json = tmp_path / "k.json"
     as_json.write_text(json.dumps(spec.to_dict()))
     assert load_spec(as_json) == spec
     # The config's own one-line errors, before anything runs.
     with pytest.raises(ConfigError, match=r"^data\.KK: unknown key"):
         build_points(_spec({"data.KK": [1, 2]}))
-    with pytest.raises(ConfigError, match=r"^data\.B: expected a divisor of N=4"):
-        build_points(_spec({"data.B": [2, 3]}))
+    with pytest.raises(ConfigError, match=r"^data\.burst: expected a divisor of n_pairs=4"):
+        build_points(_spec({"data.burst": [2, 3]}))
     with pytest.raises(ConfigError, match=r"^preset: expected one of"):
         build_points(SweepSpec(base="nope", grid={"seed": [0]}))
     (tmp_path / "bad.toml").write_text('base = "demo"\nbackend = "x"\n[grid]\nseed = [0]\n')
@@ -121,7 +123,7 @@ def test_spec_files_and_bad_keys(tmp_path):
     ("argv", "needle"),
     [
         (["--base", "demo", "data.KK=[1,2]"], "data.KK: unknown key"),
-        (["--base", "demo", "data.K=32"], "data.K: expected a list"),
+        (["--base", "demo", "data.n_classes=32"], "data.n_classes: expected a list"),
         (["--base", "demo"], "give at least one axis"),
         (["--base", "demo", "seed=[0]", "--backend", "local", "--address", "x:1"], "--address: only for --backend ray"),
         (["missing.toml"], "missing.toml: no such sweep spec file"),
@@ -151,7 +153,7 @@ def test_local_sweep(local_sweep):
     assert local_sweep.counts()["done"] == 8 and not local_sweep.failed
     assert json.loads((out / SPEC).read_text())["grid"] == GRID
     index = pd.read_csv(out / INDEX)
-    assert list(index.columns[:4]) == ["point", "data.K", "data.B", "seed"]
+    assert list(index.columns[:4]) == ["point", "data.n_classes", "data.burst", "seed"]
     assert (index.status == "done").all() and (index.last_step == 12).all()
     results = read_results(out)
     assert list(results.columns) == ["point", *GRID, "kind", "step", "split", "metric", "layer", "head_index", "value"]
@@ -159,9 +161,9 @@ def test_local_sweep(local_sweep):
     assert results.groupby("point").step.nunique().eq(4).all() and {0, 12} <= set(results.step)
     assert {"IC", "IW", "train"} <= set(results.split)
     # Each point's run folder is an ordinary, finished run with that point's config.
-    run = out / "runs" / "data.K=16,data.B=2,seed=1"
+    run = out / "runs" / "data.n_classes=16,data.burst=2,seed=1"
     cfg = json.loads((run / layout.CONFIG).read_text())
-    assert (cfg["data"]["K"], cfg["data"]["B"], cfg["seed"]) == (16, 2, 1)
+    assert (cfg["data"]["n_classes"], cfg["data"]["burst"], cfg["seed"]) == (16, 2, 1)
     assert {p.name for p in local_sweep.figures} == {"phase_IC.png", "phase_IW.png"}
     assert all(p.stat().st_size > 1000 for p in local_sweep.figures)
     print(f"local 2x2x2 sweep: {local_sweep.seconds:.1f}s")
@@ -179,16 +181,16 @@ def test_rerun_of_a_finished_sweep_trains_nothing(local_sweep):
 
 def test_phase_diagram(local_sweep):
     results = read_results(local_sweep.out)
-    fig = phase_diagram(results, x="data.K", y="data.B", split="IC", metric="acc")
+    fig = phase_diagram(results, x="data.n_classes", y="data.burst", split="IC", metric="acc")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["$2^{4}$", "$2^{6}$"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "2"]
     assert "mean over 2 seeds" in ax.get_title()
     final = results[(results.step == 12) & (results.split == "IC") & (results.metric == "acc")]
-    cell = final[(final["data.K"] == 64) & (final["data.B"] == 2)].value.mean()
+    cell = final[(final["data.n_classes"] == 64) & (final["data.burst"] == 2)].value.mean()
     assert ax.images[0].get_array()[1, 1] == pytest.approx(cell)
     with pytest.raises(ICLError, match="not a grid axis"):
-        phase_diagram(results, x="data.N", y="data.B")
+        phase_diagram(results, x="data.n_pairs", y="data.burst")
 
 
 # ---------------------------------------------------------------------------- worker death, probes
@@ -206,7 +208,7 @@ def _die_once(job: Job) -> Outcome:
 
 
 def test_killed_worker_is_retried_and_resumes(local_sweep, tmp_path):
-    grid = {"data.K": [64], "data.B": [2], "seed": [0, 1]}
+    grid = {"data.n_classes": [64], "data.burst": [2], "seed": [0, 1]}
     result = run_sweep(
         _spec(grid),
         tmp_path / "sweep",

@@ -20,7 +20,7 @@ from icl_circuits.runs.store import list_checkpoints
 from probes import figures, viz
 from probes.handwired import INDUCTION_HEAD, induction_circuit_model
 
-SRC = GaussianSource(GaussianConfig(K=256, L=8, D=32, N=4, B=2, eps=0.1), seed=0)
+SRC = GaussianSource(GaussianConfig(n_classes=256, n_labels=8, d=32, n_pairs=4, burst=2, noise=0.1), seed=0)
 ROOT = Path(__file__).resolve().parents[1]
 #: Anything that would make a browser fetch a script from the network.
 EXTERNAL = re.compile(r"<script[^>]*\bsrc=|unpkg|jsdelivr|cdn|import\s[^;]*from\s*['\"]https?:", re.IGNORECASE)

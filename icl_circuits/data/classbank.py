@@ -50,13 +50,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from icl_circuits.configbase import FrozenConfig, require
+from icl_circuits.configbase import require
 from icl_circuits.data.batch import Batch
+from icl_circuits.data.family import DataConfigBase, MemoryTerms, register_family
 from icl_circuits.data.omniglot import N_CHARACTERS, N_DRAWERS, RAW_SIZE, load_omniglot
 from icl_circuits.data.sampling import sample_categorical, sample_excluding, shuffle_rows, zipf_probs
 from icl_circuits.data.source import DataSource
@@ -64,7 +65,7 @@ from icl_circuits.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassBankConfig(FrozenConfig):
+class ClassBankConfig(DataConfigBase):
     """Parameters of the class-bank family (defaults: Chan 2022's Omniglot reference).
 
     Attributes:
@@ -72,7 +73,7 @@ class ClassBankConfig(FrozenConfig):
         n_classes: classes in the bank (1623 for Omniglot).
         n_exemplars: exemplars per class (at most 20 for Omniglot: the first drawers).
         d: exemplar dimension of the Gaussian bank.
-        exemplar_noise: spread of Gaussian-bank exemplars around their prototype.
+        noise: spread of Gaussian-bank exemplars around their prototype.
         image_size: side of the downsampled Omniglot images (``d_in = image_size**2``).
         omniglot_path: folder of the Omniglot pack; "" for the packaged copy.
         n_common: Zipf-head ("common") trained classes; the other trained classes are rare.
@@ -80,23 +81,25 @@ class ClassBankConfig(FrozenConfig):
         n_labels: label vocabulary; 0 means one label per trained class.
         zipf_alpha: Zipf exponent over the trained classes.
         p_bursty: fraction of bursty training sequences.
-        N: context pairs.
+        n_pairs: [N] context pairs.
         sampler: ``"chan"`` (shots x ways block) or ``"constant"`` (B query + B distractor).
         shots: copies of each bursty class (chan).
         ways: bursty classes per sequence (chan).
-        B: copies of the query class and of the distractor class (constant).
+        burst: [B] copies of the query class and of the distractor class (constant).
         relabel: bursty classes get a random label pair per sequence.
         n_relabel_labels: labels the relabelled pairs are drawn from.
         n_val_pairs: unordered label pairs held out of training for ``fewshot``.
         label_flip: probability that a bursty training sequence's bursty classes trade labels.
     """
 
+    RENAMED: ClassVar[dict[str, str]] = {"N": "n_pairs", "B": "burst", "exemplar_noise": "noise"}
+
     family: Literal["classbank"] = "classbank"
     bank: Literal["gaussian", "omniglot"] = "gaussian"
     n_classes: int = N_CHARACTERS
     n_exemplars: int = N_DRAWERS
     d: int = 64
-    exemplar_noise: float = 0.1
+    noise: float = 0.1
     image_size: int = 28
     omniglot_path: str = ""
     n_common: int = 10
@@ -104,11 +107,11 @@ class ClassBankConfig(FrozenConfig):
     n_labels: int = 0
     zipf_alpha: float = 0.0
     p_bursty: float = 0.9
-    N: int = 8
+    n_pairs: int = 8
     sampler: Literal["chan", "constant"] = "chan"
     shots: int = 3
     ways: int = 2
-    B: int = 1
+    burst: int = 1
     relabel: bool = False
     n_relabel_labels: int = 5
     n_val_pairs: int = 2
@@ -128,7 +131,7 @@ class ClassBankConfig(FrozenConfig):
                 self.n_exemplars <= N_DRAWERS, "data.n_exemplars", f"at most {N_DRAWERS} for Omniglot", self.n_exemplars
             )
         require(self.d >= 1, "data.d", "a positive dimension", self.d)
-        require(self.exemplar_noise >= 0.0, "data.exemplar_noise", "a non-negative noise level", self.exemplar_noise)
+        require(self.noise >= 0.0, "data.noise", "a non-negative noise level", self.noise)
         require(
             1 <= self.image_size <= RAW_SIZE, "data.image_size", f"an image side in [1, {RAW_SIZE}]", self.image_size
         )
@@ -139,7 +142,7 @@ class ClassBankConfig(FrozenConfig):
             f"n_holdout + n_common below n_classes={self.n_classes} (holdout larger than the bank: no rare class left)",
             self.n_holdout,
         )
-        require(self.N >= 1, "data.N", "at least 1 context pair", self.N)
+        require(self.n_pairs >= 1, "data.n_pairs", "at least 1 context pair", self.n_pairs)
         require(self.zipf_alpha >= 0.0, "data.zipf_alpha", "a non-negative Zipf exponent", self.zipf_alpha)
         require(0.0 <= self.p_bursty <= 1.0, "data.p_bursty", "a probability in [0, 1]", self.p_bursty)
         require(0.0 <= self.label_flip <= 1.0, "data.label_flip", "a probability in [0, 1]", self.label_flip)
@@ -147,18 +150,23 @@ class ClassBankConfig(FrozenConfig):
             require(self.shots >= 1, "data.shots", "at least 1 shot", self.shots)
             require(self.ways >= 2, "data.ways", "at least 2 ways", self.ways)
             require(
-                self.shots * self.ways <= self.N,
+                self.shots * self.ways <= self.n_pairs,
                 "data.shots",
-                f"shots * ways <= N={self.N} (ways={self.ways})",
+                f"shots * ways <= n_pairs={self.n_pairs} (ways={self.ways})",
                 self.shots,
             )
             require(
                 self.ways <= self.n_trained, "data.ways", f"at most the {self.n_trained} trained classes", self.ways
             )
         else:
-            require(self.B >= 1, "data.B", "at least 1 copy", self.B)
-            require(2 * self.B <= self.N, "data.B", f"2 * B <= N={self.N} (query burst + distractor burst)", self.B)
-            need = 2 + (self.N > 2 * self.B)
+            require(self.burst >= 1, "data.burst", "at least 1 copy", self.burst)
+            require(
+                2 * self.burst <= self.n_pairs,
+                "data.burst",
+                f"2 * burst <= n_pairs={self.n_pairs} (query burst + distractor burst)",
+                self.burst,
+            )
+            need = 2 + (self.n_pairs > 2 * self.burst)
             require(
                 self.n_trained >= need,
                 "data.n_holdout",
@@ -200,10 +208,6 @@ class ClassBankConfig(FrozenConfig):
             )
 
     @property
-    def n_pairs(self) -> int:
-        return self.N
-
-    @property
     def n_trained(self) -> int:
         return self.n_classes - self.n_holdout
 
@@ -220,6 +224,11 @@ class ClassBankConfig(FrozenConfig):
     def d_in(self) -> int:
         return self.image_size**2 if self.bank == "omniglot" else self.d
 
+    def memory_terms(self) -> MemoryTerms:
+        dim_field = "data.image_size" if self.bank == "omniglot" else "data.d"
+        world = {"data.n_classes": self.n_classes, "data.n_exemplars": self.n_exemplars, dim_field: self.d_in}
+        return MemoryTerms(world, (dim_field, self.d_in), ("data.n_pairs", self.n_pairs), self.vocab_size, 6)
+
 
 class ClassBankSource(DataSource):
     """Seeded sampler for :class:`ClassBankConfig`; see the module docstring."""
@@ -234,7 +243,7 @@ class ClassBankSource(DataSource):
         self.cfg = cfg
         self.n_labels = cfg.vocab_size
         self.d_in = cfg.d_in
-        self.n_pairs = cfg.N
+        self.n_pairs = cfg.n_pairs
         gen = self.generator("world", 0)
         self.bank = self._build_bank(gen)
         order = torch.randperm(cfg.n_classes, generator=gen, device=self.device)
@@ -258,7 +267,7 @@ class ClassBankSource(DataSource):
             shape = (cfg.n_classes, 1, cfg.d)
             protos = torch.randn(shape, generator=gen, device=self.device) / math.sqrt(cfg.d)
             noise = torch.randn(cfg.n_classes, cfg.n_exemplars, cfg.d, generator=gen, device=self.device)
-            return protos + cfg.exemplar_noise * noise / math.sqrt(cfg.d)
+            return protos + cfg.noise * noise / math.sqrt(cfg.d)
         images = load_omniglot(cfg.omniglot_path or None, cfg.image_size)
         if images.shape[0] != cfg.n_classes or images.shape[1] < cfg.n_exemplars:
             where = cfg.omniglot_path or "the packaged Omniglot pack"
@@ -280,13 +289,13 @@ class ClassBankSource(DataSource):
         cfg, probs = self.cfg, self.class_probs
         if cfg.sampler == "chan":
             ways = self._distinct(probs, b, cfg.ways, gen)
-            rest = sample_categorical(probs, (b, cfg.N - cfg.shots * cfg.ways), gen)
+            rest = sample_categorical(probs, (b, cfg.n_pairs - cfg.shots * cfg.ways), gen)
             ctx = shuffle_rows(torch.cat([ways.repeat_interleave(cfg.shots, dim=1), rest], dim=1), gen)
             pick = torch.randint(0, cfg.ways, (b, 1), generator=gen, device=self.device)
             return torch.cat([ctx, torch.gather(ways, 1, pick)], dim=1), ways
         pair = self._distinct(probs, b, 2, gen)  # (query, distractor)
-        rest = sample_excluding(probs, pair, cfg.N - 2 * cfg.B, gen)
-        ctx = shuffle_rows(torch.cat([pair.repeat_interleave(cfg.B, dim=1), rest], dim=1), gen)
+        rest = sample_excluding(probs, pair, cfg.n_pairs - 2 * cfg.burst, gen)
+        ctx = shuffle_rows(torch.cat([pair.repeat_interleave(cfg.burst, dim=1), rest], dim=1), gen)
         return torch.cat([ctx, pair[:, :1]], dim=1), pair
 
     def _pair_labels(self, pairs: Tensor, b: int, gen: torch.Generator) -> Tensor:
@@ -311,7 +320,7 @@ class ClassBankSource(DataSource):
             flip = torch.rand(b, generator=gen, device=self.device) < cfg.label_flip
             new = torch.where(flip[:, None], new.roll(1, dims=1), new)
         lab_b = _relabel(cls_b, self.label_table[cls_b], bursty, new)
-        iid = sample_categorical(self.class_probs, (b, cfg.N + 1), gen)
+        iid = sample_categorical(self.class_probs, (b, cfg.n_pairs + 1), gen)
         is_bursty = (torch.rand(b, generator=gen, device=self.device) < cfg.p_bursty)[:, None]
         cls = torch.where(is_bursty, cls_b, iid)
         return self._batch(cls, torch.where(is_bursty, lab_b, self.label_table[iid]), gen)
@@ -322,7 +331,7 @@ class ClassBankSource(DataSource):
         if split == "fewshot":
             ways = cfg.fewshot_ways
             classes = self._distinct(self.holdout_probs, n, ways, gen)
-            slots = shuffle_rows((torch.arange(cfg.N, device=self.device) % ways).expand(n, -1), gen)
+            slots = shuffle_rows((torch.arange(cfg.n_pairs, device=self.device) % ways).expand(n, -1), gen)
             slots = torch.cat([slots, torch.randint(0, ways, (n, 1), generator=gen, device=self.device)], dim=1)
             if cfg.relabel and cfg.n_val_pairs > 0:
                 labels = self._pair_labels(self.val_pairs, n, gen)
@@ -334,11 +343,11 @@ class ClassBankSource(DataSource):
             new = self.label_table[bursty].roll(1, dims=1)
             return self._batch(cls, _relabel(cls, self.label_table[cls], bursty, new), gen)
         query = sample_categorical(self.class_probs, (n, 1), gen)
-        ctx = sample_excluding(self.class_probs, query, cfg.N, gen)
+        ctx = sample_excluding(self.class_probs, query, cfg.n_pairs, gen)
         cls = torch.cat([ctx, query], dim=1)
         labels = self.label_table[cls]
         if split == "ciwl":
-            slot = torch.randint(0, cfg.N, (n, 1), generator=gen, device=self.device)
+            slot = torch.randint(0, cfg.n_pairs, (n, 1), generator=gen, device=self.device)
             labels = labels.scatter(1, slot, self.label_table[query])
         return self._batch(cls, labels, gen)
 
@@ -348,3 +357,6 @@ def _relabel(cls: Tensor, labels: Tensor, bursty: Tensor, new: Tensor) -> Tensor
     match = cls[:, :, None] == bursty[:, None, :]
     picked = torch.gather(new, 1, match.long().argmax(-1))
     return torch.where(match.any(-1), picked, labels)
+
+
+register_family(ClassBankConfig, ClassBankSource)

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from icl_circuits.configbase import FrozenConfig, require
+from icl_circuits.configbase import require
 from icl_circuits.data.batch import Batch
+from icl_circuits.data.family import DataConfigBase, MemoryTerms, register_family
 from icl_circuits.data.sampling import (
     resample_excluding,
     sample_categorical,
@@ -44,50 +45,79 @@ from icl_circuits.data.source import DataSource
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussianConfig(FrozenConfig):
-    """Parameters of the Gaussian-mixture family (names as in Reddy 2023).
+class GaussianConfig(DataConfigBase):
+    """Parameters of the Gaussian-mixture family (Reddy 2023's letters in brackets).
 
     Attributes:
-        K: number of classes (task diversity); -1 for fresh classes every sequence.
-        L: number of labels (``label_mode="mod"``); must be 2 for ``"binary"``.
-        D: exemplar dimension.
-        N: context pairs.
-        B: burstiness (copies of each class in a bursty context); 0 = never bursty.
-        p_B: fraction of bursty training sequences.
-        alpha: Zipf exponent of the class distribution.
-        eps: within-class noise.
+        n_classes: [K] number of classes (task diversity); -1 for fresh classes every sequence.
+        n_labels: [L] number of labels (``label_mode="mod"``); must be 2 for ``"binary"``.
+        d: [D] exemplar dimension.
+        n_pairs: [N] context pairs.
+        burst: [B] burstiness (copies of each class in a bursty context); 0 = never bursty.
+        p_bursty: [p_B] fraction of bursty training sequences.
+        zipf_alpha: [alpha] Zipf exponent of the class distribution.
+        noise: [eps] within-class noise.
         label_mode: ``"mod"`` (label = k mod L) or ``"binary"`` (balanced 0/1 table).
     """
 
+    RENAMED: ClassVar[dict[str, str]] = {
+        "K": "n_classes",
+        "L": "n_labels",
+        "D": "d",
+        "N": "n_pairs",
+        "B": "burst",
+        "p_B": "p_bursty",
+        "alpha": "zipf_alpha",
+        "eps": "noise",
+    }
+
     family: Literal["gaussian"] = "gaussian"
-    K: int = 1024
-    L: int = 32
-    D: int = 63
-    N: int = 8
-    B: int = 4
-    p_B: float = 1.0
-    alpha: float = 0.0
-    eps: float = 0.1
+    n_classes: int = 1024
+    n_labels: int = 32
+    d: int = 63
+    n_pairs: int = 8
+    burst: int = 4
+    p_bursty: float = 1.0
+    zipf_alpha: float = 0.0
+    noise: float = 0.1
     label_mode: Literal["mod", "binary"] = "mod"
 
     def validate(self) -> None:
-        require(self.K == -1 or self.K >= 1, "data.K", "a positive integer or -1 (infinite)", self.K)
-        require(self.L >= 2, "data.L", "at least 2 labels", self.L)
-        require(self.D >= 1, "data.D", "a positive dimension", self.D)
-        require(self.N >= 1, "data.N", "at least 1 context pair", self.N)
-        require(self.B >= 0, "data.B", "a non-negative burstiness", self.B)
-        if self.B > 0:
-            require(self.N % self.B == 0, "data.B", f"a divisor of N={self.N}", self.B)
-        require(0.0 <= self.p_B <= 1.0, "data.p_B", "a probability in [0, 1]", self.p_B)
-        require(self.alpha >= 0.0, "data.alpha", "a non-negative Zipf exponent", self.alpha)
-        require(self.eps >= 0.0, "data.eps", "a non-negative noise level", self.eps)
+        require(
+            self.n_classes == -1 or self.n_classes >= 1,
+            "data.n_classes",
+            "a positive integer or -1 (infinite)",
+            self.n_classes,
+        )
+        require(self.n_labels >= 2, "data.n_labels", "at least 2 labels", self.n_labels)
+        require(self.d >= 1, "data.d", "a positive dimension", self.d)
+        require(self.n_pairs >= 1, "data.n_pairs", "at least 1 context pair", self.n_pairs)
+        require(self.burst >= 0, "data.burst", "a non-negative burstiness", self.burst)
+        if self.burst > 0:
+            require(self.n_pairs % self.burst == 0, "data.burst", f"a divisor of n_pairs={self.n_pairs}", self.burst)
+        require(0.0 <= self.p_bursty <= 1.0, "data.p_bursty", "a probability in [0, 1]", self.p_bursty)
+        require(self.zipf_alpha >= 0.0, "data.zipf_alpha", "a non-negative Zipf exponent", self.zipf_alpha)
+        require(self.noise >= 0.0, "data.noise", "a non-negative noise level", self.noise)
         if self.label_mode == "binary":
-            require(self.L == 2, "data.L", "2 when label_mode is 'binary'", self.L)
-            require(self.K == -1 or self.K % 2 == 0, "data.K", "even for a balanced binary table", self.K)
+            require(self.n_labels == 2, "data.n_labels", "2 when label_mode is 'binary'", self.n_labels)
+            require(
+                self.n_classes == -1 or self.n_classes % 2 == 0,
+                "data.n_classes",
+                "even for a balanced binary table",
+                self.n_classes,
+            )
 
     @property
-    def n_pairs(self) -> int:
-        return self.N
+    def d_in(self) -> int:
+        return self.d
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_labels
+
+    def memory_terms(self) -> MemoryTerms:
+        world = {"data.n_classes": max(self.n_classes, 0), "data.d": self.d}
+        return MemoryTerms(world, ("data.d", self.d), ("data.n_pairs", self.n_pairs), self.n_labels, 3)
 
 
 class GaussianSource(DataSource):
@@ -100,61 +130,61 @@ class GaussianSource(DataSource):
     def __init__(self, cfg: GaussianConfig, seed: int, device: torch.device | str = "cpu") -> None:
         super().__init__(seed, device)
         self.cfg = cfg
-        self.n_labels = cfg.L
-        self.d_in = cfg.D
-        self.n_pairs = cfg.N
-        self.infinite = cfg.K == -1
+        self.n_labels = cfg.n_labels
+        self.d_in = cfg.d
+        self.n_pairs = cfg.n_pairs
+        self.infinite = cfg.n_classes == -1
         gen = self.generator("world", 0)
         if not self.infinite:
-            self.means = torch.randn(cfg.K, cfg.D, generator=gen, device=self.device) / math.sqrt(cfg.D)
-            self.class_probs = zipf_probs(cfg.K, cfg.alpha, self.device)
+            self.means = torch.randn(cfg.n_classes, cfg.d, generator=gen, device=self.device) / math.sqrt(cfg.d)
+            self.class_probs = zipf_probs(cfg.n_classes, cfg.zipf_alpha, self.device)
             if cfg.label_mode == "binary":
-                table = torch.arange(cfg.K, device=self.device) % 2
-                self.label_table = table[torch.randperm(cfg.K, generator=gen, device=self.device)]
+                table = torch.arange(cfg.n_classes, device=self.device) % 2
+                self.label_table = table[torch.randperm(cfg.n_classes, generator=gen, device=self.device)]
             else:
-                self.label_table = torch.arange(cfg.K, device=self.device) % cfg.L
+                self.label_table = torch.arange(cfg.n_classes, device=self.device) % cfg.n_labels
 
     # ------------------------------------------------------------------ pieces
     def _exemplars(self, means: Tensor, gen: torch.Generator) -> Tensor:
-        eta = torch.randn(means.shape, generator=gen, device=self.device) / math.sqrt(self.cfg.D)
-        return (means + self.cfg.eps * eta) / math.sqrt(1.0 + self.cfg.eps**2)
+        eta = torch.randn(means.shape, generator=gen, device=self.device) / math.sqrt(self.cfg.d)
+        return (means + self.cfg.noise * eta) / math.sqrt(1.0 + self.cfg.noise**2)
 
     def _bursty_classes(self, b: int, gen: torch.Generator, B: int | None = None) -> Tensor:
         """``[b, N + 1]`` class indices in ``[0, K)`` of bursty sequences (query last)."""
-        B = B or self.cfg.B
-        n_cls = self.cfg.N // B
+        B = B or self.cfg.burst
+        n_cls = self.cfg.n_pairs // B
         cls = sample_categorical(self.class_probs, (b, n_cls), gen)
         ctx = shuffle_rows(cls.repeat_interleave(B, dim=1), gen)
         pick = torch.randint(0, n_cls, (b, 1), generator=gen, device=self.device)
         return torch.cat([ctx, torch.gather(cls, 1, pick)], dim=1)
 
     def _iid_classes(self, b: int, gen: torch.Generator) -> Tensor:
-        return sample_categorical(self.class_probs, (b, self.cfg.N + 1), gen)
+        return sample_categorical(self.class_probs, (b, self.cfg.n_pairs + 1), gen)
 
     def _novel(self, b: int, gen: torch.Generator, bursty: bool) -> Batch:
         """Sequences over classes nobody has seen: fresh means, uniformly random labels."""
-        n_cls = self.cfg.N // self.cfg.B if bursty and self.cfg.B > 0 else self.cfg.N + 1
-        means = torch.randn(b, n_cls, self.cfg.D, generator=gen, device=self.device) / math.sqrt(self.cfg.D)
-        labels = torch.randint(0, self.cfg.L, (b, n_cls), generator=gen, device=self.device)
-        if bursty and self.cfg.B > 0:
+        n_cls = self.cfg.n_pairs // self.cfg.burst if bursty and self.cfg.burst > 0 else self.cfg.n_pairs + 1
+        means = torch.randn(b, n_cls, self.cfg.d, generator=gen, device=self.device) / math.sqrt(self.cfg.d)
+        labels = torch.randint(0, self.cfg.n_labels, (b, n_cls), generator=gen, device=self.device)
+        if bursty and self.cfg.burst > 0:
             slot = shuffle_rows(
-                torch.arange(n_cls, device=self.device).repeat_interleave(self.cfg.B).expand(b, -1), gen
+                torch.arange(n_cls, device=self.device).repeat_interleave(self.cfg.burst).expand(b, -1), gen
             )
             pick = torch.randint(0, n_cls, (b, 1), generator=gen, device=self.device)
             slot = torch.cat([slot, pick], dim=1)
         else:
             slot = torch.arange(n_cls, device=self.device).expand(b, -1)
-        x = self._exemplars(torch.gather(means, 1, slot[..., None].expand(-1, -1, self.cfg.D)), gen)
+        x = self._exemplars(torch.gather(means, 1, slot[..., None].expand(-1, -1, self.cfg.d)), gen)
         lab = torch.gather(labels, 1, slot)
         # Offset ids past every trained class so novel classes never compare equal to them.
-        base = max(self.cfg.K, 0) + torch.arange(b, device=self.device)[:, None] * n_cls
+        base = max(self.cfg.n_classes, 0) + torch.arange(b, device=self.device)[:, None] * n_cls
         return Batch(x, lab[:, :-1].contiguous(), base + slot, lab[:, -1].contiguous())
 
     def _from_classes(self, cls: Tensor, gen: torch.Generator, label_shift: int = 0) -> Batch:
         x = self._exemplars(self.means[cls], gen)
         lab = self.label_table[cls]
         if label_shift:
-            lab = (lab + label_shift) % self.cfg.L
+            lab = (lab + label_shift) % self.cfg.n_labels
         return Batch(x, lab[:, :-1].contiguous(), cls, lab[:, -1].contiguous())
 
     # ------------------------------------------------------------------ API
@@ -162,11 +192,11 @@ class GaussianSource(DataSource):
         gen = self.generator("train", step)
         cfg = self.cfg
         if self.infinite:
-            bursty = torch.rand(batch_size, generator=gen, device=self.device) < cfg.p_B
+            bursty = torch.rand(batch_size, generator=gen, device=self.device) < cfg.p_bursty
             return _select(bursty, self._novel(batch_size, gen, True), self._novel(batch_size, gen, False))
         iid = self._iid_classes(batch_size, gen)
-        if cfg.B > 0 and cfg.p_B > 0:
-            bursty = torch.rand(batch_size, generator=gen, device=self.device) < cfg.p_B
+        if cfg.burst > 0 and cfg.p_bursty > 0:
+            bursty = torch.rand(batch_size, generator=gen, device=self.device) < cfg.p_bursty
             cls = torch.where(bursty[:, None], self._bursty_classes(batch_size, gen), iid)
         else:
             cls = iid
@@ -182,10 +212,10 @@ class GaussianSource(DataSource):
             return self._novel(n, gen, bursty=split == "IC2")
         if split == "IC2":
             # B = 0 training has no bursty layout; evaluate IC2 with B = 1 then.
-            cls = self._bursty_classes(n, gen, self.cfg.B or 1)
+            cls = self._bursty_classes(n, gen, self.cfg.burst or 1)
             return self._from_classes(cls, gen, label_shift=1)
         query = sample_categorical(self.class_probs, (n,), gen)
-        ctx = resample_excluding(self.class_probs, query, self.cfg.N, gen)
+        ctx = resample_excluding(self.class_probs, query, self.cfg.n_pairs, gen)
         return self._from_classes(torch.cat([ctx, query[:, None]], dim=1), gen)
 
 
@@ -198,3 +228,6 @@ def _select(mask: Tensor, a: Batch, b: Batch) -> Batch:
         torch.where(m2, a.classes, b.classes),
         torch.where(mask, a.target, b.target),
     )
+
+
+register_family(GaussianConfig, GaussianSource)

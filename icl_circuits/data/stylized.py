@@ -42,13 +42,14 @@ class is absent from the context, so only memorised labels are right).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from icl_circuits.configbase import FrozenConfig, require
+from icl_circuits.configbase import require
 from icl_circuits.data.batch import Batch
+from icl_circuits.data.family import DataConfigBase, MemoryTerms, register_family
 from icl_circuits.data.omniglot import N_CHARACTERS, N_DRAWERS, RAW_SIZE, load_omniglot
 from icl_circuits.data.sampling import counter_normals, counter_uniforms, inverse_cdf
 from icl_circuits.data.source import DataSource
@@ -61,7 +62,7 @@ _GROUPS = ("", "-high", "-low")
 
 
 @dataclasses.dataclass(frozen=True)
-class StylizedConfig(FrozenConfig):
+class StylizedConfig(DataConfigBase):
     """Parameters of the stylized family (defaults follow ``chanb/simple_icl``).
 
     Attributes:
@@ -69,8 +70,8 @@ class StylizedConfig(FrozenConfig):
         n_low: number of low-frequency classes.
         p_high: total probability of the high-frequency classes.
         d: exemplar dimension.
-        sigma: standard deviation of the exemplar noise around the unit-norm class centre.
-        L: context pairs.
+        noise: [sigma] standard deviation of the exemplar noise around the unit-norm class centre.
+        n_pairs: [L] context pairs.
         p_relevant: probability that a context slot holds the query's class.
         n_train: size of the finite training set (sequences).
         irrelevant: the class of a context slot that is not made relevant: ``exclude`` (drawn
@@ -86,17 +87,19 @@ class StylizedConfig(FrozenConfig):
             sequences).
         bank: class exemplars: ``gaussian`` (unit-norm centres, ``d`` dimensions) or
             ``omniglot`` (class k is an Omniglot character; an exemplar is one of its 20
-            drawings at ``image_size`` x ``image_size``, plus ``sigma`` noise; ``d`` unused).
+            drawings at ``image_size`` x ``image_size``, plus ``noise``; ``d`` unused).
         image_size: side of the Omniglot images (``bank="omniglot"``).
     """
+
+    RENAMED: ClassVar[dict[str, str]] = {"L": "n_pairs", "sigma": "noise"}
 
     family: Literal["stylized"] = "stylized"
     n_high: int = 5
     n_low: int = 5
     p_high: float = 0.9
     d: int = 64
-    sigma: float = 0.2
-    L: int = 1
+    noise: float = 0.2
+    n_pairs: int = 1
     p_relevant: float = 0.9
     n_train: int = 2**10
     irrelevant: Literal["exclude", "redraw"] = "exclude"
@@ -109,8 +112,8 @@ class StylizedConfig(FrozenConfig):
         require(self.n_low >= 1, "data.n_low", "at least 1 low-frequency class", self.n_low)
         require(0.0 <= self.p_high <= 1.0, "data.p_high", "a probability in [0, 1]", self.p_high)
         require(self.d >= 1, "data.d", "a positive dimension", self.d)
-        require(self.sigma >= 0.0, "data.sigma", "a non-negative noise level", self.sigma)
-        require(self.L >= 1, "data.L", "at least 1 context pair", self.L)
+        require(self.noise >= 0.0, "data.noise", "a non-negative noise level", self.noise)
+        require(self.n_pairs >= 1, "data.n_pairs", "at least 1 context pair", self.n_pairs)
         require(0.0 <= self.p_relevant <= 1.0, "data.p_relevant", "a probability in [0, 1]", self.p_relevant)
         require(1 <= self.n_train <= MAX_TRAIN, "data.n_train", f"an integer in [1, {MAX_TRAIN}]", self.n_train)
         require(
@@ -130,12 +133,16 @@ class StylizedConfig(FrozenConfig):
         return self.image_size**2 if self.bank == "omniglot" else self.d
 
     @property
-    def n_pairs(self) -> int:
-        return self.L
-
-    @property
     def n_classes(self) -> int:
         return self.n_high + self.n_low
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_classes
+
+    def memory_terms(self) -> MemoryTerms:
+        world = {"data.n_high": self.n_classes, "data.d": self.d}
+        return MemoryTerms(world, ("data.d", self.d), ("data.n_pairs", self.n_pairs), self.n_classes, 18)
 
 
 class StylizedSource(DataSource):
@@ -150,7 +157,7 @@ class StylizedSource(DataSource):
         self.cfg = cfg
         self.n_labels = cfg.n_classes
         self.d_in = cfg.d_in
-        self.n_pairs = cfg.L
+        self.n_pairs = cfg.n_pairs
         world = self.generator("world", 0)
         if cfg.bank == "gaussian":
             centres = torch.randn(cfg.n_classes, cfg.d, generator=world, device=self.device)
@@ -177,7 +184,7 @@ class StylizedSource(DataSource):
     @property
     def n_uniforms(self) -> int:
         """Uniforms per sequence: target, L slot classes, L relevance coins, then the options' draws."""
-        L = self.cfg.L
+        L = self.cfg.n_pairs
         return 1 + 2 * L + (L if self.cfg.irrelevant == "redraw" else 0) + (L + 1 if self.cfg.bank == "omniglot" else 0)
 
     def _assemble(self, u: Tensor, z: Tensor, target_probs: Tensor, p_relevant: float, exclude: bool) -> Batch:
@@ -186,7 +193,7 @@ class StylizedSource(DataSource):
         Columns of ``u``: target, L slot classes, L relevance coins, then (``redraw``) L
         second draws and (``omniglot``) L + 1 drawing picks.
         """
-        L, k = self.cfg.L, self.cfg.n_classes
+        L, k = self.cfg.n_pairs, self.cfg.n_classes
         target = inverse_cdf(target_probs, u[:, :1])[:, 0]
         relevant = u[:, 1 + L : 1 + 2 * L] < p_relevant
         col = 1 + 2 * L
@@ -207,7 +214,7 @@ class StylizedSource(DataSource):
             drawer = (u[:, col : col + L + 1] * self.bank.shape[1]).long().clamp(max=self.bank.shape[1] - 1)
         else:
             drawer = torch.zeros_like(cls)
-        x = self.bank[cls, drawer] + self.cfg.sigma * z.float()
+        x = self.bank[cls, drawer] + self.cfg.noise * z.float()
         return Batch(x, ctx.clone(), cls, target)
 
     def train_indices(self, step: int, batch_size: int) -> Tensor:
@@ -221,7 +228,7 @@ class StylizedSource(DataSource):
 
     def _indexed(self, index: Tensor, target_probs: Tensor, p_relevant: float, exclude: bool) -> Batch:
         """The sequences whose draws are the counter hashes of ``index`` (training law, given target law)."""
-        L, d = self.cfg.L, self.d_in
+        L, d = self.cfg.n_pairs, self.d_in
         index = index.to(self.device)
         n_u = self.n_uniforms
         u = counter_uniforms(self.train_key, index, n_u)
@@ -251,7 +258,7 @@ class StylizedSource(DataSource):
             index = torch.randint(0, 5 * n, (n,), generator=gen, device=self.device)
             batch = self._indexed(index, target_probs, p_rel, exclude)
         else:
-            L, d = self.cfg.L, self.d_in
+            L, d = self.cfg.n_pairs, self.d_in
             u = torch.rand(n, self.n_uniforms, generator=gen, device=self.device, dtype=torch.float64)
             z = torch.randn(n, L + 1, d, generator=gen, device=self.device)
             batch = self._assemble(u, z, target_probs, p_rel, exclude)
@@ -260,3 +267,6 @@ class StylizedSource(DataSource):
                 batch.exemplars, self.oobd_label[batch.context_labels], batch.classes, self.oobd_label[batch.target]
             )
         return batch
+
+
+register_family(StylizedConfig, StylizedSource)

@@ -20,7 +20,7 @@ def chan2024_stylized() -> RunConfig:
     classes             5 high + 5 low        5 + 5, p_high 0.9                same
     exemplars           unit centre + noise   N(0,I) centres normalised,       same
                                               sigma 0.2 (sweep 0, 0.2, 0.4)
-    context             L = 1, p_rel 0.9      Binomial(L, p_rel) relevant      same (``data.L``,
+    context             L = 1, p_rel 0.9      Binomial(L, p_rel) relevant      same (``data.n_pairs``,
                                                                                ``data.p_relevant``)
     irrelevant slot     "another class"       drawn from the class weights,    ``irrelevant=redraw``
                                               one redraw if it hits the target
@@ -46,7 +46,7 @@ def chan2024_stylized() -> RunConfig:
                                               training for N >= 15k            reference`` to opt in)
     ==================  ====================  ===============================  ==========================
 
-    Letters: the paper's N is ``data.n_train``, L ``data.L``, sigma ``data.sigma``,
+    Letters: the paper's N is ``data.n_train``, L ``data.n_pairs``, sigma ``data.noise``,
     p_relevant ``data.p_relevant``, |C_H| / |C_L| ``data.n_high`` / ``data.n_low``.
     """
     return RunConfig(
@@ -94,6 +94,6 @@ def chan2024_omniglot() -> RunConfig:
     base = chan2024_stylized()
     return base.replace(
         name="chan2024-omniglot",
-        data=base.data.replace(bank="omniglot", image_size=14, sigma=0.0),
+        data=base.data.replace(bank="omniglot", image_size=14, noise=0.0),
         model=base.model.replace(encoder="linear"),
     )

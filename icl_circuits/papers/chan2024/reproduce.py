@@ -119,11 +119,11 @@ def grids(s: dict) -> dict[str, dict[str, list]]:
             "seed": s["other_p_seeds"],
         }
     if s["sigma"]:
-        out["noise"] = {"data.n_train": s["sigma_n_train"], "data.sigma": s["sigma"], "seed": s["sigma_seeds"]}
+        out["noise"] = {"data.n_train": s["sigma_n_train"], "data.noise": s["sigma"], "seed": s["sigma_seeds"]}
     return out
 
 
-_RENAME = {"data.n_train": "N", "data.p_relevant": "p_relevant", "data.sigma": "sigma", "model.positions": "positions"}
+_RENAME = {"data.n_train": "N", "data.p_relevant": "p_relevant", "data.noise": "sigma", "model.positions": "positions"}
 
 
 def transformer_tables(
@@ -147,7 +147,7 @@ def transformer_tables(
     for name, axes in sweeps.items():
         res = run_grid(out, name, preset, s["overrides"], axes, workers=workers, progress=progress)
         res = res.rename(columns=_RENAME)
-        defaults = {"N": base.n_train, "p_relevant": base.p_relevant, "sigma": base.sigma, "seed": axes["seed"][0]}
+        defaults = {"N": base.n_train, "p_relevant": base.p_relevant, "sigma": base.noise, "seed": axes["seed"][0]}
         for col, default in defaults.items():
             if col not in res.columns:
                 res[col] = default

@@ -17,7 +17,7 @@ def nguyen_reddy2024() -> RunConfig:
     binding a label to its exemplar takes a second attention layer (previous-token head,
     then induction head): with the paper's single layer this layout cannot learn ICL.
     For the transience run use ``train.weight_decay=3e-3 train.decay_on=attention+embed
-    data.K=10000``.
+    data.n_classes=10000``.
 
     Label-embedding and init audit (``anhhuyalex/icl-kinetics``; not changed here, the packed
     layout of the one-token-per-item issue replaces this model): the reference's label is a
@@ -28,7 +28,17 @@ def nguyen_reddy2024() -> RunConfig:
     """
     return RunConfig(
         name="nguyen-reddy2024",
-        data=GaussianConfig(K=4096, L=2, D=63, N=100, B=1, p_B=1.0, alpha=0.0, eps=0.0, label_mode="binary"),
+        data=GaussianConfig(
+            n_classes=4096,
+            n_labels=2,
+            d=63,
+            n_pairs=100,
+            burst=1,
+            p_bursty=1.0,
+            zipf_alpha=0.0,
+            noise=0.0,
+            label_mode="binary",
+        ),
         model=ModelConfig(
             n_layers=2,
             n_heads=1,

@@ -50,7 +50,7 @@ from icl_circuits.reproduce.common import Claim, Reproduction, pick, run_grid
 
 
 def settings(scale: str) -> dict:
-    small = ["model.d_model=32", "model.readout_hidden=[64,64]", "train.batch_size=64", "data.D=32"]
+    small = ["model.d_model=32", "model.readout_hidden=[64,64]", "train.batch_size=64", "data.d=32"]
     return {
         "preset": "demo",
         "Ns": pick(scale, [2, 4], [2, 4, 8], [4, 8, 16, 32]),
@@ -68,9 +68,9 @@ def settings(scale: str) -> dict:
         "mem_steps": pick(scale, 30, 1600, 10_000),
         "mem_every": pick(scale, 10, 20, 100),
         "common": [
-            "data.B=1",
-            "data.L=32",
-            "data.eps=0.1",
+            "data.burst=1",
+            "data.n_labels=32",
+            "data.noise=0.1",
             f"train.n_checkpoints={pick(scale, 6, 20, 40)}",
             f"train.eval_size={pick(scale, 64, 256, 1024)}",
             f"train.device={pick(scale, 'cpu', 'cpu', 'auto')}",
@@ -104,7 +104,7 @@ def per_run(results: pd.DataFrame, N: int) -> pd.DataFrame:
     """One row per run: ``N, K, seed, icl_acc, iw_acc`` (final) and ``t_icl`` (NaN: never)."""
     acc = results[(results["kind"] == "metrics") & (results["metric"] == "acc")]
     rows = []
-    for (k, seed), g in acc.groupby(["data.K", "seed"]):
+    for (k, seed), g in acc.groupby(["data.n_classes", "seed"]):
         ic = g[g["split"] == "IC"].sort_values("step")
         iw = g[g["split"] == "IW"].sort_values("step")
         rows.append(
@@ -124,7 +124,9 @@ def per_run(results: pd.DataFrame, N: int) -> pd.DataFrame:
 def accuracy_curves(results: pd.DataFrame, N: int) -> pd.DataFrame:
     """Tidy ``N, K, seed, step, split, acc`` of the IC and IW accuracies at every checkpoint."""
     acc = results[(results["kind"] == "metrics") & (results["metric"] == "acc") & results["split"].isin(["IC", "IW"])]
-    out = acc[["data.K", "seed", "step", "split", "value"]].rename(columns={"data.K": "K", "value": "acc"})
+    out = acc[["data.n_classes", "seed", "step", "split", "value"]].rename(
+        columns={"data.n_classes": "K", "value": "acc"}
+    )
     return out.assign(N=N)[["N", "K", "seed", "step", "split", "acc"]].astype({"K": int, "seed": int})
 
 
@@ -197,8 +199,8 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
     curves = []
 
     def sweep(name: str, N: int, ks: list[int], seeds: list[int]) -> pd.DataFrame:
-        over = [*s["common"], every, f"train.steps={s['steps']}", f"data.N={N}"]
-        res = run_grid(out, name, s["preset"], over, {"data.K": ks, "seed": seeds}, workers, progress)
+        over = [*s["common"], every, f"train.steps={s['steps']}", f"data.n_pairs={N}"]
+        res = run_grid(out, name, s["preset"], over, {"data.n_classes": ks, "seed": seeds}, workers, progress)
         curves.append(accuracy_curves(res, N))
         return per_run(res, N)
 
@@ -216,9 +218,9 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
     curves = pd.concat(curves, ignore_index=True)
 
     mem_over = [*s["common"], f"train.checkpoint_every={s['mem_every']}", f"train.steps={s['mem_steps']}"]
-    mem_over += ["data.N=2", "data.p_B=0.0"]
+    mem_over += ["data.n_pairs=2", "data.p_bursty=0.0"]
     mem_res = run_grid(
-        out, "memorisation", s["preset"], mem_over, {"data.K": s["mem_Ks"], "seed": [0]}, workers, progress
+        out, "memorisation", s["preset"], mem_over, {"data.n_classes": s["mem_Ks"], "seed": [0]}, workers, progress
     )
     mem = per_run(mem_res, 2)[["K", "seed", "iw_acc", "t_mem"]]
     mem_fit = memorisation_exponent(mem)

@@ -12,12 +12,14 @@ def demo() -> RunConfig:
 
     Reddy-style Gaussian data with K = 1024 classes, B = 4, eps = 0.1, N = 8; a 2-layer,
     2-head attention-only model with an MLP readout; Adam 1e-3, batch 128. With K = 32
-    (``data.K=32``) the same model memorises instead (in-weight learning).
+    (``data.n_classes=32``) the same model memorises instead (in-weight learning).
     """
     return RunConfig(
         name="demo",
         seed=0,
-        data=GaussianConfig(K=1024, L=32, D=63, N=8, B=4, p_B=1.0, alpha=0.0, eps=0.1),
+        data=GaussianConfig(
+            n_classes=1024, n_labels=32, d=63, n_pairs=8, burst=4, p_bursty=1.0, zipf_alpha=0.0, noise=0.1
+        ),
         model=ModelConfig(n_layers=2, n_heads=2, d_model=64, attn_only=True, readout="mlp", readout_hidden=(128, 128)),
         train=TrainConfig(steps=3000, batch_size=128, optimizer="adam", lr=1e-3, n_checkpoints=60, eval_size=1024),
     )
@@ -47,7 +49,9 @@ def reddy2023() -> RunConfig:
     """
     return RunConfig(
         name="reddy2023",
-        data=GaussianConfig(K=1024, L=32, D=63, N=8, B=4, p_B=1.0, alpha=0.0, eps=0.75),
+        data=GaussianConfig(
+            n_classes=1024, n_labels=32, d=63, n_pairs=8, burst=4, p_bursty=1.0, zipf_alpha=0.0, noise=0.75
+        ),
         model=ModelConfig(
             n_layers=2,
             n_heads=1,

@@ -46,17 +46,17 @@ def settings(scale: str) -> dict:
         "eval_size": pick(scale, 64, 512, 2048),
         "probe_eval_size": pick(scale, 64, 512, 1024),
         # The smoke scale only checks the plumbing: a model small enough to train in a second.
-        "extra": pick(scale, ["model.d_model=16", "train.batch_size=16", "data.D=8"], [], []),
+        "extra": pick(scale, ["model.d_model=16", "train.batch_size=16", "data.d=8"], [], []),
     }
 
 
 def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
     s = settings(scale)
     fixed = [f"train.steps={s['steps']}", "train.n_checkpoints=8", f"train.eval_size={s['eval_size']}", *s["extra"]]
-    grid = {"data.K": s["K"], "data.B": s["B"], "seed": s["seeds"]}
+    grid = {"data.n_classes": s["K"], "data.burst": s["B"], "seed": s["seeds"]}
     results = run_grid(out, "phase", s["preset"], fixed, grid, workers, progress)
     last = final(results)
-    phase = last[last["split"].isin(["IC", "IW"])][["data.K", "data.B", "seed", "split", "value"]]
+    phase = last[last["split"].isin(["IC", "IW"])][["data.n_classes", "data.burst", "seed", "split", "value"]]
 
     induction = [
         f"train.steps={s['induction_steps']}",
@@ -65,7 +65,14 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
         *s["extra"],
     ]
     run_grid(
-        out, "induction", s["preset"], induction, {"data.K": [1024], "data.B": [4]}, workers, progress, probes=True
+        out,
+        "induction",
+        s["preset"],
+        induction,
+        {"data.n_classes": [1024], "data.burst": [4]},
+        workers,
+        progress,
+        probes=True,
     )
     from icl_circuits.sweeps import read_results
 
@@ -111,8 +118,8 @@ def induction_curves(probes: pd.DataFrame) -> pd.DataFrame:
 
 
 def _claims(phase: pd.DataFrame, transitions: pd.DataFrame) -> list[Claim]:
-    mean = phase.groupby(["data.K", "data.B", "split"])["value"].mean()
-    ks, bs = sorted(phase["data.K"].unique()), sorted(phase["data.B"].unique())
+    mean = phase.groupby(["data.n_classes", "data.burst", "split"])["value"].mean()
+    ks, bs = sorted(phase["data.n_classes"].unique()), sorted(phase["data.burst"].unique())
     kmin, kmax, bmax = ks[0], ks[-1], bs[-1]
     ic = {b: [mean[(k, b, "IC")] for k in ks] for b in bs}
     iw = {b: [mean[(k, b, "IW")] for k in ks] for b in bs}
@@ -172,7 +179,7 @@ def _step(step) -> str:
 def _phase_figure(out: Path, results: pd.DataFrame) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, split in zip(axes, ("IC", "IW"), strict=True):
-        phase_diagram(results, x="data.K", y="data.B", split=split, ax=ax)
+        phase_diagram(results, x="data.n_classes", y="data.burst", split=split, ax=ax)
     fig.tight_layout()
     path = out / "phase_K_B.png"
     save(fig, path)

@@ -38,4 +38,4 @@ def omniglot_bursty() -> RunConfig:
 
 
 def _omniglot_data() -> dict:
-    return {"bank": "omniglot", "N": 8, "p_bursty": 0.9, "sampler": "chan", "shots": 3, "ways": 2}
+    return {"bank": "omniglot", "n_pairs": 8, "p_bursty": 0.9, "sampler": "chan", "shots": 3, "ways": 2}

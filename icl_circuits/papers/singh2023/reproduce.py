@@ -41,7 +41,6 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from icl_circuits.config import RunConfig
-from icl_circuits.data import FAMILIES
 from icl_circuits.reproduce.common import Claim, Reproduction, pick, run_grid
 from icl_circuits.sweeps import SweepSpec, build_points
 from probes.competition import detect_transition
@@ -80,13 +79,18 @@ CONDITIONS = {
 
 
 def settings(scale: str) -> dict:
-    tiny = ["data.K=64", "data.D=8", "data.L=8", "model.d_model=16", "model.readout_hidden=[16]"]
+    tiny = ["data.n_classes=64", "data.d=8", "data.n_labels=8", "model.d_model=16", "model.readout_hidden=[16]"]
     return {
         "preset": pick(scale, "demo", "demo", "omniglot-bursty"),
         "conditions": CONDITIONS["full" if scale == "full" else "cpu"],
         "seeds": pick(scale, [0], [0, 1], [0, 1, 2]),
         "common": [
-            *pick(scale, [*tiny, "data.B=4", "data.p_B=0.9"], ["data.K=1024", "data.B=4", "data.p_B=0.9"], []),
+            *pick(
+                scale,
+                [*tiny, "data.burst=4", "data.p_bursty=0.9"],
+                ["data.n_classes=1024", "data.burst=4", "data.p_bursty=0.9"],
+                [],
+            ),
             f"train.steps={pick(scale, 30, 5000, 500_000)}",
             f"train.n_checkpoints={pick(scale, 5, 30, 200)}",
             f"train.eval_size={pick(scale, 32, 512, 2048)}",
@@ -111,7 +115,7 @@ def build_configs(scale: str) -> dict[str, list[RunConfig]]:
 
 def split_names(cfg: RunConfig) -> tuple[str, str]:
     """(ICL split, IWL split) of the config's data family."""
-    source = FAMILIES[cfg.data.family][1]
+    source = cfg.data.source_class()
     return source.icl_split, source.iwl_split
 
 

@@ -42,9 +42,9 @@ def _singh_data() -> dict:
         "bank": "gaussian",
         "n_classes": 50,
         "n_exemplars": 1,
-        "N": 2,
+        "n_pairs": 2,
         "sampler": "constant",
-        "B": 1,
+        "burst": 1,
         "p_bursty": 1.0,
         "relabel": True,
     }

@@ -29,10 +29,10 @@ import pandas as pd
 import torch
 
 from icl_circuits.data import build_source
+from icl_circuits.metrics import query_metrics
 from icl_circuits.models.build import query_logits
 from icl_circuits.reproduce.common import SWEEPS, Claim, Reproduction, final, pick, run_grid
 from icl_circuits.runs.read import load_config, load_model
-from icl_circuits.training.evaluate import query_metrics
 from probes.competition import detect_transition
 from probes.figures import save
 from probes.pattern import pattern_name, preserve_patterns
