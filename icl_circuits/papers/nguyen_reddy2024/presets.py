@@ -25,6 +25,9 @@ def nguyen_reddy2024() -> RunConfig:
     exemplar; ours is a learned embedding of std 0.02 (norm ~0.16 at d = 64) next to a linear
     encoding of the exemplar. Weights: PyTorch's Linear default (uniform, std
     1/sqrt(3 fan_in)) there, TransformerLens's std 0.02 here.
+
+    Letters: K is ``data.n_classes``, N ``data.n_pairs`` (context items; the paper's N also
+    counts the query), D ``data.d``, eps ``data.noise``; labels ±1 are ids 0 and 1.
     """
     return RunConfig(
         name="nguyen-reddy2024",

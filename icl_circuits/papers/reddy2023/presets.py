@@ -13,6 +13,9 @@ def demo() -> RunConfig:
     Reddy-style Gaussian data with K = 1024 classes, B = 4, eps = 0.1, N = 8; a 2-layer,
     2-head attention-only model with an MLP readout; Adam 1e-3, batch 128. With K = 32
     (``data.n_classes=32``) the same model memorises instead (in-weight learning).
+
+    Letters: K is ``data.n_classes``, L ``data.n_labels``, D ``data.d``, N ``data.n_pairs``,
+    B ``data.burst``, p_B ``data.p_bursty``, alpha ``data.zipf_alpha``, eps ``data.noise``.
     """
     return RunConfig(
         name="demo",
@@ -46,6 +49,9 @@ def reddy2023() -> RunConfig:
 
     ``model.label_init=lecun_normal model.label_scale=...`` and ``model.init_mode=lecun_normal``
     reach the reference's scales.
+
+    Letters: K is ``data.n_classes``, L ``data.n_labels``, D ``data.d``, N ``data.n_pairs``,
+    B ``data.burst``, p_B ``data.p_bursty``, alpha ``data.zipf_alpha``, eps ``data.noise``.
     """
     return RunConfig(
         name="reddy2023",

@@ -20,6 +20,9 @@ def omniglot_bursty() -> RunConfig:
     std 0.02 there, normal std 0.02 here (the same scale); every Linear there is Haiku's
     ``VarianceScaling(1.0)`` (lecun-normal), here TransformerLens's std 0.02 (not changed:
     ``model.init_mode=lecun_normal model.init_range=1`` matches it).
+
+    Letters: the context length is ``data.n_pairs``, p(bursty) ``data.p_bursty``, the Zipf
+    exponent ``data.zipf_alpha``; shots and ways keep their names.
     """
     return RunConfig(
         name="omniglot-bursty",

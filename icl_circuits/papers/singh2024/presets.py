@@ -20,6 +20,9 @@ def singh2024_induction() -> RunConfig:
     embeds the one-hot label with an Equinox Linear without bias (uniform, std
     1/sqrt(3 n_labels)); ours keeps TransformerLens's std 0.02, several times smaller.
     ``model.label_init=lecun_normal`` gives a Dense-on-one-hot scale.
+
+    Letters: the context length is ``data.n_pairs``, the burst B ``data.burst``, the number of
+    classes ``data.n_classes``.
     """
     return RunConfig(
         name="singh2024-induction",
