@@ -90,6 +90,8 @@ def chan2024_omniglot() -> RunConfig:
     tokenizer          ResNet                     ResNet, trained              linear 196 -> 64, trained
                                                                                (lecun-normal)
     =================  =========================  ===========================  =========================
+
+    Letters: as ``chan2024-stylized`` (N ``data.n_train``, L ``data.n_pairs``, sigma ``data.noise``).
     """
     base = chan2024_stylized()
     return base.replace(
