@@ -103,15 +103,19 @@ class Batch:
         return present.scatter_(1, self.context_labels, True)
 
     # ----------------------------------------------------------------- transforms
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The fields in order, not copied (``dataclasses.astuple`` would deep-copy every tensor)."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(t.to(device) for t in dataclasses.astuple(self)))
+        return Batch(*(t.to(device) for t in self.tensors()))
 
     def __getitem__(self, idx: slice | Tensor) -> Batch:
-        return Batch(*(t[idx] for t in dataclasses.astuple(self)))
+        return Batch(*(t[idx] for t in self.tensors()))
 
     @staticmethod
     def cat(batches: list[Batch]) -> Batch:
-        fields = zip(*(dataclasses.astuple(b) for b in batches), strict=True)
+        fields = zip(*(b.tensors() for b in batches), strict=True)
         return Batch(*(torch.cat(list(ts)) for ts in fields))
 
 

@@ -59,6 +59,8 @@ MAX_TRAIN = 2**20
 
 _CONTEXTS = {"": None, "-rel": 1.0, "-irr": 0.0}
 _GROUPS = ("", "-high", "-low")
+#: Largest training set (in bytes) that :class:`StylizedSource` keeps in memory.
+MATERIALISE_BYTES = 256 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +239,29 @@ class StylizedSource(DataSource):
 
     # ------------------------------------------------------------------ API
     def train_batch(self, step: int, batch_size: int) -> Batch:
-        return self.training_sequences(self.train_indices(step, batch_size))
+        index = self.train_indices(step, batch_size)
+        table = self._training_table()
+        return self.training_sequences(index) if table is None else table[index]
+
+    def _training_table(self) -> Batch | None:
+        """The whole finite training set, built once (it is a pure function of the index).
+
+        Each sequence's draws are counter hashes of its index alone, so gathering rows of this
+        table gives the very batches :meth:`training_sequences` computes (tested bitwise), and
+        data generation leaves the training step. Sets above :data:`MATERIALISE_BYTES` are
+        generated per batch instead.
+        """
+        if not hasattr(self, "_table"):
+            per_seq = (self.n_pairs + 1) * (4 * self.d_in + 3 * 8)
+            self._table = None
+            if self.cfg.n_train * per_seq <= MATERIALISE_BYTES:
+                self._table = Batch.cat(
+                    [
+                        self.training_sequences(torch.arange(i, min(i + 4096, self.cfg.n_train), device=self.device))
+                        for i in range(0, self.cfg.n_train, 4096)
+                    ]
+                )
+        return self._table
 
     def eval_batch(self, split: str, n: int) -> Batch:
         self.check_split(split)
