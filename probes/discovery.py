@@ -26,7 +26,16 @@ from torch import Tensor
 
 from icl_circuits.data.batch import Batch
 from probes.eap import edge_scores
-from probes.edge_patching import full_mask, logit_diff, mask_of, patch_edges, patch_values
+from probes.edge_patching import (
+    Metric,
+    full_mask,
+    logit_diff,
+    mask_of,
+    metric_logits,
+    model_input,
+    patch_edges,
+    patch_values,
+)
 from probes.graph import Graph, build_graph
 
 #: Default faithfulness target of :func:`discover`.
@@ -88,20 +97,30 @@ class Circuit:
         }
 
 
-def _run(model, graph, tokens, target_ids, patch, mask) -> tuple[float, float]:
+def _run_with(model, graph, tokens, patch, mask, metric: Metric, accuracy) -> tuple[float, float]:
     with torch.no_grad(), patch_edges(model, graph, patch, mask):
-        logits = model(tokens)[:, -1]
-    return float(logit_diff(target_ids)(logits)), float((logits.argmax(-1) == target_ids).float().mean())
+        logits = metric_logits(model(model_input(tokens)), metric)
+    return float(metric(logits)), float(accuracy(logits))
+
+
+def _label_accuracy(target_ids: Tensor):
+    return lambda logits: (logits.argmax(-1) == target_ids).float().mean()
 
 
 def drop_dangling(graph: Graph, edges: list[str]) -> list[str]:
-    """``edges`` without those into heads / MLPs whose output no kept edge reads (order kept)."""
+    """``edges`` without those into heads / MLPs whose output no kept edge reads (order kept).
+
+    A key / value input of a key-value head (grouped-query attention) is read by its group's
+    query heads: it stays while one of them is read.
+    """
     kept = list(edges)
     by_name = {e.name: e for e in graph.edges}
+    readers = {e.receiver: graph.reading_heads(e.receiver) or [e.receiver.split(".")[0]] for e in graph.edges}
     while True:
         read = {by_name[e].sender for e in kept}
-        receivers_node = {e: by_name[e].receiver.split(".")[0] for e in kept}
-        new = [e for e in kept if receivers_node[e] == "readout" or receivers_node[e] in read]
+        new = [
+            e for e in kept if by_name[e].receiver == "readout" or any(n in read for n in readers[by_name[e].receiver])
+        ]
         if len(new) == len(kept):
             return new
         kept = new
@@ -116,25 +135,35 @@ def prune(
     scores: Tensor,
     target: float = TARGET,
     min_effect: float = MIN_EFFECT,
+    metric: Metric | None = None,
+    accuracy=None,
 ) -> Circuit:
     """The smallest prefix of edges by ``|scores|`` whose faithfulness reaches ``target``.
 
     Args:
         model: TransformerBridge in eval mode.
         graph: its graph.
-        tokens: int32 model input.
-        target_ids: ``[batch]`` labels.
+        tokens: int32 model input (a language model's ``[batch, pos]`` ids).
+        target_ids: ``[batch]`` labels (None when ``metric`` and ``accuracy`` are given).
         patch: sender patch values.
         scores: ``[n_edges]`` edge scores.
         target: faithfulness to reach (0..1).
         min_effect: least ``M(G) - M(empty)`` for the circuit to be present.
+        metric: the metric (default: the logit difference of ``target_ids`` at the query).
+        accuracy: a function of the same logits (default: the query's argmax is the target).
 
     Returns:
         The :class:`Circuit`.
     """
+    metric = metric or logit_diff(target_ids)
+    accuracy = accuracy or _label_accuracy(target_ids)
+
+    def run(model, graph, tokens, patch, mask):
+        return _run_with(model, graph, tokens, patch, mask, metric, accuracy)
+
     order = [graph.edges[i].name for i in torch.argsort(scores.abs(), descending=True, stable=True).tolist()]
-    m_clean, a_clean = _run(model, graph, tokens, target_ids, patch, full_mask(graph, 1.0))
-    m_empty, a_empty = _run(model, graph, tokens, target_ids, patch, full_mask(graph, 0.0))
+    m_clean, a_clean = run(model, graph, tokens, patch, full_mask(graph, 1.0))
+    m_empty, a_empty = run(model, graph, tokens, patch, full_mask(graph, 0.0))
     effect = m_clean - m_empty
     table = graph.table().assign(score=scores.numpy())
     if effect < min_effect:
@@ -145,7 +174,7 @@ def prune(
         )  # fmt: skip
 
     def faith(k: int) -> float:
-        m, _ = _run(model, graph, tokens, target_ids, patch, mask_of(graph, order[:k]))
+        m, _ = run(model, graph, tokens, patch, mask_of(graph, order[:k]))
         return (m - m_empty) / effect
 
     lo, hi = 0, len(order)
@@ -156,9 +185,9 @@ def prune(
         else:
             lo = mid + 1
     edges = drop_dangling(graph, order[:lo])
-    m_circ, a_circ = _run(model, graph, tokens, target_ids, patch, mask_of(graph, edges))
+    m_circ, a_circ = run(model, graph, tokens, patch, mask_of(graph, edges))
     comp_mask = full_mask(graph, 1.0) - mask_of(graph, edges)
-    m_comp, _ = _run(model, graph, tokens, target_ids, patch, comp_mask)
+    m_comp, _ = run(model, graph, tokens, patch, comp_mask)
     return Circuit(
         edges=tuple(edges),
         n_total=graph.n_edges,

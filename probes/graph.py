@@ -14,7 +14,11 @@ Senders (nodes that write into the residual stream):
     ``M{l}``: the MLP of block ``l`` (absent in attention-only models).
 
 Receivers (inputs that read the residual stream):
-    ``L{l}H{h}.q``, ``.k``, ``.v``: the query, key and value inputs of a head;
+    ``L{l}H{h}.q``, ``.k``, ``.v``: the query, key and value inputs of a head. With grouped-query
+    attention (a language model whose ``cfg.n_key_value_heads`` is below ``n_heads``) keys and
+    values belong to key-value heads, each shared by ``n_heads / n_key_value_heads`` query
+    heads, so their inputs are ``L{l}G{g}.k`` and ``L{l}G{g}.v`` for group ``g`` (query heads
+    ``g * n_rep .. (g + 1) * n_rep - 1``, the grouping of ``repeat_kv``);
     ``M{l}``: an MLP's input; ``readout``: the final norm and readout (unembedding or MLP
     readout) at the query position.
 
@@ -41,6 +45,11 @@ def head_name(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
+def kv_name(layer: int, group: int) -> str:
+    """Receiver node of key-value head ``group`` of layer ``layer`` (grouped-query attention): ``L{layer}G{group}``."""
+    return f"L{layer}G{group}"
+
+
 def mlp_name(layer: int) -> str:
     """Node name of the MLP of block ``layer``: ``M{layer}``."""
     return f"M{layer}"
@@ -64,7 +73,8 @@ class Edge:
         sender: sender node name.
         receiver: receiver input name.
         layer: the receiver's layer (``n_layers`` for the readout).
-        head_index: the receiver head (-1 for an MLP or the readout).
+        head_index: the receiver head (its key-value head for ``k``/``v`` inputs under grouped-query
+            attention; -1 for an MLP or the readout).
         input: ``q``, ``k``, ``v``, ``mlp`` or ``readout``.
     """
 
@@ -90,6 +100,7 @@ class Graph:
         split_embed: the embedding is split into ``emb.x`` and ``emb.y``.
         nodes: senders in forward order.
         edges: every edge, grouped by receiver in forward order.
+        n_kv_heads: key-value heads per block (``n_heads`` without grouped-query attention).
     """
 
     n_layers: int
@@ -98,6 +109,35 @@ class Graph:
     split_embed: bool
     nodes: tuple[Node, ...]
     edges: tuple[Edge, ...]
+    n_kv_heads: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.n_kv_heads:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+
+    @property
+    def grouped(self) -> bool:
+        """Grouped-query attention: key / value inputs are per key-value head (``L{l}G{g}.k``)."""
+        return self.n_kv_heads != self.n_heads
+
+    def n_cols(self, inp: str) -> int:
+        """Receivers of input ``inp`` per block: heads for ``q``, key-value heads for ``k``/``v``."""
+        return self.n_kv_heads if inp in ("k", "v") else self.n_heads
+
+    def receiver_node(self, inp: str, layer: int, col: int) -> str:
+        """Name of the node whose input ``inp`` is column ``col`` of block ``layer``."""
+        return kv_name(layer, col) if self.grouped and inp in ("k", "v") else head_name(layer, col)
+
+    def reading_heads(self, receiver: str) -> list[str]:
+        """The heads that read input ``receiver`` (one, or a key-value group's query heads; [] otherwise)."""
+        node = receiver.split(".")[0]
+        if node.startswith("L") and "G" in node:
+            layer, group = (int(x) for x in node[1:].split("G"))
+            rep = self.n_heads // self.n_kv_heads
+            return [head_name(layer, h) for h in range(group * rep, (group + 1) * rep)]
+        return [node] if node.startswith("L") else []
 
     @property
     def n_edges(self) -> int:
@@ -154,15 +194,17 @@ def build_graph(model, split_embed: bool = True) -> Graph:
     """The graph of ``model`` (a TransformerBridge of a native model, or anything with ``cfg``).
 
     Args:
-        model: provides ``cfg.n_layers``, ``cfg.n_heads`` and ``cfg.attn_only``.
+        model: provides ``cfg.n_layers``, ``cfg.n_heads``, ``cfg.attn_only`` and (grouped-query
+            attention) ``cfg.n_key_value_heads``.
         split_embed: split the embedding into exemplar (``emb.x``) and label (``emb.y``)
-            positions, the layout of :class:`icl_circuits.data.Batch`.
+            positions, the layout of :class:`icl_circuits.data.Batch` (False for a language model).
 
     Returns:
         The :class:`Graph`.
     """
     cfg = model.cfg
     n_layers, n_heads, attn_only = int(cfg.n_layers), int(cfg.n_heads), bool(getattr(cfg, "attn_only", False))
+    n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
     nodes: list[Node] = (
         [Node(EMBED_X, "embed", -1), Node(EMBED_Y, "embed", -1)] if split_embed else [Node(EMBED, "embed", -1)]
     )
@@ -170,14 +212,19 @@ def build_graph(model, split_embed: bool = True) -> Graph:
         nodes += [Node(head_name(layer, h), "head", layer, h) for h in range(n_heads)]
         if not attn_only:
             nodes.append(Node(mlp_name(layer), "mlp", layer))
-    graph = Graph(n_layers, n_heads, attn_only, split_embed, tuple(nodes), ())
+    graph = Graph(n_layers, n_heads, attn_only, split_embed, tuple(nodes), (), n_kv)
     edges: list[Edge] = []
     for layer in range(n_layers):
         senders = graph.senders_before(layer)
-        for h in range(n_heads):
-            for inp in QKV:
-                receiver = f"{head_name(layer, h)}.{inp}"
-                edges += [Edge(s, receiver, layer, h, inp) for s in senders]
+        # head by head (q, k, v); with grouped-query attention, queries first, then keys, values
+        cells = (
+            [(inp, col) for inp in QKV for col in range(graph.n_cols(inp))]
+            if graph.grouped
+            else [(inp, h) for h in range(n_heads) for inp in QKV]
+        )
+        for inp, col in cells:
+            receiver = f"{graph.receiver_node(inp, layer, col)}.{inp}"
+            edges += [Edge(s, receiver, layer, col, inp) for s in senders]
         if not attn_only:
             edges += [Edge(s, mlp_name(layer), layer, -1, "mlp") for s in graph.senders_before(layer, mlp=True)]
     edges += [Edge(n.name, READOUT, n_layers, -1, "readout") for n in nodes]

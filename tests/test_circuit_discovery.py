@@ -15,12 +15,22 @@ from icl_circuits.data.gaussian import GaussianConfig, GaussianSource
 from icl_circuits.models.build import build_native, to_bridge
 from icl_circuits.models.config import ModelConfig
 from probes.discovery import Circuit, discover, drop_dangling, overlap
-from probes.eap import edge_scores, mask_gradient, rank_agreement, score_table
-from probes.edge_patching import full_mask, logit_diff, mask_of, patch_edges, patch_values, patched_metric
+from probes.eap import eap_scores, edge_scores, mask_gradient, rank_agreement, score_table
+from probes.edge_patching import (
+    answer_diff,
+    full_mask,
+    label_swap,
+    logit_diff,
+    mask_of,
+    next_token_metric,
+    patch_edges,
+    patch_values,
+    patched_metric,
+)
 from probes.graph import build_graph
 from probes.handwired import INDUCTION_EDGES, IWL_EDGES, in_weight_model, induction_circuit_model
 
-METHODS = ("exact", "eap", "eap-ig")
+METHODS = ("exact", "eap", "eap-ig", "atp*")
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +142,39 @@ def test_eap_is_the_mask_gradient_and_agrees_with_exact_patching(tiny, data):
     assert agree["spearman"] > 0.8
 
 
+def test_fast_eap_equals_the_mask_gradient(tiny, data):
+    g, batch = build_graph(tiny), data["IC"]
+    tokens, metric = batch.tokens(), logit_diff(batch.target)
+    patch = patch_values(tiny, g, "mean", batch)
+    grad, _ = mask_gradient(tiny, g, tokens, patch, metric)
+    assert torch.allclose(eap_scores(tiny, g, tokens, patch, metric), grad, atol=1e-5)
+
+
+def test_atp_star_fixes_the_saturated_query_and_key_edges(source):
+    """At sharpness 40 the induction head's softmax is saturated: EAP scores its q/k edges ~0,
+    AtP*'s exact attention pattern scores them like exact patching."""
+    model = to_bridge(induction_circuit_model(16, 8, 4, sharpness=40.0))
+    g, batch = build_graph(model), source.eval_batch("IC", 64)
+    patch = patch_values(model, g, "mean", batch)
+    table = score_table(model, g, batch.tokens(), patch, logit_diff(batch.target), ("exact", "eap", "atp*"))
+    wide = table.pivot_table(index="edge", columns="method", values="score")
+    for edge in ("emb.x->L1H0.q", "L0H0->L1H0.k"):
+        exact, eap, atp = wide.loc[edge, ["exact", "eap", "atp*"]]
+        assert exact > 1.0 and abs(eap) < 0.05 * exact
+        assert atp == pytest.approx(exact, rel=0.25)
+    assert rank_agreement(table, "atp*", "exact", top=5)["top_overlap"] == 1.0
+
+
+def test_label_swap_counterfactual(data):
+    clean, corrupt, foil = label_swap(data["IC"])
+    assert len(clean) > 0.8 * len(data["IC"]) and bool((foil != clean.target).all())
+    assert torch.equal(corrupt.exemplars, clean.exemplars) and torch.equal(corrupt.target, foil)
+    q = clean.query_in_context()
+    assert bool((corrupt.context_labels[q] == foil[:, None].expand_as(q)[q]).all())
+    logits = torch.zeros(len(clean), 8).scatter(1, clean.target[:, None], 2.0)
+    assert float(answer_diff(clean.target, foil)(logits)) == pytest.approx(2.0)
+
+
 def test_eap_ig_scores_sum_to_the_total_effect(tiny, data):
     g, batch = build_graph(tiny), data["IC"]
     tokens, metric = batch.tokens(), logit_diff(batch.target)
@@ -152,6 +195,64 @@ def test_drop_dangling_and_overlap(wired):
     a = Circuit(("x", "y"), 5, 1, 1, 1, 1, 1, 0, 1, 1, 0, True, None)
     b = Circuit(("y", "z"), 5, 1, 1, 1, 1, 1, 0, 1, 1, 0, True, None)
     assert overlap(a, b) == {"shared": 1, "only_a": 1, "only_b": 1, "jaccard": 1 / 3}
+
+
+# ----------------------------------------------------------------------------- language-model bridge
+@pytest.fixture(scope="module")
+def lm():
+    from icl_circuits.llm.tiny import tiny_lm
+
+    return tiny_lm(seed=0)
+
+
+def test_lm_graph_has_key_value_groups(lm):
+    g = build_graph(lm.model, split_embed=False)
+    assert (g.n_heads, g.n_kv_heads, g.grouped) == (4, 2, True)
+    # layer 0: emb -> 4 q + 2 k + 2 v + M0; layer 1: emb, 4 heads, M0 -> 8 inputs; M1: 10 senders; 11 -> readout
+    assert g.n_edges == 9 + 6 * 8 + 1 + 5 + 10 + 11 - 2
+    assert {"emb->L0G1.k", "L0H3->L1G0.v", "L0H2->L1H3.q", "M0->readout"} <= set(g.edge_names)
+    assert "emb->L0H0.k" not in g.edge_names
+    assert g.reading_heads("L1G1.k") == ["L1H2", "L1H3"]
+    # a group's key input stays while one of its query heads is read
+    assert drop_dangling(g, ["emb->L0G1.k", "L0H3->readout"]) == ["emb->L0G1.k", "L0H3->readout"]
+    assert drop_dangling(g, ["emb->L0G0.k", "L0H3->readout"]) == ["L0H3->readout"]
+
+
+def test_lm_patch_edges_is_exact(lm):
+    from icl_circuits.llm.heads import repeated_tokens
+
+    model, g = lm.model, build_graph(lm.model, split_embed=False)
+    clean = repeated_tokens(len(lm.tokenizer), 3, 6, seed=1, bos=lm.bos, low=5)
+    corrupt = repeated_tokens(len(lm.tokenizer), 3, 6, seed=2, bos=lm.bos, low=5)
+    before = n_hooks(model)
+    with torch.no_grad():
+        ref_clean, ref_corrupt = model(clean), model(corrupt)
+        patch = patch_values(model, g, "corrupt", corrupt)
+        with patch_edges(model, g, patch, full_mask(g, 1.0)):
+            assert torch.allclose(model(clean), ref_clean, atol=1e-6)
+        with patch_edges(model, g, patch, full_mask(g, 0.0)):
+            assert torch.allclose(model(clean), ref_corrupt, atol=1e-5)
+    assert n_hooks(model) == before
+    positions = torch.zeros(clean.shape[1], dtype=torch.bool)
+    positions[8:-1] = True
+    metric = next_token_metric(clean, positions)
+    patch = patch_values(model, g, "mean", clean)
+    grad, _ = mask_gradient(model, g, clean, patch, metric)
+    assert torch.allclose(eap_scores(model, g, clean, patch, metric), grad, atol=1e-5)
+    table = score_table(model, g, clean, patch, metric, ("exact", "eap", "atp*"))  # atp*: rotary pattern recomputed
+    assert rank_agreement(table, "atp*", "exact")["spearman"] > 0.8
+
+
+def test_lm_induction_circuit_on_the_tiny_model(lm):
+    from probes.lm_circuit import induction_task, lm_circuit
+
+    clean, corrupt, positions = induction_task(lm, 2, 5)
+    assert torch.equal(clean[:, 1:6], clean[:, 6:]) and torch.equal(corrupt[:, :6], clean[:, :6])
+    assert positions.nonzero().flatten().tolist() == [6, 7, 8, 9]
+    row = lm_circuit(lm, n_seq=3, half=6, n_top=8, n_random=8, min_effect=0.0)
+    assert row["n_total"] == build_graph(lm.model, split_embed=False).n_edges
+    assert row["present"] and row["faithfulness"] >= 0.9 and 0 < row["size"] <= row["n_total"]
+    assert -1 <= row["spearman_eap_sample"] <= 1 and -1 <= row["spearman_atp_top"] <= 1
 
 
 # ----------------------------------------------------------------------------- over training
