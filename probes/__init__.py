@@ -7,8 +7,12 @@ circuit discovery by edge patching, EAP and EAP-IG (:mod:`probes.graph`,
 :mod:`probes.circuits_over_training`), evaluation over training (:mod:`probes.over_training`),
 competition and transition detection (:mod:`probes.competition`), figures
 (:mod:`probes.figures`) and the report of ``icl-circuits analyze`` (:mod:`probes.report`).
+
+What :func:`analyze_run` and the report run is the probe registry (:mod:`probes.registry`);
+importing this package registers the built-in probes (:mod:`probes.builtin`).
 """
 
+from probes import builtin  # noqa: F401 - registers the built-in probes
 from probes.ablation import ablate_heads, all_heads_ablation
 from probes.circuits import FoundCircuit, find_icl_circuit
 from probes.circuits_over_training import circuit_overlay, discover_run, edge_entry_steps
@@ -20,6 +24,7 @@ from probes.graph import Graph, build_graph
 from probes.over_training import analyze_checkpoint, analyze_run
 from probes.paths import ablate_k_path
 from probes.pattern import clamp_pattern, preserve_patterns
+from probes.registry import Probe, register
 from probes.scores import attention_scores, direct_logit_attribution, head_scores, token_sequence_scores
 from probes.subcircuits import Subcircuit, ablate_subcircuit, icl_circuit, iwl_path, subcircuit_effects
 
@@ -27,6 +32,7 @@ __all__ = [
     "Circuit",
     "FoundCircuit",
     "Graph",
+    "Probe",
     "Subcircuit",
     "ablate_heads",
     "ablate_k_path",
@@ -55,6 +61,7 @@ __all__ = [
     "patch_values",
     "preserve_patterns",
     "rank_agreement",
+    "register",
     "score_table",
     "split_circuits",
     "subcircuit_effects",

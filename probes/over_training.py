@@ -1,17 +1,20 @@
-"""The full probe suite at every checkpoint of a run, cached in the run folder.
+"""Every registered probe at every checkpoint of a run, cached in the run folder.
 
 :func:`analyze_run` returns one tidy DataFrame with columns
-``step, condition, split, metric, layer, head_index, value``:
+``step, condition, split, metric, layer, head_index, value``: the rows of every probe of
+:mod:`probes.registry` (or of a selection, ``probes=``), in registration order. The built-in
+probes (:mod:`probes.builtin`) give
 
-* output metrics of every evaluation split (``layer``/``head_index`` are ``<NA>``),
-* per-head scores on the ICL split (:mod:`probes.scores`),
-* every split's metrics with each named subcircuit ablated (``condition`` names it): the
-  ICL circuit, as many random heads (the control, mean over draws) and the IWL path.
+* ``ablations``: output metrics of every evaluation split (``layer``/``head_index`` are
+  ``<NA>``), clean and with each named subcircuit ablated (``condition`` names it): the ICL
+  circuit, as many random heads (the control, mean over draws) and the IWL path;
+* ``head_scores``: per-head scores on the ICL split (:mod:`probes.scores`).
 
-Results are cached per checkpoint under ``RUN/analysis/`` (or ``cache``) in a file keyed by the analysis
-version, the analysis parameters and the checkpoint's own weights checksum: a second call
-reads them back, a new checkpoint costs one checkpoint, and two concurrent analyses at worst
-compute the same file twice (the first complete write wins; files are never overwritten).
+Results are cached per checkpoint under ``RUN/analysis/`` (or ``cache``) in a file keyed by the
+names and versions of the probes that ran, the analysis parameters and the checkpoint's own
+weights checksum: a second call reads them back, a new checkpoint costs one checkpoint, a
+probe whose version was bumped is recomputed, and two concurrent analyses at worst compute
+the same file twice (the first complete write wins; files are never overwritten).
 """
 
 from __future__ import annotations
@@ -28,20 +31,21 @@ from tqdm.auto import tqdm
 
 from icl_circuits.data import build_source
 from icl_circuits.errors import CheckpointError, ICLError, RunFolderError
+from icl_circuits.fileio import write_atomic
+from icl_circuits.metrics import eval_sets
 from icl_circuits.runs import layout
 from icl_circuits.runs.read import load_config, load_model
-from icl_circuits.runs.store import latest_good_checkpoint, list_checkpoints, read_json, write_new_file
-from icl_circuits.training.evaluate import eval_sets
-from probes.circuits import FoundCircuit, find_icl_circuit, random_heads
+from icl_circuits.runs.store import latest_good_checkpoint, list_checkpoints, read_json
+from probes import registry
+from probes.circuits import FoundCircuit, find_icl_circuit
 from probes.scores import head_scores
-from probes.subcircuits import Subcircuit, icl_circuit, iwl_path, subcircuit_effects
 
-#: Bump whenever what an analysis computes changes: old cache files are then ignored.
-#: 2: column ``head`` renamed ``head_index``; circuits need a score threshold; random-heads control.
-ANALYSIS_VERSION = 2
+#: The layout of a cache file (its columns), not what the probes compute: each probe has a
+#: version of its own (:class:`probes.registry.Probe`), and the cache key derives from them.
+#: Bump only when ``COLUMNS`` or the key's recipe changes. (3: key from the probes' versions;
+#: the cache folders of format 2 were ``v2-{key}`` and are never read.)
+CACHE_FORMAT = 3
 COLUMNS = ["step", "condition", "split", "metric", "layer", "head_index", "value"]
-#: Condition of the control: as many random heads as the ICL circuit, averaged over draws.
-RANDOM_HEADS = "random heads"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,51 +57,46 @@ class AnalysisParams:
     prev_token_heads: tuple[tuple[int, int], ...] = ()
     induction_heads: tuple[tuple[int, int], ...] = ()
     n_random: int = 3
+    #: The probes to run, by name (None: every registered probe that computes).
+    probes: tuple[str, ...] | None = None
+
+    def selected(self) -> list[registry.Probe]:
+        """The registered probes this analysis runs (those that compute), in registration order."""
+        return [p for p in registry.select(self.probes) if p.compute is not None]
 
     def key(self) -> str:
-        blob = json.dumps({"version": ANALYSIS_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        """The cache key: these parameters and the names and versions of the probes that run."""
+        fields = dataclasses.asdict(self)
+        fields["probes"] = [[p.name, p.version] for p in self.selected()]
+        blob = json.dumps({"format": CACHE_FORMAT, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _tidy(df: pd.DataFrame, step: int, condition: str | None = None) -> pd.DataFrame:
+def _tidy(df: pd.DataFrame, step: int, probe: registry.Probe) -> pd.DataFrame:
+    """A probe's rows with every column of ``COLUMNS`` (``condition`` defaults to ``clean``)."""
+    missing = {"split", "metric", "value"} - set(df.columns)
+    if missing:
+        raise ValueError(f"probe {probe.name}: its table lacks column(s) {sorted(missing)}")
+    unknown = set(df["metric"]) - set(probe.metrics)
+    if unknown:
+        raise ValueError(f"probe {probe.name}: metric(s) {sorted(unknown)} not among its declared metrics")
     df = df.copy()
     df["step"] = step
-    if condition is not None:
-        df["condition"] = condition
+    if "condition" not in df:
+        df["condition"] = "clean"
     for col in ("layer", "head_index"):
         if col not in df:
             df[col] = pd.NA
     return df[COLUMNS]
 
 
-def control_draws(model, params: AnalysisParams) -> list[tuple[tuple[int, int], ...]]:
-    """The random-head sets of the control (same for every checkpoint; empty: no control)."""
-    k = len(icl_circuit(params.prev_token_heads, params.induction_heads).heads)
-    return random_heads(model.cfg.n_layers, model.cfg.n_heads, k, params.n_random)
-
-
 def analyze_checkpoint(model, source, evals: dict, params: AnalysisParams, step: int = 0) -> pd.DataFrame:
-    """The full suite on one model (a bridge in eval mode); pure apart from compute.
+    """Every probe of ``params`` on one model (a bridge in eval mode); pure apart from compute.
 
-    Conditions: ``clean``; ``ICL circuit`` (only if it has heads); ``random heads``: as many
-    random heads as the circuit, the mean over ``params.n_random`` draws (only if the circuit
-    is not every head); ``IWL path``.
+    Each probe's ``compute(model, source, evals, params, step)`` rows, in registration order,
+    with the columns of ``COLUMNS``.
     """
-    circuit = icl_circuit(params.prev_token_heads, params.induction_heads)
-    draws = control_draws(model, params) if circuit.heads else []
-    controls = [Subcircuit(f"{RANDOM_HEADS} {i}", heads=heads) for i, heads in enumerate(draws)]
-    circuits = ([circuit] if circuit.heads else []) + controls + [iwl_path(model)]
-    # The clean rows of the effects table are the output metrics of every split.
-    effects = subcircuit_effects(
-        model, evals, source.n_labels, circuits, method=params.ablation, reference=evals[source.icl_split]
-    )
-    if controls:
-        is_control = effects.condition.str.startswith(f"{RANDOM_HEADS} ")
-        mean = effects[is_control].groupby(["split", "metric"], sort=False).value.mean().reset_index()
-        effects = pd.concat([effects[~is_control], mean.assign(condition=RANDOM_HEADS)], ignore_index=True)
-    scores = head_scores(model, evals[source.icl_split])
-    scores["split"] = source.icl_split
-    frames = [_tidy(effects, step), _tidy(scores, step, "clean")]
+    frames = [_tidy(p.compute(model, source, evals, params, step), step, p) for p in params.selected()]
     out = pd.concat(frames, ignore_index=True)
     out["layer"] = out["layer"].astype("Int64")
     out["head_index"] = out["head_index"].astype("Int64")
@@ -110,7 +109,7 @@ def _cache_path(run: Path, step: int, params: AnalysisParams) -> Path:
         weights = manifest["files"][layout.MODEL]["sha256"][:12]
     except (KeyError, TypeError):
         raise CheckpointError(f"{layout.checkpoint_dir(run, step) / layout.MANIFEST}: corrupt manifest") from None
-    return run / layout.ANALYSIS / f"v{ANALYSIS_VERSION}-{params.key()}" / f"{layout.step_dirname(step)}-{weights}.csv"
+    return run / layout.ANALYSIS / f"probes-{params.key()}" / f"{layout.step_dirname(step)}-{weights}.csv"
 
 
 def _read_cached(path: Path) -> pd.DataFrame | None:
@@ -157,8 +156,9 @@ def analyze_run(
     ablation: str = "mean",
     progress: bool = True,
     cache: Path | str | None = None,
+    probes: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Evaluate every checkpoint (or ``steps``) of ``run`` with the full probe suite.
+    """Evaluate every checkpoint (or ``steps``) of ``run`` with every registered probe (or ``probes``).
 
     A checkpoint that fails its checksums is skipped (``df.attrs["skipped"]`` lists
     ``(step, reason)``); only if none can be read is that an error.
@@ -174,6 +174,8 @@ def analyze_run(
             average after the first one, whose warm-up would otherwise inflate the ETA.
         cache: folder of the per-checkpoint cache (default ``RUN/analysis``), e.g. elsewhere
             for a read-only run.
+        probes: names of the probes to run (default: every registered one; see
+            :mod:`probes.registry`); the table holds their rows in registration order.
 
     Returns:
         Tidy DataFrame with columns ``step, condition, split, metric, layer, head_index, value``;
@@ -184,10 +186,13 @@ def analyze_run(
     steps = resolve_steps(run, steps)
     if ablation not in ("mean", "zero", "resample"):
         raise ICLError(f"ablation: expected mean, zero or resample, got {ablation!r}")
+    chosen = tuple(p.name for p in registry.select(probes) if p.compute is not None)
+    if not chosen:
+        raise ICLError(f"probes: none of {list(probes or [])} computes anything at a checkpoint")
     source = build_source(cfg.data, cfg.seed, "cpu")
     evals = eval_sets(source, eval_size)
     found = resolve_circuit(run, source, evals, circuit)
-    params = AnalysisParams(eval_size, ablation, found.prev_token_heads, found.induction_heads)
+    params = AnalysisParams(eval_size, ablation, found.prev_token_heads, found.induction_heads, probes=chosen)
     cache_root = Path(cache) if cache is not None else run / layout.ANALYSIS
     frames: dict[int, pd.DataFrame] = {}
     skipped: list[tuple[int, str]] = []
@@ -241,7 +246,7 @@ def write_cache(path: Path, df: pd.DataFrame) -> None:
     buf = io.StringIO()
     df.to_csv(buf, index=False)
     try:
-        write_new_file(path, buf.getvalue().encode())
+        write_atomic(path, buf.getvalue(), overwrite=False)
     except RunFolderError:
         if not path.exists():
             raise  # a real write failure; "already exists" means another analysis won

@@ -8,8 +8,8 @@ from pathlib import Path
 from icl_circuits.data.classbank import ClassBankSource
 from icl_circuits.data.gaussian import GaussianSource
 from icl_circuits.data.stylized import StylizedSource
-from icl_circuits.training.evaluate import METRICS
-from probes.over_training import RANDOM_HEADS
+from icl_circuits.metrics import METRICS
+from probes.builtin.ablations import RANDOM_HEADS
 
 DOCS = Path(__file__).parents[1] / "docs"
 

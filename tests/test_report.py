@@ -9,13 +9,14 @@ import time
 import pandas as pd
 import pytest
 
+from icl_circuits.metrics import eval_sets
 from icl_circuits.runs import layout
 from icl_circuits.runs.read import load_model
 from icl_circuits.runs.store import list_checkpoints
-from icl_circuits.training.evaluate import eval_sets
 from probes import over_training
+from probes.builtin.ablations import RANDOM_HEADS
 from probes.circuits import THRESHOLD, FoundCircuit, find_icl_circuit, random_heads
-from probes.over_training import COLUMNS, RANDOM_HEADS, analyze_run
+from probes.over_training import COLUMNS, analyze_run
 from probes.report import SUMMARY, write_report
 from probes.scores import head_scores
 from probes.subcircuits import Subcircuit, subcircuit_effects
