@@ -138,13 +138,29 @@ class RunConfig(FrozenConfig):
         )
         require(0 <= self.seed < 2**63, "seed", "a non-negative integer", self.seed)
         check_sizes(self)
+        d_in = self.data.d_in
         if self.model.encoder == "identity":
-            d_in = self.data.d_in
+            # Equal widths, or wider with the one-hot labels beside x (x ⊕ onehot(y)).
             require(
-                d_in == self.model.d_model,
+                d_in == self.model.d_model or self.model.label_init == "onehot",
                 "model.d_model",
                 f"equal to the exemplar dimension {d_in} for the identity encoder",
                 self.model.d_model,
+            )
+        if self.model.label_init == "onehot":
+            width = d_in + self.data.vocab_size
+            require(
+                self.model.d_model >= width,
+                "model.d_model",
+                f"at least d_in + n_labels = {width} for one-hot labels",
+                self.model.d_model,
+            )
+        if self.model.binary_logit:
+            require(
+                self.data.vocab_size == 2,
+                "model.binary_logit",
+                f"false for {self.data.vocab_size}-label data (one logit needs 2 labels)",
+                self.model.binary_logit,
             )
         if self.model.encoder == "cnn":
             side = round(self.data.d_in**0.5)

@@ -19,6 +19,13 @@ Metrics:
     ``dla``: direct logit attribution of each head at the query to the target label, minus
         its mean over labels; through the final LayerNorm scale of the cache for a linear
         readout, and as gradient x activation at the readout's input for an MLP readout.
+
+Packed layout (one token per context item, :mod:`icl_circuits.data.batch`): the label sits
+in its exemplar's token, so ``task_induction`` is the one-layer induction-like score (the
+query's attention mass on the items holding its class) and ``induction_strength`` that mass
+minus the mass on the other items; ``copying`` and ``dla`` are unchanged. There is no label
+token after an exemplar, so ``prev_token``, ``prev_token_corrected`` and ``prefix_matching``
+are undefined there (:func:`undefined_scores` gives the reason; they are skipped).
 """
 
 from __future__ import annotations
@@ -48,13 +55,26 @@ def _patterns(model, tokens: Tensor) -> Tensor:
     return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)])
 
 
+#: Scores with no meaning in the packed layout (no label token follows an exemplar).
+PACKED_UNDEFINED = {
+    "prev_token": "packed layout: no label token follows its exemplar",
+    "prev_token_corrected": "packed layout: no label token follows its exemplar",
+    "prefix_matching": "packed layout: an item is one token, no (exemplar, label) pair of tokens to repeat",
+}
+
+
 def induction_masks(batch: Batch) -> tuple[Tensor, Tensor]:
-    """``[batch, pos]`` masks of the label tokens after matching / non-matching exemplars."""
+    """``[batch, pos]`` masks of the tokens holding the labels of matching / non-matching items.
+
+    Interleaved: the label tokens after exemplars of the query's class / of other classes.
+    Packed: the context items of the query's class / of other classes.
+    """
     match = batch.query_in_context()  # [batch, n_pairs]
     label_pos = torch.zeros(len(batch), batch.seq_len, dtype=torch.bool, device=batch.device)
-    label_pos[:, 1::2] = True
     correct = torch.zeros_like(label_pos)
-    correct[:, 1::2] = match
+    items = slice(0, batch.n_pairs) if batch.packed else slice(1, None, 2)
+    label_pos[:, items] = True
+    correct[:, items] = match
     return correct, label_pos & ~correct
 
 
@@ -76,13 +96,14 @@ def pattern_scores(patterns: Tensor, batch: Batch) -> pd.DataFrame:
     task_induction = (on_correct * keep).sum(1) / denom
     strength = ((on_correct - on_wrong) * keep).sum(1) / denom
 
-    n = patterns.shape[-1]
-    idx = torch.arange(1, n, device=patterns.device)
-    prev = patterns[..., idx, idx - 1]  # [layer, batch, head, n - 1]: attention i -> i - 1
-    prev_token = prev[..., 0::2].mean((1, 3))  # label tokens sit at odd positions 1, 3, ...
-    corrected = (prev - (1 - prev) / (idx + 1).float()).mean((1, 3))
     rows = _tidy("task_induction", task_induction) + _tidy("induction_strength", strength)
-    rows += _tidy("prev_token", prev_token) + _tidy("prev_token_corrected", corrected)
+    if not batch.packed:
+        n = patterns.shape[-1]
+        idx = torch.arange(1, n, device=patterns.device)
+        prev = patterns[..., idx, idx - 1]  # [layer, batch, head, n - 1]: attention i -> i - 1
+        prev_token = prev[..., 0::2].mean((1, 3))  # label tokens sit at odd positions 1, 3, ...
+        corrected = (prev - (1 - prev) / (idx + 1).float()).mean((1, 3))
+        rows += _tidy("prev_token", prev_token) + _tidy("prev_token_corrected", corrected)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -101,6 +122,8 @@ def repeated_sequence(batch: Batch, n_ctx: int | None = None) -> tuple[Tensor, T
         ``(tokens [batch, 4T] int32, token_ids [batch, 4T])``: model input and the identity of
         each token (equal ids mark exact repeats) for the detection patterns.
     """
+    if batch.packed:
+        raise ValueError(f"repeated_sequence: {PACKED_UNDEFINED['prefix_matching']}")
     n_ctx = n_ctx or batch.seq_len
     T = min(batch.n_pairs, n_ctx // 4)
     if T < 1:
@@ -115,12 +138,15 @@ def repeated_sequence(batch: Batch, n_ctx: int | None = None) -> tuple[Tensor, T
     return torch.cat([tok, tok], 1), torch.cat([ids, ids], 1)
 
 
-def undefined_scores(n_pairs: int, n_ctx: int) -> dict[str, str]:
+def undefined_scores(n_pairs: int, n_ctx: int, layout: str = "interleaved") -> dict[str, str]:
     """Scores that cannot be defined for a layout, each with the reason (empty if none).
 
     ``prefix_matching`` repeats at least one (exemplar, label) pair, so it needs 4 tokens of
     context and one context pair; Chan et al. 2024's layout (one pair, 3 tokens) has neither.
+    The packed layout has no label tokens: :data:`PACKED_UNDEFINED`.
     """
+    if layout == "packed":
+        return dict(PACKED_UNDEFINED)
     if min(n_pairs, n_ctx // 4) < 1:
         return {
             "prefix_matching": f"needs a pair repeated (4 tokens); the context holds {n_ctx} tokens, {n_pairs} pair(s)"
@@ -160,7 +186,7 @@ def copying_scores(model) -> Tensor:
 
 def token_sequence_scores(model, batch: Batch) -> pd.DataFrame:
     """Prefix-matching and copying scores (Olsson et al. 2022) of every head."""
-    skipped = undefined_scores(batch.n_pairs, model.cfg.n_ctx)
+    skipped = undefined_scores(batch.n_pairs, model.cfg.n_ctx, batch.layout)
     rows = []
     if "prefix_matching" not in skipped:
         tokens, ids = repeated_sequence(batch, model.cfg.n_ctx)

@@ -12,6 +12,17 @@ treated as ``inputs_embeds`` and skips it. :meth:`Batch.tokens` therefore packs 
 position into a float32 feature row ``[exemplar (d_in) | label id or -1]`` and bit-casts it
 to int32. The model's embedding module bit-casts it back (lossless), encodes exemplars and
 looks up label embeddings, so ``hook_embed`` and ``hook_pos_embed`` fire as usual.
+
+The packed layout (``data.layout = "packed"``) puts each context item in one token and the
+query last, ``n_pairs + 1`` tokens::
+
+    pos:   0          1          ...  N-1        N
+    token: (x_1,y_1)  (x_2,y_2)  ...  (x_N,y_N)  (x_q, -)
+
+The feature row is the same ``[exemplar | label id or -1]``, with both parts filled at a
+context item and the label part empty (-1) at the query. ``layout`` is an attribute of the
+batch (the sources set it from their config), so one batch type serves both layouts and
+every caller of :meth:`Batch.tokens` gets its model's token format.
 """
 
 from __future__ import annotations
@@ -21,8 +32,11 @@ import dataclasses
 import torch
 from torch import Tensor
 
-#: Value of the label channel at exemplar positions.
+#: Value of the label channel at exemplar positions (and at the packed query).
 NO_LABEL = -1.0
+
+#: The token layouts (``data.layout``).
+LAYOUTS = ("interleaved", "packed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,14 +49,18 @@ class Batch:
         classes: ``[batch, n_pairs + 1]`` int64 class id of every exemplar (query last). Ids
             are only compared within a sequence: novel classes get ids no trained class has.
         target: ``[batch]`` int64 label id the model must predict at the query.
+        layout: ``interleaved`` or ``packed``: only how :meth:`tokens` lays the sequence out.
     """
 
     exemplars: Tensor
     context_labels: Tensor
     classes: Tensor
     target: Tensor
+    layout: str = "interleaved"
 
     def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout: expected one of {list(LAYOUTS)}, got {self.layout!r}")
         b, n1, _ = self.exemplars.shape
         if self.context_labels.shape != (b, n1 - 1):
             raise ValueError(f"context_labels: expected shape {(b, n1 - 1)}, got {tuple(self.context_labels.shape)}")
@@ -64,12 +82,25 @@ class Batch:
         return self.exemplars.shape[2]
 
     @property
+    def packed(self) -> bool:
+        return self.layout == "packed"
+
+    @property
     def seq_len(self) -> int:
-        return 2 * self.n_pairs + 1
+        return self.n_pairs + 1 if self.packed else 2 * self.n_pairs + 1
 
     @property
     def query_pos(self) -> int:
-        return 2 * self.n_pairs
+        return self.seq_len - 1
+
+    def item_pos(self) -> Tensor:
+        """``[n_pairs + 1]`` position of each exemplar (context items, then the query)."""
+        step = 1 if self.packed else 2
+        return torch.arange(0, step * self.n_pairs + 1, step, device=self.device)
+
+    def with_layout(self, layout: str) -> Batch:
+        """The same sequences laid out as ``layout`` (no tensor is copied)."""
+        return self if layout == self.layout else Batch(*self.tensors(), layout=layout)
 
     @property
     def device(self) -> torch.device:
@@ -79,6 +110,11 @@ class Batch:
     def tokens(self) -> Tensor:
         """Model input: ``[batch, pos, d_in + 1]`` int32 (bit-cast float32 features)."""
         b, n = len(self), self.n_pairs
+        if self.packed:
+            labels = torch.cat(
+                [self.context_labels.to(self.exemplars.dtype), self.exemplars.new_full((b, 1), NO_LABEL)], 1
+            )
+            return torch.cat([self.exemplars, labels[..., None]], dim=-1).contiguous().view(torch.int32)
         feats = self.exemplars.new_zeros(b, 2 * n + 1, self.d_in + 1)
         feats[:, 0::2, : self.d_in] = self.exemplars
         feats[:, 0::2, self.d_in] = NO_LABEL
@@ -87,6 +123,8 @@ class Batch:
 
     def pos_classes(self) -> Tensor:
         """``[batch, pos]`` class id at every position; a label token gets its exemplar's class."""
+        if self.packed:
+            return self.classes
         b, n = len(self), self.n_pairs
         out = self.classes.new_empty(b, 2 * n + 1)
         out[:, 0::2] = self.classes
@@ -104,19 +142,22 @@ class Batch:
 
     # ----------------------------------------------------------------- transforms
     def tensors(self) -> tuple[Tensor, ...]:
-        """The fields in order, not copied (``dataclasses.astuple`` would deep-copy every tensor)."""
-        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+        """The tensor fields in order, not copied (``dataclasses.astuple`` would deep-copy every tensor)."""
+        return (self.exemplars, self.context_labels, self.classes, self.target)
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(t.to(device) for t in self.tensors()))
+        return Batch(*(t.to(device) for t in self.tensors()), layout=self.layout)
 
     def __getitem__(self, idx: slice | Tensor) -> Batch:
-        return Batch(*(t[idx] for t in self.tensors()))
+        return Batch(*(t[idx] for t in self.tensors()), layout=self.layout)
 
     @staticmethod
     def cat(batches: list[Batch]) -> Batch:
+        layouts = {b.layout for b in batches}
+        if len(layouts) > 1:
+            raise ValueError(f"layout: cannot concatenate batches of layouts {sorted(layouts)}")
         fields = zip(*(b.tensors() for b in batches), strict=True)
-        return Batch(*(torch.cat(list(ts)) for ts in fields))
+        return Batch(*(torch.cat(list(ts)) for ts in fields), layout=layouts.pop() if layouts else "interleaved")
 
 
 def unpack_tokens(tokens: Tensor, d_in: int) -> tuple[Tensor, Tensor]:

@@ -16,17 +16,26 @@ letters: ``K``, ``L``, ``N``, ``D``, ``B``, ``p_B``, ``alpha``, ``eps``, ``sigma
 >>> from icl_circuits.data import data_config_from_dict
 >>> cfg = data_config_from_dict({"family": "gaussian", "K": 32, "N": 4, "B": 2})
 >>> cfg.n_classes, cfg.n_pairs, cfg.model_shape()
-(32, 4, {'d_in': 63, 'n_labels': 32, 'n_ctx': 9})
+(32, 4, {'d_in': 63, 'n_labels': 32, 'n_ctx': 9, 'layout': 'interleaved'})
+
+Every family has ``layout`` (:data:`LAYOUTS`): ``interleaved`` (one token per exemplar and one
+per label, ``2 * n_pairs + 1`` tokens) or ``packed`` (one token per context item, exemplar and
+label together, then the query: ``n_pairs + 1`` tokens; see :mod:`icl_circuits.data.batch`).
+The samplers are the same for both: the layout only changes :meth:`Batch.tokens` and the
+model's embedding stage.
+
+>>> data_config_from_dict({"family": "gaussian", "N": 4, "B": 2, "layout": "packed"}).model_shape()["n_ctx"]
+5
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from icl_circuits.configbase import FrozenConfig
+from icl_circuits.configbase import FrozenConfig, require
 from icl_circuits.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -56,14 +65,46 @@ class MemoryTerms:
     splits: int
 
 
+#: The token layouts every family supports (``data.layout``).
+LAYOUTS = ("interleaved", "packed")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfigBase(FrozenConfig):
-    """Base of every family's (frozen dataclass) config. Subclasses define the fields."""
+    """Base of every family's (frozen dataclass) config. Subclasses define the fields.
+
+    Attributes:
+        layout: ``interleaved`` (``x_1 y_1 ... x_N y_N x_q``, ``2N + 1`` tokens) or ``packed``
+            (one token per context item holding exemplar and label, the query's label part
+            zeroed: ``N + 1`` tokens). A keyword-only field, so it is the same on every family
+            and adds nothing to the families' positional fields.
+    """
 
     #: old field name -> current one (loaded configs and overrides are migrated).
     RENAMED: ClassVar[dict[str, str]] = {}
 
-    family: str
-    n_pairs: int
+    if TYPE_CHECKING:
+        family: str
+        n_pairs: int
+
+    layout: Literal["interleaved", "packed"] = dataclasses.field(default="interleaved", kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.layout in LAYOUTS, "data.layout", f"one of {list(LAYOUTS)}", self.layout)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the base, without ``layout`` when it is the default: an interleaved run's
+        ``config.json`` is byte for byte what it was before the field existed."""
+        out = super().to_dict()
+        if out.get("layout") == "interleaved":
+            del out["layout"]
+        return out
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per sequence: ``2 * n_pairs + 1`` interleaved, ``n_pairs + 1`` packed."""
+        return self.n_pairs + 1 if self.layout == "packed" else 2 * self.n_pairs + 1
 
     @property
     def d_in(self) -> int:
@@ -78,9 +119,9 @@ class DataConfigBase(FrozenConfig):
     def memory_terms(self) -> MemoryTerms:
         raise NotImplementedError
 
-    def model_shape(self) -> dict[str, int]:
-        """The model's data-given shape: input width, label vocabulary, tokens per sequence."""
-        return {"d_in": self.d_in, "n_labels": self.vocab_size, "n_ctx": 2 * self.n_pairs + 1}
+    def model_shape(self) -> dict[str, int | str]:
+        """The model's data-given shape: input width, label vocabulary, tokens per sequence, layout."""
+        return {"d_in": self.d_in, "n_labels": self.vocab_size, "n_ctx": self.seq_len, "layout": self.layout}
 
     @classmethod
     def source_class(cls) -> type[DataSource]:

@@ -10,6 +10,7 @@ Evaluation sets use the ``"eval"`` stream and the world (class means, label tabl
 from __future__ import annotations
 
 import abc
+import functools
 import zlib
 
 import numpy as np
@@ -25,6 +26,15 @@ def make_generator(seed: int, stream: str, index: int, device: torch.device | st
     gen = torch.Generator(device=torch.device(device))
     gen.manual_seed(int(state[0] >> 1))
     return gen
+
+
+def _laid_out(method):
+    @functools.wraps(method)
+    def wrapper(self: DataSource, *args, **kwargs) -> Batch:
+        return method(self, *args, **kwargs).with_layout(self.layout)
+
+    wrapper._lays_out = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 class DataSource(abc.ABC):
@@ -51,6 +61,21 @@ class DataSource(abc.ABC):
     def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
         self.seed = int(seed)
         self.device = torch.device(device)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Lay out every batch a family's ``train_batch`` / ``eval_batch`` returns as its config's
+        ``layout``: a family samples sequences only and never handles the layout itself."""
+        super().__init_subclass__(**kwargs)
+        for name in ("train_batch", "eval_batch"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_lays_out", False):
+                setattr(cls, name, _laid_out(method))
+
+    @property
+    def layout(self) -> str:
+        """The token layout of this source's batches (``data.layout``)."""
+        cfg = getattr(self, "cfg", None)
+        return getattr(cfg, "layout", "interleaved")
 
     def generator(self, stream: str, index: int) -> torch.Generator:
         return make_generator(self.seed, stream, index, self.device)

@@ -67,36 +67,54 @@ def tl_config(cfg: ModelConfig, d_in: int, n_labels: int, n_ctx: int, seed: int)
         act_fn=cfg.act_fn,
         normalization_type=norm,
         positional_embedding_type="rotary" if cfg.positional == "rotary" else "standard",
-        # lecun_normal is ours (applied after TransformerLens's init, see build_native).
-        init_mode="gpt2" if cfg.init_mode == "lecun_normal" else cfg.init_mode,
+        # lecun_normal and torch are ours (applied after TransformerLens's init, see build_native).
+        init_mode="gpt2" if cfg.init_mode in ("lecun_normal", "torch") else cfg.init_mode,
         initializer_range=cfg.init_range,
         seed=seed,
         architecture=ARCHITECTURE,
     )
 
 
-def build_native(cfg: ModelConfig, d_in: int, n_labels: int, n_ctx: int, seed: int) -> NativeModel:
+def build_native(
+    cfg: ModelConfig, d_in: int, n_labels: int, n_ctx: int, seed: int, layout: str = "interleaved"
+) -> NativeModel:
     """A freshly initialised plain native model; the same ``seed`` gives the same weights.
 
     Args:
         cfg: model config.
         d_in: exemplar dimension.
         n_labels: label vocabulary (output size).
-        n_ctx: sequence length (``2 * n_pairs + 1``).
+        n_ctx: sequence length (``2 * n_pairs + 1`` interleaved, ``n_pairs + 1`` packed).
         seed: initialisation seed (the global RNG is left untouched).
+        layout: the data's token layout (``data.layout``), which the embedding stage reads.
     """
+    if layout not in ("interleaved", "packed"):
+        raise ValueError(f"layout: expected interleaved or packed, got {layout!r}")
     tcfg = tl_config(cfg, d_in, n_labels, n_ctx, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ICLNativeModel(tcfg)
         initialize_native_model(model, tcfg, seed=seed)
         model.tok_embed = ExemplarEmbed(
-            d_in, n_labels, cfg.d_model, cfg.encoder, cfg.label_init, cfg.label_scale, cfg.label_bias
+            d_in,
+            n_labels,
+            cfg.d_model,
+            cfg.encoder,
+            cfg.label_init,
+            cfg.label_scale,
+            cfg.label_bias,
+            packed=layout == "packed",
+            input_norm=cfg.input_norm,
         )
         if cfg.readout == "mlp":
-            model.head = MLPReadout(cfg.d_model, cfg.readout_hidden, n_labels)
+            model.head = MLPReadout(cfg.d_model, cfg.readout_hidden, n_labels, cfg.binary_logit)
         if cfg.init_mode == "lecun_normal":
             _lecun_init(model, cfg.init_range)
+        if cfg.init_mode == "torch":
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear) and module.weight.requires_grad:
+                    module.reset_parameters()
+        _fix_attention(model, cfg)
         if cfg.positional in ("sinusoidal", "none"):
             assert model.pos is not None
             with torch.no_grad():
@@ -107,6 +125,28 @@ def build_native(cfg: ModelConfig, d_in: int, n_labels: int, n_ctx: int, seed: i
                     model.pos.weight.zero_()
             model.pos.weight.requires_grad_(False)
     return model
+
+
+def _fix_attention(model: NativeModel, cfg: ModelConfig) -> None:
+    """Apply the attention options that TransformerLens's config cannot express.
+
+    ``attn_bias=False`` zeroes and freezes the Q/K/V/O biases; ``attn_out_proj=False`` sets
+    ``W_O`` to the identity and freezes it; ``attn_scale`` replaces the score divisor
+    (TransformerLens refuses 1 for ``d_head > 1``, which Nguyen & Reddy use). Frozen
+    parameters stay in the state dict, so checkpoints load into the same model.
+    """
+    for block in model.layers:
+        attn = block.attn
+        if cfg.attn_scale > 0:
+            attn.scale = cfg.attn_scale
+        with torch.no_grad():
+            if not cfg.attn_bias:
+                for lin in (attn.q, attn.k, attn.v, attn.o):
+                    lin.bias.zero_()
+                    lin.bias.requires_grad_(False)
+            if not cfg.attn_out_proj:
+                attn.o.weight.copy_(torch.eye(cfg.d_model))
+                attn.o.weight.requires_grad_(False)
 
 
 def _lecun_init(model: torch.nn.Module, gain: float) -> None:

@@ -30,12 +30,16 @@ class ModelConfig(FrozenConfig):
             (``gpt2``: normal with std ``init_range``, output projections smaller;
             ``xavier_uniform``, ``xavier_normal``, ``kaiming_*`` with gain ``init_range``) or
             ``lecun_normal`` (Flax's default for Dense: truncated normal with std
-            ``init_range / sqrt(fan_in)``, biases zero), which the JAX reference codes use.
+            ``init_range / sqrt(fan_in)``, biases zero), which the JAX reference codes use,
+            or ``torch`` (PyTorch's ``nn.Linear`` default, weights and biases uniform in
+            ``±1/sqrt(fan_in)``; ``init_range`` unused), which the PyTorch reference codes use.
         init_range: std (``gpt2``) or gain (the others) of that init.
         label_init: init of the label embedding ``W_E [n_labels, d_model]``: ``normal``
             (std ``label_scale``; TransformerLens's token-embedding scale 0.02 by default) or
             ``lecun_normal`` (a Dense layer on the one-hot label, std
-            ``label_scale / sqrt(n_labels)``, as in ``chanb/simple_icl``).
+            ``label_scale / sqrt(n_labels)``, as in ``chanb/simple_icl``) or ``onehot``
+            (frozen: label y is the unit vector of coordinate ``d_in + y``, so a packed token
+            with the identity encoder is ``x ⊕ onehot(y)``, Nguyen & Reddy 2024).
         label_scale: std (``normal``) or gain (``lecun_normal``) of the label embedding.
         label_bias: add a learned bias (zero at init) to every label token, as a Dense layer
             on the one-hot label has.
@@ -43,6 +47,16 @@ class ModelConfig(FrozenConfig):
             label share one index, the query gets the next: ``x_i, y_i -> i - 1``, query
             ``-> n_pairs``, as in ``chanb/simple_icl``); ``shared`` needs a fixed table
             (``positional`` ``sinusoidal`` or ``none``).
+        input_norm: a LayerNorm (learned gain and bias) on the input tokens, inside the
+            embedding stage (``hook_embed`` is the normalised token; Nguyen & Reddy 2024).
+        attn_bias: learned Q/K/V/O biases; ``False`` fixes them at zero (frozen).
+        attn_out_proj: a learned output projection ``W_O``; ``False`` fixes it to the
+            identity (frozen; needs ``n_heads * d_head == d_model``), so a head writes its
+            value vectors straight into the residual stream.
+        attn_scale: attention scores are divided by this; 0 means ``sqrt(d_head)``.
+        binary_logit: the MLP readout ends in one logit ``z`` returned as label logits
+            ``[0, z]`` (2-label data only): cross-entropy on them is the logistic loss on
+            ±1 labels (:class:`icl_circuits.models.embed.MLPReadout`).
     """
 
     n_layers: int = 2
@@ -58,13 +72,18 @@ class ModelConfig(FrozenConfig):
     readout: Literal["linear", "mlp"] = "linear"
     readout_hidden: tuple[int, ...] = (128, 128, 128)
     init_mode: Literal[
-        "gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "lecun_normal"
+        "gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "lecun_normal", "torch"
     ] = "gpt2"
     init_range: float = 0.02
-    label_init: Literal["normal", "lecun_normal"] = "normal"
+    label_init: Literal["normal", "lecun_normal", "onehot"] = "normal"
     label_scale: float = 0.02
     label_bias: bool = False
     positions: Literal["consecutive", "shared"] = "consecutive"
+    input_norm: bool = False
+    attn_bias: bool = True
+    attn_out_proj: bool = True
+    attn_scale: float = 0.0
+    binary_logit: bool = False
 
     def validate(self) -> None:
         require(self.n_layers >= 1, "model.n_layers", "at least 1", self.n_layers)
@@ -91,6 +110,20 @@ class ModelConfig(FrozenConfig):
             "model.positions",
             f"consecutive with positional={self.positional!r} (shared needs sinusoidal or none)",
             self.positions,
+        )
+        require(self.attn_scale >= 0, "model.attn_scale", "a positive divisor (0 = sqrt(d_head))", self.attn_scale)
+        if not self.attn_out_proj:
+            require(
+                self.n_heads * self.head_dim == self.d_model,
+                "model.attn_out_proj",
+                f"true unless n_heads * d_head == d_model={self.d_model} (identity W_O)",
+                self.attn_out_proj,
+            )
+        require(
+            not self.binary_logit or self.readout == "mlp",
+            "model.binary_logit",
+            "false unless model.readout is 'mlp'",
+            self.binary_logit,
         )
 
     @property
