@@ -30,3 +30,7 @@ class DataError(ICLError):
 
 class DivergedError(ICLError):
     """Training stopped because the loss or a metric became NaN or infinite."""
+
+
+class LayoutError(ICLError, ValueError):
+    """An analysis that the run's token layout (``data.layout``) does not support."""

@@ -75,6 +75,9 @@ def _passing(table: pd.DataFrame, metric: str, rel: float, threshold: float) -> 
 def find_icl_circuit(scores: pd.DataFrame, rel: float = 0.5, threshold: float = THRESHOLD) -> FoundCircuit:
     """Pick induction heads (layer >= 1) and previous-token heads in earlier layers.
 
+    Scores without ``prev_token`` rows (the packed layout, where they are undefined) pick
+    induction-like heads in any layer and no previous-token heads.
+
     A head is kept if its score is at least ``max(threshold, rel * best)``. If no head in
     layer >= 1 has a ``task_induction`` score of at least ``threshold``, there is no circuit
     (both head lists are empty); previous-token heads are only looked for below the first
@@ -85,7 +88,11 @@ def find_icl_circuit(scores: pd.DataFrame, rel: float = 0.5, threshold: float = 
         rel: fraction of the best head's score a head needs.
         threshold: absolute score a head needs (see :data:`THRESHOLD`).
     """
-    late = scores[(scores.layer >= 1) & (scores.metric == "task_induction")]
+    # Without previous-token scores (the packed layout: a token holds its item's label) one
+    # layer suffices: an induction-like head in any layer is the circuit, with no
+    # previous-token heads before it.
+    one_layer = not (scores.metric == "prev_token").any()
+    late = scores[(scores.layer >= (0 if one_layer else 1)) & (scores.metric == "task_induction")]
     best = None
     if not late.empty:
         top = late.sort_values("value", ascending=False).iloc[0]

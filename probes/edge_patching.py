@@ -101,7 +101,7 @@ def label_swap(batch: Batch) -> tuple[Batch, Batch, Tensor]:
     is_other = batch.classes[:, :-1] == other_cls
     clean, foil, is_query, is_other = batch[keep], foil[keep], is_query[keep], is_other[keep]
     labels = torch.where(is_query, foil[:, None], torch.where(is_other, clean.target[:, None], clean.context_labels))
-    corrupt = Batch(clean.exemplars, labels, clean.classes, foil)
+    corrupt = Batch(clean.exemplars, labels, clean.classes, foil, layout=clean.layout)
     return clean, corrupt, foil
 
 

@@ -35,6 +35,8 @@ import dataclasses
 
 import pandas as pd
 
+from icl_circuits.models.build import require_interleaved
+
 EMBED_X, EMBED_Y, EMBED = "emb.x", "emb.y", "emb"
 READOUT = "readout"
 QKV = ("q", "k", "v")
@@ -202,6 +204,8 @@ def build_graph(model, split_embed: bool = True) -> Graph:
     Returns:
         The :class:`Graph`.
     """
+    if split_embed:
+        require_interleaved(model, "build_graph", "a packed token holds exemplar and label, emb.x / emb.y cannot split")
     cfg = model.cfg
     n_layers, n_heads, attn_only = int(cfg.n_layers), int(cfg.n_heads), bool(getattr(cfg, "attn_only", False))
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)

@@ -11,9 +11,10 @@ holding its class and copies that item's label. The residual stream
     HAS  [1]        1 at context items (the label embedding writes it), 0 at the query
 
 Head 0 is the induction-like head: its score of key ``i`` is
-``sharpness * (<x_q, x_i> + has_i)``, so the query attends to the items of its own class
-(``<x_q, x_i> ~ 1``) rather than to other items (``~ 0``) or to itself (no ``HAS``); its value
-and output copy ``LAB``, which the unembedding reads. Other heads attend uniformly and
+``sharpness * (<x_q, x_i> + has_i / 2)``: ``1.5 sharpness`` on the items of the query's class,
+``sharpness`` on the query itself and ``~ sharpness / 2`` on other items. So the query attends
+to the items holding its class, and to itself (label part zero: nothing copied) when none
+does; its value and output copy ``LAB``, which the unembedding reads. Other heads attend uniformly and
 write nothing. With ``label_vectors`` the unembedding also reads ``X`` through them: an
 in-weight path that recalls a trained class's label from the query alone (the IWL
 subcircuit), next to the attention path (the ICL subcircuit).
@@ -84,7 +85,7 @@ def packed_induction_model(
         attn = model.layers[0].attn
         hs = slice(0, d_head)
         attn.q.weight[hs][:d_in, X : X + d_in] = torch.eye(d_in) * sharpness * scale
-        attn.q.bias[hs][d_in] = sharpness * scale
+        attn.q.bias[hs][d_in] = 0.5 * sharpness * scale
         attn.k.weight[hs][:d_in, X : X + d_in] = torch.eye(d_in)
         attn.k.weight[hs][d_in, HAS] = 1.0
         attn.v.weight[hs][:n_labels, LAB : LAB + n_labels] = torch.eye(n_labels)

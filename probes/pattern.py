@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from icl_circuits.data.batch import Batch
+from icl_circuits.models.build import require_interleaved
 from probes.ablation import Head, HookFn, ablate_heads, as_tokens, check_heads
 
 
@@ -98,11 +99,12 @@ def induction_query_row(batch: Batch) -> tuple[Tensor, Tensor]:
 
     Returns:
         ``(row [batch, key_pos], has_match [batch])``: uniform over the label tokens that
-        follow context exemplars of the query's class; all zero where none does.
+        follow context exemplars of the query's class (packed layout: over the items of the
+        query's class); all zero where none does.
     """
     match = batch.query_in_context().float()  # [batch, n_pairs]
     row = torch.zeros(len(batch), batch.seq_len, device=batch.device)
-    row[:, 1::2] = match
+    row[:, batch.item_pos()[:-1] + (0 if batch.packed else 1)] = match
     count = match.sum(1)
     return row / count.clamp(min=1)[:, None], count > 0
 
@@ -136,6 +138,10 @@ def clamp_pattern(
     check_heads(model, [(layer, head)])
     if kind not in ("induction", "previous_token"):
         raise ValueError(f"kind: expected 'induction' or 'previous_token', got {kind!r}")
+    if kind == "previous_token":
+        require_interleaved(
+            model, "clamp_pattern(kind='previous_token')", "a packed item has no previous token to read"
+        )
     if kind == "induction" and batch is None:
         raise ValueError("kind='induction' needs the batch the model runs on (batch=...)")
 

@@ -48,13 +48,14 @@ def token_labels(batch: Batch, index: int = 0) -> list[str]:
 
     Returns:
         ``seq_len`` strings: ``"x (class 17)"`` at exemplars, ``"label 5"`` at labels and
-        ``"query (class 17)"`` at the last position.
+        ``"query (class 17)"`` at the last position; in the packed layout one string per
+        item, ``"x (class 17) label 5"``, then the query.
     """
     classes = batch.classes[index].tolist()
     labels = batch.context_labels[index].tolist()
     out = []
     for c, y in zip(classes[:-1], labels, strict=True):
-        out += [f"x (class {c})", f"label {y}"]
+        out += [f"x (class {c}) label {y}"] if batch.packed else [f"x (class {c})", f"label {y}"]
     return out + [f"query (class {classes[-1]})"]
 
 

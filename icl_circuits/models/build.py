@@ -21,6 +21,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 from transformer_lens.model_bridge.sources.native import NativeModel, initialize_native_model
 
+from icl_circuits.errors import LayoutError
 from icl_circuits.models.config import ModelConfig
 from icl_circuits.models.embed import ExemplarEmbed, MLPReadout, lecun_normal_, sinusoidal_table
 
@@ -183,3 +184,18 @@ def query_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     if isinstance(getattr(model, "_orig_mod", model), ICLNativeModel):
         return model(input_ids=tokens, query_only=True)
     return model(input_ids=tokens)[:, -1]
+
+
+def model_layout(model: torch.nn.Module) -> str:
+    """``interleaved`` or ``packed``: the token layout ``model`` (native or bridge) was built for."""
+    native = getattr(model, "_orig_mod", model)
+    embed = getattr(native, "tok_embed", None)
+    if embed is None:  # a bridge: the embedding module is wrapped
+        embed = getattr(getattr(native, "embed", None), "original_component", None)
+    return "packed" if getattr(embed, "packed", False) else "interleaved"
+
+
+def require_interleaved(model: torch.nn.Module, what: str, why: str) -> None:
+    """Refuse, in one line, an analysis ``what`` that the packed layout cannot support (``why``)."""
+    if model_layout(model) == "packed":
+        raise LayoutError(f"{what}: needs the interleaved layout (data.layout); {why}")
