@@ -45,9 +45,12 @@ REPRO_CI := tests/test_reproduce_chan2024.py "tests/test_reproduce_chan2024_vari
 test-repro-ci: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow $(REPRO_CI)
 
+# lint-imports: the layer contracts of pyproject.toml (docs/architecture.md); `make test` checks
+# them too, in tests/test_architecture.py.
 lint: $(STAMP)
 	$(BIN)/ruff check icl_circuits probes tests benchmarks scripts
 	$(BIN)/ruff format --check icl_circuits probes tests benchmarks scripts
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff format icl_circuits probes tests benchmarks

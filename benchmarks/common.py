@@ -108,13 +108,13 @@ def bench_cfg(cfg: RunConfig, steps: int, *extra: str) -> RunConfig:
 def loop_timer():
     """Time the training loop between its first and last checkpoint, fixed costs excluded.
 
-    Wraps the trainer's ``_checkpoint`` (also as imported by ``ensemble``) to record when each
-    call starts and ends; yields a list that receives the loop's seconds on exit.
+    Wraps ``checkpoint`` as the one training loop (``trainer``, every backend) calls it, to
+    record when each call starts and ends; yields a list that receives the loop's seconds on exit.
     """
-    from icl_circuits.training import ensemble, trainer
+    from icl_circuits.training import trainer
 
     calls: list[tuple[int, float, float]] = []
-    original = trainer._checkpoint
+    original = trainer.checkpoint
 
     def timed(run, step, *args, **kwargs):
         sync()
@@ -124,11 +124,11 @@ def loop_timer():
         return out
 
     result: list[float] = []
-    trainer._checkpoint = ensemble._checkpoint = timed
+    trainer.checkpoint = timed
     try:
         yield result
     finally:
-        trainer._checkpoint = ensemble._checkpoint = original
+        trainer.checkpoint = original
     first, last = min(c[0] for c in calls), max(c[0] for c in calls)
     # The schedule may checkpoint in between (step 1 is log-spaced in): take those out too.
     inside = sum(t1 - t0 for step, t0, t1 in calls if first < step < last)

@@ -31,14 +31,14 @@ from benchmarks.common import (  # noqa: E402
 )
 from benchmarks.handmade import check_hand_model, full_sequence_logits, loops, readout_positions  # noqa: E402
 from icl_circuits.config import apply_overrides  # noqa: E402
+from icl_circuits.metrics import eval_sets, evaluate  # noqa: E402
 from icl_circuits.models import build_native  # noqa: E402
 from icl_circuits.models.build import query_logits  # noqa: E402
 from icl_circuits.runs.read import load_native, model_shape, read_metrics  # noqa: E402
 from icl_circuits.training import train  # noqa: E402
-from icl_circuits.training.evaluate import eval_sets, evaluate  # noqa: E402
 from icl_circuits.training.optim import build_optimizer  # noqa: E402
+from icl_circuits.training.runfolder import checkpoint  # noqa: E402
 from icl_circuits.training.schedule import checkpoint_steps  # noqa: E402
-from icl_circuits.training.trainer import _checkpoint  # noqa: E402
 
 
 def bench_training(root: Path, scale: Scale) -> tuple[list[Goal], list[str], dict]:
@@ -258,7 +258,7 @@ def bench_overheads(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], l
         "## Data generation and checkpoint overheads",
         "",
         "Data: `source.train_batch(step, batch).tokens()` per step, against `train()`'s step. "
-        "Checkpoint: one `_checkpoint` (evaluation of every split at the preset's `eval_size`, atomic "
+        "Checkpoint: one `checkpoint` (evaluation of every split at the preset's `eval_size`, atomic "
         "save, metrics append), split into evaluation and writing; its share is projected onto the preset's "
         "full run (`n_checkpoints x checkpoint / (steps x step + n_checkpoints x checkpoint)`).",
         "",
@@ -276,7 +276,7 @@ def bench_overheads(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], l
         run = fresh(root, f"ckpt-{name}")
 
         def ckpt(s, run=run, native=native, opt=opt, evals=evals, n_labels=source.n_labels):
-            _checkpoint(run, s, native, opt.state_dict(), evals, n_labels, 0.0, DEV)
+            checkpoint(run, s, native, opt.state_dict(), evals, n_labels, 0.0, DEV)
 
         t_ckpt, t_eval = [], []
         for s in range(3):  # interleaved, best of 3: the checkpoint contains the evaluation

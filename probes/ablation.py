@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from icl_circuits.data.batch import Batch
+from icl_circuits.metrics import query_metrics
 from icl_circuits.models.build import query_logits
-from icl_circuits.training.evaluate import query_metrics
 
 METHODS = ("zero", "mean", "resample")
 

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from icl_circuits.data.batch import Batch
+from icl_circuits.metrics import query_metrics
 from icl_circuits.models.build import query_logits
-from icl_circuits.training.evaluate import query_metrics
 from probes.ablation import (
     METHODS,
     Head,
@@ -168,7 +168,7 @@ def subcircuit_effects(
 
     Args:
         model: a TransformerBridge in eval mode.
-        eval_batches: ``{split: batch}``, e.g. from :func:`icl_circuits.training.evaluate.eval_sets`.
+        eval_batches: ``{split: batch}``, e.g. from :func:`icl_circuits.metrics.eval_sets`.
         n_labels: label vocabulary.
         subcircuits: the subcircuits to compare (names must be unique and not ``clean``).
         method: ``zero``, ``mean`` or ``resample``.

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,11 +28,13 @@ from pathlib import Path
 import pandas as pd
 
 from icl_circuits.errors import ConfigError
+from icl_circuits.fileio import write_atomic
+from icl_circuits.runs import layout
 
 SCALES = ("smoke", "cpu", "full")
-SUMMARY = "summary.json"
-CLAIMS = "claims.md"
-SWEEPS = "sweeps"
+SUMMARY = layout.REPRO_SUMMARY
+CLAIMS = layout.REPRO_CLAIMS
+SWEEPS = layout.REPRO_SWEEPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,17 +85,11 @@ def pick(scale: str, smoke, cpu, full):
     return {"smoke": smoke, "cpu": cpu, "full": full}[check_scale(scale)]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_outputs(out: Path, rep: Reproduction) -> Path:
     """Write ``summary.json``, ``claims.md`` and every table (atomically) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     for name, table in rep.tables.items():
-        write_atomic(out / f"{name}.csv", table.to_csv(index=False))
+        write_atomic(out / f"{name}.csv", table.to_csv(index=False), overwrite=True)
     summary = {
         "name": rep.name,
         "scale": rep.scale,
@@ -104,8 +99,8 @@ def write_outputs(out: Path, rep: Reproduction) -> Path:
         "tables": sorted(f"{n}.csv" for n in rep.tables),
         "figures": [p.name for p in rep.figures],
     }
-    write_atomic(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
-    write_atomic(out / CLAIMS, rep.claims_markdown())
+    write_atomic(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n", overwrite=True)
+    write_atomic(out / CLAIMS, rep.claims_markdown(), overwrite=True)
     return out / SUMMARY
 
 

@@ -16,6 +16,11 @@
           MANIFEST.json      sha256 and size of every file above (written last)
       analysis/              probe results, cached per checkpoint and analysis version
       wandb/, tensorboard/   only with train.logger = wandb | tensorboard (same metrics as metrics.jsonl)
+
+The folders built on run folders name their files here too: a sweep folder (``SWEEP_*``,
+:mod:`icl_circuits.sweeps.sweep`), a reproduction's output folder (``REPRO_*``,
+:mod:`icl_circuits.reproduce.common`) and an analysis report (``REPORT_*``, :mod:`probes.report`).
+Temporary files and folders start with :data:`icl_circuits.fileio.TMP_PREFIX`.
 """
 
 from __future__ import annotations
@@ -40,7 +45,26 @@ MANIFEST = "MANIFEST.json"
 
 STEP_PREFIX = "step_"
 STEP_DIGITS = 6
-TMP_PREFIX = ".tmp-"
+
+# ---------------------------------------------------------------------------- sweep folder
+SWEEP_SPEC = "sweep.json"
+SWEEP_INDEX = "index.csv"
+SWEEP_RESULTS = "results.csv"
+SWEEP_RUNS = "runs"
+SWEEP_PHASE = "phase_{split}.png"
+
+# ---------------------------------------------------------------------------- reproduction output
+REPRO_SUMMARY = "summary.json"
+REPRO_CLAIMS = "claims.md"
+REPRO_SWEEPS = "sweeps"
+
+# ---------------------------------------------------------------------------- analysis report (RUN/analysis/report-*)
+REPORT_PREFIX = "report-"
+REPORT_TABLE = "probes.csv"
+REPORT_COMPETITION = "competition.csv"
+REPORT_SUMMARY = "summary.txt"
+REPORT_FIG_COMPETITION = "competition.png"
+# A probe's own report files are named in its module (probes/builtin/), next to the code writing them.
 
 
 def step_dirname(step: int) -> str:

@@ -1,4 +1,4 @@
-"""Atomic, checksummed checkpoints and the run folder's other files.
+"""Atomic, checksummed checkpoints, the run folder's lock, and bounded reads of its files.
 
 A checkpoint is written into a hidden temporary folder, every file fsynced, a manifest of
 sha256 sums written last, and the folder renamed into place: a crash at any moment leaves
@@ -26,41 +26,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from icl_circuits.errors import CheckpointError, RunFolderError
+from icl_circuits.fileio import disk_error, publish_dir, temp_dir
+from icl_circuits.fileio import write_synced as _write_synced  # a module global: tests replace it
 from icl_circuits.runs import layout
 
 
 # ---------------------------------------------------------------------------- files
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_new_file(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically; refuse to overwrite an existing file."""
-    path = Path(path)
-    if path.exists():
-        raise RunFolderError(f"{path}: already exists and is never overwritten")
-    tmp = path.with_name(f"{layout.TMP_PREFIX}{path.name}-{os.getpid()}")
-    try:
-        _write_synced(tmp, data)
-        os.link(tmp, path)  # fails if path appeared meanwhile: no silent overwrite
-    except OSError as err:
-        raise _disk_error(path, err) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
 def append_lines(path: Path, lines: list[str]) -> None:
     """Append lines with one fsync; a torn last line from a crash is repaired first."""
     path = Path(path)
@@ -76,13 +47,7 @@ def append_lines(path: Path, lines: list[str]) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as err:
-        raise _disk_error(path, err) from None
-
-
-def _disk_error(path: Path, err: OSError) -> RunFolderError:
-    if err.errno == errno.ENOSPC:
-        return RunFolderError(f"{path}: disk full while writing; earlier checkpoints are intact")
-    return RunFolderError(f"{path}: could not write ({err.strerror or err})")
+        raise disk_error(path, err) from None
 
 
 #: Largest JSON file of a run folder read (config, state, manifest, cache index).
@@ -172,9 +137,6 @@ def save_checkpoint(
     final = layout.checkpoint_dir(run, step)
     if final.exists():
         raise CheckpointError(f"{final}: already exists and is never overwritten")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f"{layout.TMP_PREFIX}{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     files = {
         layout.MODEL: st_save({k: v.detach().cpu().contiguous() for k, v in model.items()}),
         layout.OPTIM: st_save({k: v.detach().cpu().contiguous() for k, v in optim.items()}),
@@ -186,17 +148,19 @@ def save_checkpoint(
         "step": step,
         "files": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in files.items()},
     }
+    tmp = None
     try:
-        tmp.mkdir()
+        tmp = temp_dir(final)
         for name, data in files.items():
             _write_synced(tmp / name, data)
         _write_synced(tmp / layout.MANIFEST, json.dumps(manifest, indent=1).encode())
-        _fsync_dir(tmp)
-        os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        published = publish_dir(tmp, final)
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _disk_error(final, err) from None
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_error(final, err) from None
+    if not published:
+        raise CheckpointError(f"{final}: already exists and is never overwritten")
     return final
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from icl_circuits.errors import ICLError  # noqa: E402
+from icl_circuits.fileio import write_atomic  # noqa: E402
+from icl_circuits.runs import layout  # noqa: E402
 
 SEED_AXIS = "seed"
 
@@ -133,7 +136,6 @@ def phase_axes(axes: list[str]) -> tuple[str, str | None] | None:
 def write_phase_diagrams(out: Path, results: pd.DataFrame, points) -> list[Path]:
     """``phase_<split>.png`` of the final accuracy on the ICL and IWL splits of the first point's data."""
     from icl_circuits.data import build_source
-    from icl_circuits.sweeps.sweep import PHASE
 
     chosen = phase_axes(list(points[0].values))
     if chosen is None:
@@ -146,10 +148,10 @@ def write_phase_diagrams(out: Path, results: pd.DataFrame, points) -> list[Path]
         if not ((results["split"] == split) & (results["metric"] == "acc")).any():
             continue
         fig = phase_diagram(results, x=x, y=y, split=split, metric="acc")
-        path = Path(out) / PHASE.format(split=split)
-        tmp = path.with_name(f".tmp-{path.name}")
-        fig.savefig(tmp, dpi=120, format="png")
+        path = Path(out) / layout.SWEEP_PHASE.format(split=split)
+        png = io.BytesIO()
+        fig.savefig(png, dpi=120, format="png")
         plt.close(fig)
-        tmp.replace(path)
+        write_atomic(path, png.getvalue(), overwrite=True)
         paths.append(path)
     return paths

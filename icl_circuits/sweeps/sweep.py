@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,17 +28,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from icl_circuits.errors import ICLError, RunFolderError
+from icl_circuits.fileio import write_atomic
 from icl_circuits.runs import layout
 from icl_circuits.runs.read import load_config, read_metrics
-from icl_circuits.runs.store import list_checkpoints, read_json, write_new_file
+from icl_circuits.runs.store import list_checkpoints, read_json
 from icl_circuits.sweeps.backends import Job, LocalBackend, Outcome
 from icl_circuits.sweeps.spec import Point, SweepSpec, build_points
 
-SPEC = "sweep.json"
-INDEX = "index.csv"
-RESULTS = "results.csv"
-RUNS = "runs"
-PHASE = "phase_{split}.png"
+SPEC = layout.SWEEP_SPEC
+INDEX = layout.SWEEP_INDEX
+RESULTS = layout.SWEEP_RESULTS
+RUNS = layout.SWEEP_RUNS
 
 #: Columns of results.csv after the axis columns. ``kind`` is ``metrics`` (the checkpoints'
 #: evaluations and training loss; ``layer``/``head`` empty) or ``probes`` (the clean rows of
@@ -114,7 +113,7 @@ def prepare_sweep(spec: SweepSpec, out: Path | str) -> list[Point]:
             )
     if not path.exists():
         out.mkdir(parents=True, exist_ok=True)
-        write_new_file(path, (json.dumps(spec.to_dict(), indent=2) + "\n").encode())
+        write_atomic(path, json.dumps(spec.to_dict(), indent=2) + "\n", overwrite=False)
     return points
 
 
@@ -127,15 +126,6 @@ def _difference(a: dict, b: dict) -> str:
         if va != vb:
             return f"{key}: stored {va!r}, given {vb!r}"
     return "no difference"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{layout.TMP_PREFIX}{path.name}-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _csv(df: pd.DataFrame) -> str:
@@ -165,7 +155,7 @@ def write_index(out: Path, points: list[Point], status: dict[str, str], errors: 
         )
     df = pd.DataFrame(rows)
     df["last_step"] = df["last_step"].astype("Int64")
-    _write_atomic(out / INDEX, _csv(df))
+    write_atomic(out / INDEX, _csv(df), overwrite=True)
     return df
 
 
@@ -207,7 +197,7 @@ def aggregate(
     results["layer"] = results["layer"].astype("Int64")
     results["head_index"] = results["head_index"].astype("Int64")
     results = results[columns]
-    _write_atomic(out / RESULTS, _csv(results))
+    write_atomic(out / RESULTS, _csv(results), overwrite=True)
     return results
 
 

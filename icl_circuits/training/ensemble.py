@@ -11,12 +11,16 @@ clipping is done per seed here because ``clip_grad_norm_`` would take one global
 Every seed keeps an ordinary run folder: its checkpoints hold its own unstacked weights and
 its slice of the optimiser state in the single-model format, so ``train()`` resumes any seed
 alone, and every reader and probe works on it unchanged.
+
+:class:`VmapEnsemble` is a backend of the one training loop
+(:func:`icl_circuits.training.trainer.train_members`): folder preparation, resume, evaluation,
+checkpoints, ``train.logger`` and ``train.threads`` are the loop's, as for ``train``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
-from tqdm.auto import tqdm
 
 from icl_circuits.config import RunConfig
-from icl_circuits.data import build_source
+from icl_circuits.data.batch import Batch
 from icl_circuits.errors import RunFolderError
-from icl_circuits.models.build import build_native, query_logits
-from icl_circuits.runs import layout
-from icl_circuits.runs.read import model_shape
-from icl_circuits.runs.store import (
-    latest_good_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    run_lock,
-    unflatten_optimizer,
-)
-from icl_circuits.training.evaluate import eval_sets
+from icl_circuits.models.build import query_logits
 from icl_circuits.training.optim import build_optimizer, l2_penalty, split_params
-from icl_circuits.training.schedule import checkpoint_steps, lr_at
-from icl_circuits.training.trainer import _checkpoint, _prepare_folder, resolve_device
+from icl_circuits.training.trainer import Member, train_members
 
 
 def train_ensemble(
@@ -82,111 +74,85 @@ def train_ensemble(
         )
     if len(set(seeds)) != len(seeds) or len({r.resolve() for r in runs}) != len(runs):
         raise RunFolderError("train_ensemble: seeds and run folders must be distinct")
-    device = resolve_device(cfg.train.device)
-    tc = cfg.train
-    cfgs = [cfg.replace(seed=int(s)) for s in seeds]
-    sources = [build_source(c.data, c.seed, device) for c in cfgs]
-    models = [
-        build_native(c.model, seed=c.seed, **model_shape(c, src)).to(device)
-        for c, src in zip(cfgs, sources, strict=True)
-    ]
-    n_labels = sources[0].n_labels
-    # The single-model optimiser gives the class, hyper-parameters and the decay groups
-    # (decided on per-seed shapes: "matrices" tests ndim, which stacking would change).
-    single_opt = build_optimizer(models[0], tc)
-    names = {id(p): n for n, p in models[0].named_parameters()}
-    order = [names[id(p)] for g in single_opt.param_groups for p in g["params"]]
-    decayed_names = [names[id(p)] for p in split_params(models[0], tc.decay_on)[0]]
-    schedule = checkpoint_steps(tc.steps, tc.n_checkpoints, tc.checkpoint_every)
-    for c, run in zip(cfgs, runs, strict=True):
-        _prepare_folder(c, run, device)
+    return train_members(cfg, seeds, runs, VmapEnsemble, progress, stop_after)
 
-    with contextlib.ExitStack() as locks:
-        for run in runs:
-            locks.enter_context(run_lock(run))
-        start = _common_start(runs)
-        evals = [eval_sets(src, tc.eval_size) for src in sources]
-        if start is None:
-            for run, src, model, ev in zip(runs, sources, models, evals, strict=True):
-                with torch.no_grad():
-                    b0 = src.train_batch(0, tc.batch_size)
-                    loss0 = F.cross_entropy(query_logits(model, b0.tokens()), b0.target).item()
-                _checkpoint(run, 0, model, single_opt.state_dict(), ev, n_labels, loss0, device)
-            start = 0
-            ckpts = None
-        else:
-            ckpts = [load_checkpoint(run, start) for run in runs]
-            for model, ckpt in zip(models, ckpts, strict=True):
-                model.load_state_dict(ckpt["model"])
-            torch.set_rng_state(ckpts[0]["rng"]["cpu"])
 
-        params, buffers = stack_module_state(models)
+class VmapEnsemble:
+    """The members' parameters stacked, one vmapped forward and backward, one stacked optimiser."""
+
+    def __init__(self, members: Sequence[Member]) -> None:
+        self.models = [m.model for m in members]
+        self.tc = tc = members[0].cfg.train
+        first = self.models[0]
+        # The single-model optimiser gives the class, hyper-parameters and the decay groups
+        # (decided on per-seed shapes: "matrices" tests ndim, which stacking would change).
+        self.single_opt = build_optimizer(first, tc)
+        self.names = {id(p): n for n, p in first.named_parameters()}
+        self.order = [self.names[id(p)] for g in self.single_opt.param_groups for p in g["params"]]
+        self.decayed_names = [self.names[id(p)] for p in split_params(first, tc.decay_on)[0]]
+        self.shapes = [first.get_parameter(n).shape for n in self.order]
+        self.restored: list[dict] | None = None
+
+    def fresh_optim_state(self) -> dict:
+        return self.single_opt.state_dict()
+
+    def restore(self, optim_states: list[dict]) -> None:
+        self.restored = optim_states
+
+    def start(self) -> None:
+        params, buffers = stack_module_state(self.models)
         groups = [
-            {**{k: v for k, v in g.items() if k != "params"}, "params": [params[names[id(p)]] for p in g["params"]]}
-            for g in single_opt.param_groups
+            {
+                **{k: v for k, v in g.items() if k != "params"},
+                "params": [params[self.names[id(p)]] for p in g["params"]],
+            }
+            for g in self.single_opt.param_groups
         ]
         # Each group already carries every hyper-parameter, so no constructor defaults apply.
-        optimizer = type(single_opt)(groups)
-        shapes = [models[0].get_parameter(n).shape for n in order]
-        if ckpts is not None:
-            per_seed = [unflatten_optimizer(c["optim"], c["state"]["optim"]) for c in ckpts]
-            optimizer.load_state_dict(_stack_optim_states(per_seed, shapes))
-        decayed = [params[n] for n in decayed_names]
-        trainable = [params[n] for n in order]
+        self.optimizer = type(self.single_opt)(groups)
+        if self.restored is not None:
+            self.optimizer.load_state_dict(_stack_optim_states(self.restored, self.shapes))
+        self.params = params
+        self.decayed = [params[n] for n in self.decayed_names]
+        self.trainable = [params[n] for n in self.order]
 
-        base = _QueryLogits(copy.deepcopy(models[0]))
+        base = _QueryLogits(copy.deepcopy(self.models[0]))
         # The wrapper's names are the model's with a "model." prefix; same tensors, so the
         # gradients land on the stacked parameters.
-        wrapped = ({f"model.{k}": v for k, v in params.items()}, {f"model.{k}": v for k, v in buffers.items()})
+        self.wrapped = ({f"model.{k}": v for k, v in params.items()}, {f"model.{k}": v for k, v in buffers.items()})
 
         def seed_loss(p: dict, b: dict, tokens: Tensor, target: Tensor) -> Tensor:
             return F.cross_entropy(functional_call(base, (p, b), (tokens,)), target)
 
         losses_of = vmap(seed_loss)
-        if tc.compile:
-            losses_of = torch.compile(losses_of)
-        marks = [s for s in schedule if s > start]
-        bar = tqdm(total=tc.steps, initial=start, disable=not progress, desc=f"{cfg.name} x{len(seeds)}", unit="step")
-        loss_sum = torch.zeros(len(seeds), device=device)
-        n_since = 0
-        try:
-            for step in range(start, tc.steps):
-                lr = lr_at(tc, step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batches = [src.train_batch(step, tc.batch_size) for src in sources]
-                tokens = torch.stack([b.tokens() for b in batches])
-                target = torch.stack([b.target for b in batches])
-                losses = losses_of(*wrapped, tokens, target)
-                total = losses.sum()
-                if tc.l2 > 0 and decayed:
-                    # The sum over stacked tensors is the sum of the per-seed penalties.
-                    total = total + tc.l2 * l2_penalty(decayed)
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if tc.grad_clip > 0:
-                    _clip_per_seed(trainable, tc.grad_clip)
-                optimizer.step()
-                loss_sum += losses.detach()
-                n_since += 1
-                done = step + 1
-                bar.update(1)
-                if marks and done == marks[0]:
-                    marks.pop(0)
-                    train_losses = (loss_sum / n_since).tolist()
-                    full = optimizer.state_dict()
-                    for s, (run, model, ev) in enumerate(zip(runs, models, evals, strict=True)):
-                        _load_slice(model, params, s)
-                        state = _optim_slice(full, s, shapes)
-                        _checkpoint(run, done, model, state, ev, n_labels, train_losses[s], device)
-                    loss_sum.zero_()
-                    n_since = 0
-                    bar.set_postfix({"loss": f"{sum(train_losses) / len(train_losses):.3f}"}, refresh=False)
-                    if stop_after is not None and done >= stop_after:
-                        break
-        finally:
-            bar.close()
-    return runs
+        self.losses_of = torch.compile(losses_of) if self.tc.compile else losses_of
+
+    def step(self, lr: float, batches: list[Batch]) -> Tensor:
+        tc = self.tc
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        tokens = torch.stack([b.tokens() for b in batches])
+        target = torch.stack([b.target for b in batches])
+        losses = self.losses_of(*self.wrapped, tokens, target)
+        total = losses.sum()
+        if tc.l2 > 0 and self.decayed:
+            # The penalty is each model's own (whatever its form), summed over the seeds.
+            penalty = sum(l2_penalty([p[s] for p in self.decayed]) for s in range(len(self.models)))
+            total = total + tc.l2 * penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if tc.grad_clip > 0:
+            _clip_per_seed(self.trainable, tc.grad_clip)
+        self.optimizer.step()
+        return losses.detach()
+
+    def states(self) -> list[dict]:
+        full = self.optimizer.state_dict()
+        out = []
+        for s, model in enumerate(self.models):
+            _load_slice(model, self.params, s)
+            out.append(_optim_slice(full, s, self.shapes))
+        return out
 
 
 class _QueryLogits(torch.nn.Module):
@@ -202,26 +168,6 @@ class _QueryLogits(torch.nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return query_logits(self.model, tokens)
-
-
-def _common_start(runs: list[Path]) -> int | None:
-    """The latest good checkpoint every folder shares, or None for fresh folders."""
-    starts = []
-    for run in runs:
-        start = latest_good_checkpoint(run)
-        bad = [s for s in list_checkpoints(run) if start is None or s > start]
-        if bad:
-            raise RunFolderError(
-                f"{layout.checkpoint_dir(run, bad[0])}: corrupt checkpoint after the last good one "
-                f"(step {start}); move it aside to resume from step {start}"
-            )
-        starts.append(start)
-    if len(set(starts)) > 1:
-        found = ", ".join(f"{run}: {s}" for run, s in zip(runs, starts, strict=True))
-        raise RunFolderError(
-            f"train_ensemble: the run folders stop at different checkpoints ({found}); resume each with train() instead"
-        )
-    return starts[0]
 
 
 def _clip_per_seed(params: list[Tensor], max_norm: float) -> None:

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from icl_circuits.config import RunConfig
 from icl_circuits.data import build_source
+from icl_circuits.metrics import eval_sets, evaluate
 from icl_circuits.models.build import build_native, query_logits
 from icl_circuits.runs.read import model_shape
-from icl_circuits.training.evaluate import eval_sets, evaluate
 from icl_circuits.training.optim import build_optimizer
 from icl_circuits.training.schedule import checkpoint_steps
 
@@ -44,7 +44,7 @@ def estimate_seconds(cfg: RunConfig, n_steps: int = 3) -> dict[str, float]:
         ``{"step": s, "eval": s, "total": s}``: seconds per optimiser step, per checkpoint
         evaluation, and for the whole run.
     """
-    from icl_circuits.training.trainer import resolve_device
+    from icl_circuits.training.runfolder import resolve_device
 
     tc = cfg.train
     device = resolve_device(tc.device)

@@ -60,6 +60,8 @@ class WandbLogger(NullLogger):
             dir=str(run),
             config=cfg.to_dict(),
             mode=os.environ.get("WANDB_MODE", "offline"),
+            # Vectorised seeds keep one W&B run per seed open in one process.
+            reinit="create_new",
         )
 
     def log(self, step: int, rows: list[dict]) -> None:
