@@ -158,9 +158,7 @@ def _driving_field(cfg: RunConfig, s: dict[str, Any]) -> str:
     field doubles)``, so a batch size 10^4 times the default is named before a context
     length at its default, however quadratic the context's cost.
     """
-    from icl_circuits.config import RunConfig
-
-    default = _sizes(RunConfig(data=type(cfg.data)()))
+    default = _sizes(type(cfg)(data=type(cfg.data)()))  # the defaults, in the same data family
     base = sum(_need(s).values())
 
     def growth(grown: dict[str, Any]) -> float:

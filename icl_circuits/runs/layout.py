@@ -27,8 +27,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: Bump when the run-folder layout changes incompatibly.
-FORMAT_VERSION = 1
+#: Bump when the run-folder layout changes incompatibly. 2: data fields renamed to one name
+#: per concept (``K`` -> ``n_classes`` ...; ``icl_circuits.data.family``).
+FORMAT_VERSION = 2
+#: Older formats this version still reads (their config.json is migrated on load).
+READABLE_FORMATS = (1, 2)
 
 CONFIG = "config.json"
 PROVENANCE = "provenance.json"

@@ -25,11 +25,13 @@ def load_config(run: Path) -> RunConfig:
         raise RunFolderError(f"{run}: no such run folder")
     raw = read_json(run / layout.CONFIG)
     version = raw.pop("format_version", None) if isinstance(raw, dict) else None
-    if version != layout.FORMAT_VERSION:
+    if version not in layout.READABLE_FORMATS:
         raise RunFolderError(
             f"{run / layout.CONFIG}: run-folder format {version!r}, this icl-circuits reads "
-            f"format {layout.FORMAT_VERSION}"
+            f"formats {', '.join(map(str, layout.READABLE_FORMATS))}"
         )
+    # Format 1 used the papers' letters for data fields (K, L, N, ...): from_dict migrates them
+    # (each family's RENAMED), so such a folder loads, resumes and analyses as before.
     try:
         return RunConfig.from_dict(raw)
     except ConfigError as err:
@@ -57,8 +59,13 @@ def read_metrics(run: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "split", "metric", "value"])
 
 
-def model_shape(cfg: RunConfig, source: DataSource) -> dict:
-    return {"d_in": source.d_in, "n_labels": source.n_labels, "n_ctx": 2 * source.n_pairs + 1}
+def model_shape(cfg: RunConfig, source: DataSource | None = None) -> dict:
+    """The model's data-given shape (input width, labels, tokens), from the config alone.
+
+    ``source`` is accepted for older callers and ignored: building one (for Omniglot, loading
+    the image pack) is not needed to know the shape.
+    """
+    return cfg.data.model_shape()
 
 
 def load_native(run: Path, step: int | None = None, device: str = "cpu") -> torch.nn.Module:
@@ -70,8 +77,7 @@ def load_native(run: Path, step: int | None = None, device: str = "cpu") -> torc
         if step is None:
             raise CheckpointError(f"{run / layout.CHECKPOINTS}: no readable checkpoint")
     ckpt = load_checkpoint(run, step)
-    source = build_source(cfg.data, cfg.seed, "cpu")
-    model = build_native(cfg.model, seed=cfg.seed, **model_shape(cfg, source))
+    model = build_native(cfg.model, seed=cfg.seed, **model_shape(cfg))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -1,9 +1,9 @@
 """Sweeps: grids of ordinary runs, on this machine's cores or on a Ray cluster.
 
 >>> from icl_circuits.sweeps import SweepSpec, run_sweep, read_results, phase_diagram
->>> spec = SweepSpec(base="demo", overrides=("train.steps=300",), grid={"data.K": [32, 1024], "seed": [0, 1]})
+>>> spec = SweepSpec(base="demo", overrides=("train.steps=300",), grid={"data.n_classes": [32, 1024], "seed": [0, 1]})
 >>> result = run_sweep(spec, "sweeps/k")                        # doctest: +SKIP
->>> fig = phase_diagram(read_results("sweeps/k"), x="data.K", split="IC")  # doctest: +SKIP
+>>> fig = phase_diagram(read_results("sweeps/k"), x="data.n_classes", split="IC")  # doctest: +SKIP
 
 See ``docs/sweeps.md`` and ``icl-circuits sweep --help``.
 """

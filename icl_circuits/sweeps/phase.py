@@ -135,14 +135,12 @@ def phase_axes(axes: list[str]) -> tuple[str, str | None] | None:
 
 def write_phase_diagrams(out: Path, results: pd.DataFrame, points) -> list[Path]:
     """``phase_<split>.png`` of the final accuracy on the ICL and IWL splits of the first point's data."""
-    from icl_circuits.data import build_source
-
     chosen = phase_axes(list(points[0].values))
     if chosen is None:
         return []
     x, y = chosen
     cfg = points[0].config
-    source = build_source(cfg.data, cfg.seed, "cpu")
+    source = cfg.data.source_class()  # the split names; no need to build the data
     paths = []
     for split in dict.fromkeys([source.icl_split, source.iwl_split]):
         if not ((results["split"] == split) & (results["metric"] == "acc")).any():

@@ -6,8 +6,8 @@ A spec file (TOML or JSON)::
     overrides = ["train.steps=300"]
 
     [grid]
-    "data.K" = [32, 1024]
-    "data.B" = [0, 4]
+    "data.n_classes" = [32, 1024]
+    "data.burst" = [0, 4]
     seed = "range(3)"
     "train.lr" = "[10**-i for i in range(2, 5)]"
 
@@ -91,13 +91,15 @@ class SweepSpec:
             raise ConfigError(f"{where}: overrides: expected a list of key=value strings, got {overrides!r}")
         for item in overrides:
             if not isinstance(item, str) or "=" not in item:
-                raise ConfigError(f"{where}: overrides: expected key=value strings (e.g. data.K=32), got {item!r}")
+                raise ConfigError(
+                    f"{where}: overrides: expected key=value strings (e.g. data.n_classes=32), got {item!r}"
+                )
         grid_raw = raw.get("grid", {})
         if not isinstance(grid_raw, dict):
             raise ConfigError(f"{where}: grid: expected a table of axis = values, got {grid_raw!r}")
         grid = {key: axis_values(key, value) for key, value in _flatten(grid_raw).items()}
         if not grid:
-            raise ConfigError(f'{where}: grid: no axes (add e.g. "data.K" = [32, 1024])')
+            raise ConfigError(f'{where}: grid: no axes (add e.g. "data.n_classes" = [32, 1024])')
         return cls(base=base, overrides=tuple(overrides), grid=grid)
 
     def n_points(self) -> int:
@@ -105,7 +107,7 @@ class SweepSpec:
 
 
 def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
-    """TOML's ``data.K = [...]`` (unquoted) nests tables; flatten them back to dotted keys."""
+    """TOML's ``data.n_classes = [...]`` (unquoted) nests tables; flatten them back to dotted keys."""
     out: dict[str, Any] = {}
     for key, value in table.items():
         if isinstance(value, dict):
@@ -119,7 +121,7 @@ def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
 def axis_values(key: str, value: Any) -> list:
     """The values of axis ``key``: a list as is, or a string parsed as a list expression."""
     if not isinstance(key, str) or not key or "=" in key or key != key.strip():
-        raise ConfigError(f"grid: {key!r} is not a config key (e.g. data.K)")
+        raise ConfigError(f"grid: {key!r} is not a config key (e.g. data.n_classes)")
     if isinstance(value, str):
         value = parse_values(value, key)
     if not isinstance(value, list | tuple):
@@ -297,9 +299,9 @@ class _Interp:
 
 
 def parse_axis_arg(item: str) -> tuple[str, list]:
-    """A command-line axis ``KEY=VALUES``, e.g. ``data.K=[32,1024]`` or ``seed=range(3)``."""
+    """A command-line axis ``KEY=VALUES``, e.g. ``data.n_classes=[32,1024]`` or ``seed=range(3)``."""
     if "=" not in item:
-        raise ConfigError(f"{item}: expected KEY=VALUES (e.g. 'data.K=[32,1024]' or 'seed=range(3)')")
+        raise ConfigError(f"{item}: expected KEY=VALUES (e.g. 'data.n_classes=[32,1024]' or 'seed=range(3)')")
     key, text = item.split("=", 1)
     return key, axis_values(key, parse_values(text, key))
 
@@ -351,7 +353,7 @@ def format_value(v: Any) -> str:
 
 
 def point_name(values: dict[str, Any]) -> str:
-    """``data.K=32,data.B=4,seed=0``: filesystem-safe; long names end in a short hash."""
+    """``data.n_classes=32,data.burst=4,seed=0``: filesystem-safe; long names end in a short hash."""
     name = ",".join(f"{_SAFE.sub('_', k)}={_SAFE.sub('_', format_value(v))}" for k, v in values.items())
     if len(name) > _MAX_NAME:
         digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]

@@ -8,7 +8,7 @@
       results.csv        tidy table of every run's metrics (and probe rows with --probes)
       phase_<split>.png  final accuracy over the first two non-seed axes, averaged over seeds
       runs/
-        data.K=32,data.B=0,seed=0/   an ordinary run folder (icl-circuits show / analyze work)
+        data.n_classes=32,data.burst=0,seed=0/   an ordinary run folder (icl-circuits show / analyze work)
         ...
 
 Rerunning a sweep skips finished runs (their final checkpoint exists), resumes interrupted
