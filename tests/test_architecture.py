@@ -69,7 +69,8 @@ def _names_a_family(node: ast.AST) -> bool:
         return any(is_family(n) for n in [node.left, *node.comparators])
     if isinstance(node, ast.Dict):
         return any(
-            isinstance(k, ast.Constant) and k.value == "family" and is_family(v) for k, v in zip(node.keys, node.values)
+            isinstance(k, ast.Constant) and k.value == "family" and is_family(v)
+            for k, v in zip(node.keys, node.values, strict=True)
         )
     if isinstance(node, ast.keyword):
         return node.arg == "family" and is_family(node.value)
