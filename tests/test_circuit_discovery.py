@@ -244,7 +244,7 @@ def test_lm_patch_edges_is_exact(lm):
 
 
 def test_lm_induction_circuit_on_the_tiny_model(lm):
-    from probes.lm_circuit import induction_task, lm_circuit
+    from icl_circuits.llm.circuit import induction_task, lm_circuit
 
     clean, corrupt, positions = induction_task(lm, 2, 5)
     assert torch.equal(clean[:, 1:6], clean[:, 6:]) and torch.equal(corrupt[:, :6], clean[:, :6])

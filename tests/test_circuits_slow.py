@@ -66,7 +66,7 @@ def test_lm_induction_circuit_on_smollm2():
     edges EAP 0.91, AtP* 0.93; circuit 32,591 edges at faithfulness 0.90; about 6 minutes."""
     pytest.importorskip("gguf")
     from icl_circuits.llm import ModelNotFoundError, load_lm
-    from probes.lm_circuit import lm_circuit
+    from icl_circuits.llm.circuit import lm_circuit
 
     try:
         lm = load_lm()

@@ -17,7 +17,7 @@ induction (find the earlier occurrence of the current token, copy what followed 
   method with exact patching is reported on that sample and on its top part.
 * **Circuit**: :func:`probes.discovery.prune` on the AtP* scores at the faithfulness target.
 
-``python -m probes.lm_circuit`` runs it on the default model (SmolLM2-135M-Instruct, offline)
+``python -m icl_circuits.llm.circuit`` runs it on the default model (SmolLM2-135M-Instruct, offline)
 and prints the measured row that ``docs/circuits.md`` reports.
 """
 
