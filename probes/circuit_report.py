@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from icl_circuits.runs import layout
 from icl_circuits.runs.read import load_model
 from probes import figures
 from probes.circuit_figures import circuit_figure, edge_heatmap
@@ -18,12 +19,12 @@ from probes.circuits_over_training import CircuitParams, circuit_overlay, discov
 from probes.competition import Transition
 from probes.graph import build_graph
 
-CIRCUITS = "circuits.csv"
-CIRCUIT_EDGES = "circuit_edges.csv"
-CIRCUIT_ENTRY = "circuit_entry.csv"
-CIRCUIT_OVERLAY = "circuit_overlay.csv"
-FIG_CIRCUIT = "circuit_{role}.png"
-FIG_CIRCUIT_EDGES = "circuit_edges_{role}.png"
+CIRCUITS = layout.REPORT_CIRCUITS
+CIRCUIT_EDGES = layout.REPORT_CIRCUIT_EDGES
+CIRCUIT_ENTRY = layout.REPORT_CIRCUIT_ENTRY
+CIRCUIT_OVERLAY = layout.REPORT_CIRCUIT_OVERLAY
+FIG_CIRCUIT = layout.REPORT_FIG_CIRCUIT
+FIG_CIRCUIT_EDGES = layout.REPORT_FIG_CIRCUIT_EDGES
 
 
 def circuit_lines(

@@ -48,7 +48,7 @@ from icl_circuits.runs.store import append_lines, list_checkpoints, load_checkpo
 LLM_FORMAT = (
     "llm-finetune-1 (a language-model fine-tuning run: read it with icl_circuits.llm.study; show/analyze do not apply)"
 )
-HEADS_FILE = "heads.csv"
+HEADS_FILE = layout.LLM_HEADS
 
 
 @dataclasses.dataclass(frozen=True)

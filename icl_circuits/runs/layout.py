@@ -67,7 +67,17 @@ REPORT_TABLE = "probes.csv"
 REPORT_COMPETITION = "competition.csv"
 REPORT_SUMMARY = "summary.txt"
 REPORT_FIG_COMPETITION = "competition.png"
-# A probe's own report files are named in its module (probes/builtin/), next to the code writing them.
+REPORT_FIG_ABLATION = "ablations.png"  # probe "ablations"
+REPORT_FIG_HEADS = "heads_{metric}.png"  # probe "head_scores"
+REPORT_CIRCUITS = "circuits.csv"  # probe "circuits" (discovered circuits per checkpoint)
+REPORT_CIRCUIT_EDGES = "circuit_edges.csv"
+REPORT_CIRCUIT_ENTRY = "circuit_entry.csv"
+REPORT_CIRCUIT_OVERLAY = "circuit_overlay.csv"
+REPORT_FIG_CIRCUIT = "circuit_{role}.png"
+REPORT_FIG_CIRCUIT_EDGES = "circuit_edges_{role}.png"
+
+# ---------------------------------------------------------------------------- language-model fine-tuning run
+LLM_HEADS = "heads.csv"
 
 
 def step_dirname(step: int) -> str:

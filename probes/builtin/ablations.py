@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from icl_circuits.metrics import METRICS
+from icl_circuits.runs import layout
 from probes.circuits import FoundCircuit, fmt_heads, random_heads
 from probes.registry import Probe, ReportContext, register
 from probes.subcircuits import Subcircuit, icl_circuit, iwl_path, subcircuit_effects
@@ -21,7 +22,7 @@ from probes.subcircuits import Subcircuit, icl_circuit, iwl_path, subcircuit_eff
 VERSION = 2
 #: Condition of the control: as many random heads as the ICL circuit, averaged over draws.
 RANDOM_HEADS = "random heads"
-FIG_ABLATION = "ablations.png"
+FIG_ABLATION = layout.REPORT_FIG_ABLATION
 
 
 def control_draws(model, params) -> list[tuple[tuple[int, int], ...]]:

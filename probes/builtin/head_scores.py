@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from icl_circuits.runs import layout
 from probes.registry import Probe, ReportContext, register
 from probes.scores import head_scores, undefined_scores
 
@@ -25,7 +26,7 @@ METRICS = (
 )
 #: The scores drawn as heatmaps (``heads_{metric}.png``) and named in the summary.
 HEATMAPS = ("task_induction", "prev_token")
-FIG_HEADS = "heads_{metric}.png"
+FIG_HEADS = layout.REPORT_FIG_HEADS
 
 
 def scores_on_icl_split(model, source, evals: dict, params, step: int = 0) -> pd.DataFrame:
