@@ -93,7 +93,7 @@ def _print_last(metrics) -> None:
 
 def _cmd_show(args: argparse.Namespace) -> None:
     from icl_circuits.runs.read import load_config, read_metrics
-    from icl_circuits.runs.store import list_checkpoints
+    from icl_circuits.runs.store import list_checkpoints, stopped_early
 
     run = Path(args.run)
     cfg = load_config(run)
@@ -104,6 +104,12 @@ def _cmd_show(args: argparse.Namespace) -> None:
     )
     span = f"steps {steps[0]}..{steps[-1]}" if steps else "none yet"
     print(f"checkpoints: {len(steps)} ({span}) of {cfg.train.steps} steps")
+    stop = stopped_early(run) if steps else None
+    if stop is not None:
+        print(
+            f"stopped:     early at step {stop['step']} ({stop['split']} {stop['metric']} "
+            f"{stop['value']:.3f} > {stop['above']}: train.stop_above)"
+        )
     if steps:
         from icl_circuits.errors import CheckpointError
         from icl_circuits.runs.store import verify_checkpoint

@@ -51,6 +51,15 @@ class TrainConfig(FrozenConfig):
         logger: also log every checkpoint's metrics to ``wandb`` (offline unless ``WANDB_MODE``
             says otherwise) or ``tensorboard``, into the run folder; ``none`` (default): only
             ``metrics.jsonl`` (see :mod:`icl_circuits.training.tracking`).
+        stop_above: early stop: end the run at the first checkpoint after step 0 whose
+            ``stop_metric`` accuracy exceeds this (strictly, as Nguyen & Reddy's
+            ``icl_val_top1 > 0.99``); 0 (default) = off. Checked at checkpoints only (the
+            reference checks after each epoch's evaluation), so the stop step is the first
+            checkpoint past the threshold. The checkpoint records it (``state.json`` key
+            ``stopped``): resuming the run does nothing, and readers take that step as its end
+            (:func:`icl_circuits.runs.store.run_end`).
+        stop_metric: which accuracy ``stop_above`` watches: ``ICL`` (the data source's ICL
+            split, e.g. ``IC``) or ``IWL`` (its IWL split).
     """
 
     steps: int = 4000
@@ -72,6 +81,8 @@ class TrainConfig(FrozenConfig):
     compile: bool = False
     threads: int = 1
     logger: Literal["none", "wandb", "tensorboard"] = "none"
+    stop_above: float = 0.0
+    stop_metric: Literal["ICL", "IWL"] = "ICL"
 
     def validate(self) -> None:
         require(self.steps >= 1, "train.steps", "at least 1", self.steps)
@@ -108,6 +119,8 @@ class TrainConfig(FrozenConfig):
             self.device,
         )
         require(self.threads >= 0, "train.threads", "a number of threads (0 = torch's choice)", self.threads)
+        require(0 <= self.stop_above < 1, "train.stop_above", "an accuracy in [0, 1) (0 = off)", self.stop_above)
+        require(self.stop_metric in ("ICL", "IWL"), "train.stop_metric", "ICL or IWL", self.stop_metric)
 
 
 @dataclasses.dataclass(frozen=True)

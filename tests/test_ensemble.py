@@ -77,9 +77,16 @@ def test_resume_seed_alone_and_together(tmp_path):
     train(cfg.replace(seed=SEEDS[0]), runs[0], progress=False)
     alone = train(cfg.replace(seed=SEEDS[0]), tmp_path / "alone", progress=False)
     _assert_same_run(runs[0], alone)
-    # ... and the ensemble refuses folders that stop at different checkpoints.
+    # ... the ensemble then trains only the seed not yet over ...
+    train_ensemble(cfg, SEEDS, runs, progress=False)
+    _assert_same_run(runs[1], train(cfg.replace(seed=SEEDS[1]), tmp_path / "alone1", progress=False))
+    # ... and refuses unfinished folders that stop at different checkpoints.
+    split = [tmp_path / f"split-{s}" for s in SEEDS]
+    train_ensemble(cfg, SEEDS, split, progress=False, stop_after=8)
+    train(cfg.replace(seed=SEEDS[0]), split[0], progress=False, stop_after=12)
+    assert store.list_checkpoints(split[0])[-1] < 20
     with pytest.raises(RunFolderError, match="resume each with train"):
-        train_ensemble(cfg, SEEDS, runs, progress=False)
+        train_ensemble(cfg, SEEDS, split, progress=False)
     # Ensemble resume from a common checkpoint.
     again = [tmp_path / f"again-{s}" for s in SEEDS]
     train_ensemble(cfg, SEEDS, again, progress=False, stop_after=8)

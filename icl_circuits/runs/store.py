@@ -269,6 +269,33 @@ def latest_good_checkpoint(run: Path) -> int | None:
     return _first_good(run, list(reversed(list_checkpoints(run))))
 
 
+def stopped_early(run: Path, step: int | None = None) -> dict | None:
+    """The early-stop record of the run's latest good checkpoint, or None (``train.stop_above``).
+
+    Returns:
+        ``{"step", "split", "metric", "value", "above"}``: the checkpoint at which the run
+        stopped and the accuracy that passed the threshold. ``step``: the latest good
+        checkpoint when already known (it is not verified again).
+    """
+    step = latest_good_checkpoint(run) if step is None else step
+    if step is None:
+        return None
+    stopped = read_json(layout.checkpoint_dir(run, step) / layout.STATE).get("stopped")
+    return {"step": step, **stopped} if isinstance(stopped, dict) else None
+
+
+def run_end(run: Path, steps: int) -> int | None:
+    """The step at which the run is over: ``steps`` once that checkpoint verifies, the
+    early-stop checkpoint of a run that stopped early, else None (still to train)."""
+    last = latest_good_checkpoint(run)
+    if last is None:
+        return None
+    if last == steps and list_checkpoints(run)[-1] == steps:
+        return steps
+    stop = stopped_early(run)
+    return stop["step"] if stop is not None else None
+
+
 # ---------------------------------------------------------------------------- optimiser state
 def flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split ``optimizer.state_dict()`` into safetensors-ready tensors and JSON."""

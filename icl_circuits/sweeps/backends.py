@@ -61,7 +61,7 @@ def run_point(job: Job) -> Outcome:
     import torch
 
     from icl_circuits.config import RunConfig
-    from icl_circuits.runs.store import list_checkpoints
+    from icl_circuits.runs.store import list_checkpoints, run_end
     from icl_circuits.training import train
 
     torch.set_num_threads(1)
@@ -69,7 +69,8 @@ def run_point(job: Job) -> Outcome:
     try:
         cfg = RunConfig.from_dict(json.loads(job.config_json))
         _wait_for_lock(Path(job.run), LOCK_WAIT_S)
-        if cfg.train.steps not in list_checkpoints(job.run):  # a finished run is never touched again
+        # A finished run (final step, or stopped early) is never touched again.
+        if cfg.train.steps not in list_checkpoints(job.run) and run_end(Path(job.run), cfg.train.steps) is None:
             train(cfg, job.run, progress=False)
         if job.probes:
             from probes.over_training import analyze_run

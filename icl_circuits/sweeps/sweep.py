@@ -11,7 +11,8 @@
         data.n_classes=32,data.burst=0,seed=0/   an ordinary run folder (icl-circuits show / analyze work)
         ...
 
-Rerunning a sweep skips finished runs (their final checkpoint exists), resumes interrupted
+Rerunning a sweep skips finished runs (their final checkpoint exists, or they stopped early:
+``train.stop_above``), resumes interrupted
 ones from their last checkpoint and retries failed ones; run folders are only ever written
 by ``train`` itself. The derived tables are rewritten atomically (temporary file + rename).
 """
@@ -31,7 +32,7 @@ from icl_circuits.errors import ICLError, RunFolderError
 from icl_circuits.fileio import write_atomic
 from icl_circuits.runs import layout
 from icl_circuits.runs.read import load_config, read_metrics
-from icl_circuits.runs.store import list_checkpoints, read_json
+from icl_circuits.runs.store import list_checkpoints, read_json, run_end
 from icl_circuits.sweeps.backends import Job, LocalBackend, Outcome
 from icl_circuits.sweeps.spec import Point, SweepSpec, build_points
 
@@ -72,11 +73,13 @@ def run_path(out: Path | str, point: Point | str) -> Path:
 
 
 def point_status(point: Point, run: Path) -> tuple[str, int | None]:
-    """``done`` (final checkpoint present), ``partial`` (some checkpoints) or ``pending``; last step."""
+    """``done`` (final checkpoint present, or stopped early: ``train.stop_above``), ``partial``
+    (some checkpoints) or ``pending``; last step."""
     steps = list_checkpoints(run)
     if not steps:
         return "pending", None
-    return ("done" if point.config.train.steps in steps else "partial"), steps[-1]
+    done = point.config.train.steps in steps or run_end(run, point.config.train.steps) is not None
+    return ("done" if done else "partial"), steps[-1]
 
 
 def load_sweep_spec(out: Path | str) -> SweepSpec:
@@ -181,7 +184,7 @@ def aggregate(
             continue
         df = metrics.assign(kind="metrics", layer=pd.NA, head_index=pd.NA)
         parts = [df]
-        if probes and point.config.train.steps in list_checkpoints(run):
+        if probes and run_end(run, point.config.train.steps) is not None:
             from probes.over_training import analyze_run
 
             table = analyze_run(run, eval_size=probe_eval_size, progress=False)

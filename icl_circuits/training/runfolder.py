@@ -169,6 +169,25 @@ def diverged(what: str, value: float, step: int, run: Path) -> DivergedError:
     )
 
 
+def stop_rule(cfg: RunConfig, icl_split: str, iwl_split: str) -> tuple[str, float] | None:
+    """``(split, threshold)`` of ``train.stop_above`` (None: no early stop)."""
+    tc = cfg.train
+    if tc.stop_above <= 0:
+        return None
+    return (icl_split if tc.stop_metric == "ICL" else iwl_split), tc.stop_above
+
+
+def stop_record(rows: list[dict], rule: tuple[str, float] | None) -> dict | None:
+    """What ``state.json`` records when ``rows`` (a checkpoint's metrics) pass ``rule``, else None."""
+    if rule is None:
+        return None
+    split, above = rule
+    value = next((r["value"] for r in rows if r["split"] == split and r["metric"] == "acc"), None)
+    if value is None:
+        raise RunFolderError(f"train.stop_metric: the evaluation has no {split} accuracy to stop on")
+    return {"split": split, "metric": "acc", "value": value, "above": above} if value > above else None
+
+
 def checkpoint(
     run: Path,
     step: int,
@@ -178,11 +197,17 @@ def checkpoint(
     n_labels: int,
     train_loss: float,
     device: torch.device,
+    stop: tuple[str, float] | None = None,
 ) -> list[dict]:
     """Evaluate ``model``, save it with ``optim_state`` (an optimiser ``state_dict()``), log metrics.
 
     Takes the optimiser's state dict rather than the optimiser so that a backend training
     several seeds at once can save each seed's slice of a stacked optimiser.
+
+    Args:
+        stop: the early-stop rule (:func:`stop_rule`); when this checkpoint passes it, its
+            ``state.json`` records ``stopped`` (:func:`stop_record`), atomically with the
+            checkpoint, so a crash right after still leaves a stopped run.
 
     Returns:
         The checkpoint's metric rows ``{"split", "metric", "value"}`` (training loss first).
@@ -198,6 +223,9 @@ def checkpoint(
     optim_tensors, optim_meta = flatten_optimizer(optim_state)
     rng = {"cpu": torch.get_rng_state()}
     state = {"step": step, "optim": optim_meta, "metrics": rows, "device": str(device)}
+    stopped = stop_record(rows, stop)
+    if stopped is not None:
+        state["stopped"] = stopped
     save_checkpoint(run, step, model.state_dict(), optim_tensors, rng, state)
     append_lines(run / layout.METRICS, [json.dumps({"step": step, **row}, allow_nan=False) for row in rows])
     return rows

@@ -11,6 +11,13 @@ its :class:`Backend`: :class:`SingleModel` here (``train``), or the vectorised s
 :class:`icl_circuits.training.ensemble.VmapEnsemble` (``train_ensemble``). Everything else
 (folder preparation, resume, evaluation, checkpoints, divergence checks, progress,
 experiment tracking, threads) is the loop's, through :mod:`icl_circuits.training.runfolder`.
+
+Early stop (``train.stop_above``, off by default): a member ends at the first checkpoint after
+step 0 whose ICL (or IWL) accuracy exceeds the threshold; the check happens only at
+checkpoints. That checkpoint's ``state.json`` records ``stopped``, so resuming the run does
+nothing, and :func:`icl_circuits.runs.store.run_end` gives its last step. In an ensemble the
+other members go on (the stopped one is still computed, but its folder is no longer written)
+and a later resume trains only the members not yet over.
 """
 
 from __future__ import annotations
@@ -35,16 +42,17 @@ from icl_circuits.limits import check_memory
 from icl_circuits.metrics import eval_sets
 from icl_circuits.models.build import build_native, query_logits
 from icl_circuits.runs.read import model_shape
-from icl_circuits.runs.store import load_checkpoint, run_lock, unflatten_optimizer
+from icl_circuits.runs.store import load_checkpoint, run_end, run_lock, unflatten_optimizer
 from icl_circuits.training.optim import build_optimizer, l2_penalty, split_params
 from icl_circuits.training.runfolder import (
     checkpoint,
     diverged,
     headline,
-    is_complete,
     prepare_folder,
     resolve_device,
     resume_step,
+    stop_record,
+    stop_rule,
     torch_threads,
 )
 from icl_circuits.training.schedule import checkpoint_steps, lr_at
@@ -198,14 +206,20 @@ def _train_members(cfg, seeds, runs, make_backend, progress, stop_after) -> list
     check_logger(cfg)
     for m in members:
         prepare_folder(m.cfg, m.run, device)
-    if all(is_complete(m.run, tc.steps) for m in members):
+    # A run is over at its last step, or at the checkpoint that stopped it early (train.stop_above).
+    active = [m for m in members if run_end(m.run, tc.steps) is None]
+    if not active:
         return runs  # nothing to train: no lock, no write (a finished run may be read-only)
+    if len(active) < len(members):
+        members, backend = active, make_backend(active)
+    rule = stop_rule(cfg, members[0].source.icl_split, members[0].source.iwl_split)
+    stopped = [False] * len(members)
 
     n_labels = members[0].source.n_labels
     with contextlib.ExitStack() as stack:
         for m in members:
             stack.enter_context(run_lock(m.run))
-        start = resume_step(runs)
+        start = resume_step([m.run for m in members])
         evals = [eval_sets(m.source, tc.eval_size) for m in members]
         fresh = start is None
         if start is None:
@@ -249,16 +263,18 @@ def _train_members(cfg, seeds, runs, make_backend, progress, stop_after) -> list
                 marks.pop(0)
                 train_losses = (loss_sum / n_since).tolist()
                 _check_finite(train_losses, done, members)
-                rows = []
-                for m, ev, optim, loss in zip(members, evals, backend.states(), train_losses, strict=True):
-                    rows.append(checkpoint(m.run, done, m.model, optim, ev, n_labels, loss, device))
-                for tracker, r in zip(trackers, rows, strict=True):
-                    tracker.log(done, r)
+                states = backend.states()
+                for i, (m, ev, tracker) in enumerate(zip(members, evals, trackers, strict=True)):
+                    if stopped[i]:
+                        continue  # an ensemble member that stopped early: its folder is final
+                    rows[i] = checkpoint(m.run, done, m.model, states[i], ev, n_labels, train_losses[i], device, rule)
+                    tracker.log(done, rows[i])
+                    stopped[i] = stop_record(rows[i], rule) is not None
                 last_metrics = _postfix(rows, members)
                 loss_sum.zero_()
                 n_since = 0
                 bar.set_postfix(last_metrics, refresh=False)
-                if stop_after is not None and done >= stop_after:
+                if all(stopped) or (stop_after is not None and done >= stop_after):
                     break
             elif done % 50 == 0:
                 values = losses.tolist()
