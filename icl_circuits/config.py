@@ -33,7 +33,10 @@ class TrainConfig(FrozenConfig):
         decay_on: which parameters get ``weight_decay``: ``all``, ``attention`` (attention
             weights only, as in Nguyen & Reddy's transience run), ``attention+embed`` or
             ``matrices`` (weight matrices, no biases or norms).
-        l2: explicit penalty ``l2 * sum ||W||^2`` added to the loss (Singh et al. 2023).
+        l2: explicit penalty ``l2 * sum_p ||p||_2`` added to the loss, over the ``decay_on``
+            group: each parameter array's Euclidean (Frobenius) norm, **not squared, no 1/2**,
+            as in ``aadityasingh/icl-dynamics`` (``main.py``, ``compute_loss``), the code of
+            Singh et al. 2023's L2 runs, which penalises every array (``decay_on=all``).
         schedule: learning-rate decay after warm-up: ``constant``, ``cosine``, ``linear``
             or ``inverse_sqrt`` (Chan et al. 2022).
         warmup_steps: linear warm-up steps.
@@ -203,7 +206,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
     Values are parsed as JSON where possible (``32``, ``3e-4``, ``true``, ``[1, 2]``),
     else taken as strings. Unknown keys fail like unknown keys in a config file. A data
-    field's old name (``data.n_classes`` for ``data.n_classes``: the family's ``RENAMED``) sets the
+    field's old name (``data.K`` for ``data.n_classes``: the family's ``RENAMED``) sets the
     field it was renamed to.
     """
     tree = cfg.to_dict()
@@ -224,7 +227,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"{key}: unknown key ({part!r} is not a config section)")
             node = node[part]
-        if parts[-1] not in node and not (parts[-1] == "family" and len(parts) == 2):
+        if parts[-1] not in node and parts[-1] not in _section_fields(tree, parts[:-1]):
             raise ConfigError(f"{key}: unknown key (expected one of {sorted(node)})")
         if parts == ["data", "family"] and value != node.get("family"):
             # Switching family starts from that family's defaults.
@@ -232,3 +235,16 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             continue
         node[parts[-1]] = value
     return RunConfig.from_dict(tree)
+
+
+def _section_fields(tree: dict, section: list[str]) -> set[str]:
+    """Field names of the config section at ``section`` (a section may omit fields at their defaults)."""
+    if section == ["data"]:
+        return set(family_config(tree["data"]["family"]).__dataclass_fields__) | {"family"}
+    target: Any = RunConfig
+    for part in section:
+        hints = {f.name: f.type for f in dataclasses.fields(target)}
+        target = {"model": ModelConfig, "train": TrainConfig}.get(part) if part in hints else None
+        if target is None:
+            return set()
+    return {f.name for f in dataclasses.fields(target)}

@@ -24,6 +24,7 @@ from transformer_lens.model_bridge.sources.native import NativeModel, initialize
 from icl_circuits.errors import LayoutError
 from icl_circuits.models.config import ModelConfig
 from icl_circuits.models.embed import ExemplarEmbed, MLPReadout, lecun_normal_, sinusoidal_table
+from icl_circuits.models.fast import query_forward, supports_fast_path
 
 ARCHITECTURE = "TransformerLensNative"
 
@@ -32,9 +33,10 @@ class ICLNativeModel(NativeModel):
     """TransformerLens's native model with a query-only fast path for training.
 
     ``forward(..., query_only=True)`` returns ``[batch, d_vocab_out]`` logits of the last
-    position only: the final norm and readout (an MLP for Reddy-style models) then run on one
-    position instead of ``2N + 1``, which is most of the gap to a hand-written loop. Without the
-    flag the forward is the native one, which is what the bridge runs for analysis.
+    position only, through :mod:`.fast` (fused QKV, ``scaled_dot_product_attention``, the last
+    block, final norm and readout at the query only); ``reference=True`` as well runs the
+    native blocks instead (kept for the equivalence tests). Without ``query_only`` the forward
+    is the native one, which is what the bridge runs for analysis.
     """
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
@@ -47,6 +49,8 @@ class ICLNativeModel(NativeModel):
         position_ids = torch.arange(seq, device=input_ids.device).unsqueeze(0).expand(batch, -1)
         if self.pos is not None:
             hidden = hidden + self.pos(position_ids)
+        if supports_fast_path(self) and not kwargs.pop("reference", False):
+            return query_forward(self, hidden, position_ids)
         for block in self.layers:
             (hidden,) = block(hidden, position_ids=position_ids)
         return self.head(self.ln_out(hidden[:, -1]))
