@@ -12,9 +12,15 @@ from probes.registry import Probe, ReportContext, register
 
 
 def report(ctx: ReportContext) -> list[str]:
-    """:func:`probes.circuit_report.write_circuit_report` on the analysed checkpoints."""
+    """:func:`probes.circuit_report.write_circuit_report` on the analysed checkpoints.
+
+    The edge graph splits exemplar and label embeddings, which packed tokens hold together:
+    on a packed run the section is one line saying so.
+    """
     from probes.circuit_report import write_circuit_report
 
+    if ctx.cfg.data.layout == "packed":
+        return ["discovered circuits: skipped (the edge graph needs the interleaved layout; data.layout=packed)"]
     return write_circuit_report(ctx.run, ctx.cache, ctx.out, ctx.transitions, steps=ctx.steps, progress=ctx.progress)
 
 

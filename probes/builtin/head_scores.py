@@ -47,13 +47,14 @@ def report(ctx: ReportContext) -> list[str]:
     """Heatmaps of ``HEATMAPS``; the top heads; the scores skipped for this layout."""
     from probes import figures
 
+    data_layout = ctx.cfg.data.layout
+    undefined = undefined_scores(ctx.source.n_pairs, 2 * ctx.source.n_pairs + 1, data_layout)
     for metric in HEATMAPS:
-        figures.save(figures.head_heatmap(ctx.df, metric), ctx.out / FIG_HEADS.format(metric=metric))
-    lines = [
-        f"top induction heads (task induction score): {top_heads(ctx.df, 'task_induction')}",
-        f"top previous-token heads: {top_heads(ctx.df, 'prev_token')}",
-    ]
-    undefined = undefined_scores(ctx.source.n_pairs, 2 * ctx.source.n_pairs + 1)
+        if metric not in undefined:
+            figures.save(figures.head_heatmap(ctx.df, metric), ctx.out / FIG_HEADS.format(metric=metric))
+    lines = [f"top induction heads (task induction score): {top_heads(ctx.df, 'task_induction')}"]
+    if "prev_token" not in undefined:
+        lines.append(f"top previous-token heads: {top_heads(ctx.df, 'prev_token')}")
     if undefined:
         lines.append("scores skipped for this layout: " + "; ".join(f"{m} ({why})" for m, why in undefined.items()))
     return lines
