@@ -112,3 +112,23 @@ def test_bad_config(kwargs, field):
         GaussianConfig.from_dict(kwargs, prefix="data.")  # old names (K, B, ...) migrate
     assert str(err.value).startswith(field)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+@pytest.mark.parametrize("n_classes", [64, -1])
+def test_exemplars_are_the_formula_bit_for_bit(noise, n_classes):
+    """The in-place exemplar arithmetic (and skipping the draw at noise 0) gives exactly
+    ``(mu + eps * eta) / sqrt(1 + eps**2)`` with ``eta ~ N(0, I/D)``, as before."""
+
+    def formula(self, means, gen):
+        eta = torch.randn(means.shape, generator=gen, device=self.device) / math.sqrt(self.cfg.d)
+        return (means + self.cfg.noise * eta) / math.sqrt(1.0 + self.cfg.noise**2)
+
+    cfg = GaussianConfig(n_classes=n_classes, n_labels=8, d=16, n_pairs=8, burst=2, noise=noise)
+    src = GaussianSource(cfg, 1)
+    ours = [src.train_batch(s, 32) for s in range(3)] + [src.eval_batch(sp, 32) for sp in src.splits]
+    src._exemplars = formula.__get__(src)
+    ref = [src.train_batch(s, 32) for s in range(3)] + [src.eval_batch(sp, 32) for sp in src.splits]
+    for a, b in zip(ours, ref, strict=True):
+        for x, y in zip(a.tensors(), b.tensors(), strict=True):
+            assert torch.equal(x, y)

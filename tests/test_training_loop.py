@@ -9,7 +9,7 @@ import torch
 from icl_circuits import fileio
 from icl_circuits.errors import RunFolderError
 from icl_circuits.training import trainer
-from icl_circuits.training.ensemble import train_ensemble
+from icl_circuits.training.ensemble import VmapEnsemble, train_ensemble
 from tests.conftest import tiny_config
 from tests.test_tracking import _jsonl
 
@@ -85,3 +85,45 @@ def test_publish_dir_keeps_the_first_complete_folder(tmp_path):
     assert not fileio.publish_dir(second, final), "a concurrent writer finished first"
     assert (final / "summary.txt").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def _weights_and_metrics(run):
+    from icl_circuits.runs.read import read_metrics
+    from icl_circuits.runs.store import list_checkpoints, load_checkpoint
+
+    last = load_checkpoint(run, list_checkpoints(run)[-1])
+    return last["model"], last["optim"], read_metrics(run)
+
+
+@pytest.mark.parametrize("ensemble", [False, True], ids=["train", "ensemble"])
+def test_prefetch_equals_no_prefetch_bitwise(tmp_path, ensemble, monkeypatch):
+    """The next step's batch made in a background thread changes nothing: same weights,
+    optimiser state and metrics, bit for bit (and the thread really made the batches)."""
+    made_in: set[str] = set()
+    original = trainer.Prefetch.__init__
+
+    def spy(self, make, *args, **kwargs):
+        import threading
+
+        def recorded(step):
+            made_in.add(threading.current_thread().name.split("_")[0])
+            return make(step)
+
+        original(self, recorded, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.Prefetch, "__init__", spy)
+    cfg = tiny_config(steps=15, n_checkpoints=3)
+    outs = {}
+    for prefetch in (True, False):
+        runs = [tmp_path / f"{prefetch}-{s}" for s in SEEDS]
+        if ensemble:
+            trainer.train_members(cfg, SEEDS, runs, VmapEnsemble, progress=False, prefetch=prefetch)
+        else:
+            runs = [trainer.train(cfg, runs[0], progress=False, prefetch=prefetch)]
+        outs[prefetch] = [_weights_and_metrics(r) for r in runs]
+        assert made_in == ({"icl-prefetch"} if prefetch else {"MainThread"})
+        made_in.clear()
+    for (wa, oa, ma), (wb, ob, mb) in zip(outs[True], outs[False], strict=True):
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+        assert all(torch.equal(oa[k], ob[k]) for k in oa)
+        assert ma.equals(mb)  # same rows, same values

@@ -146,8 +146,13 @@ class GaussianSource(DataSource):
 
     # ------------------------------------------------------------------ pieces
     def _exemplars(self, means: Tensor, gen: torch.Generator) -> Tensor:
-        eta = torch.randn(means.shape, generator=gen, device=self.device) / math.sqrt(self.cfg.d)
-        return (means + self.cfg.noise * eta) / math.sqrt(1.0 + self.cfg.noise**2)
+        """``(means + noise * eta) / sqrt(1 + noise**2)``, in place on ``eta`` (same values, bit
+        for bit: each operation is the formula's, in its order). The noise is the last draw of
+        every caller, so with ``noise = 0`` it is not drawn and ``means`` is returned as it is."""
+        if self.cfg.noise == 0:
+            return means
+        eta = torch.randn(means.shape, generator=gen, device=self.device).div_(math.sqrt(self.cfg.d))
+        return eta.mul_(self.cfg.noise).add_(means).div_(math.sqrt(1.0 + self.cfg.noise**2))
 
     def _bursty_classes(self, b: int, gen: torch.Generator, B: int | None = None) -> Tensor:
         """``[b, N + 1]`` class indices in ``[0, K)`` of bursty sequences (query last)."""

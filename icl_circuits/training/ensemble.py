@@ -127,12 +127,13 @@ class VmapEnsemble:
         losses_of = vmap(seed_loss)
         self.losses_of = torch.compile(losses_of) if self.tc.compile else losses_of
 
-    def step(self, lr: float, batches: list[Batch]) -> Tensor:
-        tc = self.tc
+    def prepare(self, batches: list[Batch]) -> tuple[Tensor, Tensor]:
+        return torch.stack([b.tokens() for b in batches]), torch.stack([b.target for b in batches])
+
+    def step(self, lr: float, inputs: tuple[Tensor, Tensor]) -> Tensor:
+        tc, (tokens, target) = self.tc, inputs
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        tokens = torch.stack([b.tokens() for b in batches])
-        target = torch.stack([b.target for b in batches])
         losses = self.losses_of(*self.wrapped, tokens, target)
         total = losses.sum()
         if tc.l2 > 0 and self.decayed:

@@ -12,6 +12,11 @@ its :class:`Backend`: :class:`SingleModel` here (``train``), or the vectorised s
 (folder preparation, resume, evaluation, checkpoints, divergence checks, progress,
 experiment tracking, threads) is the loop's, through :mod:`icl_circuits.training.runfolder`.
 
+Data off the critical path: the inputs of step ``t + 1`` (every member's batch, laid out by
+the backend's ``prepare``) are made in one background thread while step ``t`` computes.
+Batches are a pure function of ``(seed, step)`` and each has its own generator, so a run
+with the prefetch is bitwise the run without it (``prefetch=False``; tested).
+
 Early stop (``train.stop_above``, off by default): a member ends at the first checkpoint after
 step 0 whose ICL (or IWL) accuracy exceeds the threshold; the check happens only at
 checkpoints. That checkpoint's ``state.json`` records ``stopped``, so resuming the run does
@@ -25,9 +30,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +81,7 @@ class Backend(Protocol):
 
     The loop calls, in order: ``fresh_optim_state`` (for each member's step-0 checkpoint)
     or ``restore`` (resuming), then ``start`` once, then ``step`` for each step and
-    ``states`` at each checkpoint.
+    ``states`` at each checkpoint. ``prepare`` runs in the loop's data thread, one step ahead.
     """
 
     def fresh_optim_state(self) -> dict:
@@ -89,8 +96,13 @@ class Backend(Protocol):
         """Prepare the first step (compile, stack parameters, ...)."""
         ...
 
-    def step(self, lr: float, batches: list[Batch]) -> Tensor:
-        """One optimiser step at learning rate ``lr``, batch ``i`` for member ``i``.
+    def prepare(self, batches: list[Batch]) -> Any:
+        """The step's input from the members' batches (batch ``i`` for member ``i``): tokens
+        laid out, stacked, ... Called in a background thread: no model or optimiser state."""
+        ...
+
+    def step(self, lr: float, inputs: Any) -> Tensor:
+        """One optimiser step at learning rate ``lr`` on ``inputs`` (from :meth:`prepare`).
 
         Returns:
             Each member's training loss of this step (detached), shape ``[n_members]``.
@@ -124,11 +136,15 @@ class SingleModel:
         self.step_model = torch.compile(self.model) if self.tc.compile else self.model
         self.model.train()
 
-    def step(self, lr: float, batches: list[Batch]) -> Tensor:
-        tc, (batch,) = self.tc, batches
+    def prepare(self, batches: list[Batch]) -> tuple[Tensor, Tensor]:
+        (batch,) = batches
+        return batch.tokens(), batch.target
+
+    def step(self, lr: float, inputs: tuple[Tensor, Tensor]) -> Tensor:
+        tc, (tokens, target) = self.tc, inputs
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = F.cross_entropy(query_logits(self.step_model, batch.tokens()), batch.target)
+        loss = F.cross_entropy(query_logits(self.step_model, tokens), target)
         total = loss + tc.l2 * l2_penalty(self.decayed) if tc.l2 > 0 and self.decayed else loss
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -141,7 +157,9 @@ class SingleModel:
         return [self.optimizer.state_dict()]
 
 
-def train(cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: int | None = None) -> Path:
+def train(
+    cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: int | None = None, prefetch: bool = True
+) -> Path:
     """Train ``cfg`` into the run folder ``run``, resuming it if it already exists.
 
     Runs with ``cfg.train.threads`` torch threads (1 by default: bitwise reproducible).
@@ -152,6 +170,7 @@ def train(cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: in
         progress: show a tqdm bar with the live loss and ICL/IWL accuracy.
         stop_after: stop (cleanly, as a crash would) once this step is checkpointed;
             for tests and for splitting a run across jobs.
+        prefetch: make the next step's batch in a background thread (same result, bitwise).
 
     Returns:
         The run folder.
@@ -159,7 +178,7 @@ def train(cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: in
     Raises:
         DivergedError: the loss became NaN or infinite; checkpoints before it are kept.
     """
-    return train_members(cfg, [cfg.seed], [Path(run)], SingleModel, progress, stop_after)[0]
+    return train_members(cfg, [cfg.seed], [Path(run)], SingleModel, progress, stop_after, prefetch)[0]
 
 
 def train_members(
@@ -169,6 +188,7 @@ def train_members(
     backend: Callable[[Sequence[Member]], Backend],
     progress: bool = True,
     stop_after: int | None = None,
+    prefetch: bool = True,
 ) -> list[Path]:
     """Train ``cfg`` once per seed into ``runs`` (one folder each) with ``backend``; resumes.
 
@@ -182,15 +202,16 @@ def train_members(
         backend: builds the backend from the members (their models freshly initialised).
         progress: a tqdm bar (mean live loss and ICL/IWL accuracy over the members).
         stop_after: stop once this step is checkpointed.
+        prefetch: make the next step's batches in a background thread (same result, bitwise).
 
     Returns:
         The run folders.
     """
     with torch_threads(cfg.train.threads):
-        return _train_members(cfg, seeds, [Path(r) for r in runs], backend, progress, stop_after)
+        return _train_members(cfg, seeds, [Path(r) for r in runs], backend, progress, stop_after, prefetch)
 
 
-def _train_members(cfg, seeds, runs, make_backend, progress, stop_after) -> list[Path]:
+def _train_members(cfg, seeds, runs, make_backend, progress, stop_after, prefetch) -> list[Path]:
     tc = cfg.train
     device = resolve_device(tc.device)
     cfgs = [cfg.replace(seed=int(s)) for s in seeds]
@@ -252,9 +273,14 @@ def _train_members(cfg, seeds, runs, make_backend, progress, stop_after) -> list
         if fresh:
             for tracker, r in zip(trackers, rows, strict=True):
                 tracker.log(0, r)
+
+        def make_inputs(step: int, backend=backend) -> Any:
+            return backend.prepare([m.source.train_batch(step, tc.batch_size) for m in members])
+
+        data = stack.enter_context(Prefetch(make_inputs, start, tc.steps, prefetch))
         for step in range(start, tc.steps):
             lr = lr_at(tc, step)
-            losses = backend.step(lr, [m.source.train_batch(step, tc.batch_size) for m in members])
+            losses = backend.step(lr, data.get(step))
             loss_sum += losses
             n_since += 1
             done = step + 1
@@ -281,6 +307,38 @@ def _train_members(cfg, seeds, runs, make_backend, progress, stop_after) -> list
                 _check_finite(values, done, members)
                 bar.set_postfix({"loss": f"{sum(values) / len(values):.3f}", **last_metrics}, refresh=False)
     return runs
+
+
+class Prefetch:
+    """``make(step)`` for steps ``start, start + 1, ... < end`` in order, each made one step ahead
+    in a background thread (``enabled``) or on demand. ``waited``: seconds ``get`` blocked."""
+
+    def __init__(self, make: Callable[[int], Any], start: int, end: int, enabled: bool = True) -> None:
+        self.make, self.end, self.waited = make, end, 0.0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="icl-prefetch") if enabled else None
+        self.next: tuple[int, Future] | None = None
+        self._submit(start)
+
+    def _submit(self, step: int) -> None:
+        if self.pool is not None and step < self.end:
+            self.next = (step, self.pool.submit(self.make, step))
+
+    def get(self, step: int) -> Any:
+        t0 = time.perf_counter()
+        if self.next is not None and self.next[0] == step:
+            out = self.next[1].result()
+        else:
+            out = self.make(step)
+        self.waited += time.perf_counter() - t0
+        self._submit(step + 1)
+        return out
+
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_finite(losses: list[float], step: int, members: Sequence[Member]) -> None:
