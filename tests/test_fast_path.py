@@ -61,3 +61,20 @@ def test_fast_path_trains_the_same_parameters():
     assert keys == set(
         build_native(get_preset("demo").model, seed=1, **get_preset("demo").data.model_shape()).state_dict()
     )
+
+
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=lambda v: v if isinstance(v, str) else ",".join(v) or "-")
+def test_math_kernel_equals_sdpa(name, overrides):
+    """The matmul attention the vectorised seeds use gives the SDPA path's logits and gradients."""
+    model, tokens = _setup(name, overrides)
+    weight = torch.randn(model(input_ids=tokens, query_only=True).shape, generator=torch.Generator().manual_seed(0))
+    sdpa_logits = model(input_ids=tokens, query_only=True)
+    g_sdpa = _grads(model, sdpa_logits, weight)
+    model.attention_kernel = "math"
+    math_logits = model(input_ids=tokens, query_only=True)
+    g_math = _grads(model, math_logits, weight)
+    torch.testing.assert_close(math_logits, sdpa_logits, atol=1e-5, rtol=1e-5)
+    assert g_math.keys() == g_sdpa.keys()
+    for key in g_sdpa:
+        scale = max(1.0, g_sdpa[key].abs().max().item())
+        assert (g_math[key] - g_sdpa[key]).abs().max().item() <= 1e-5 * scale, key

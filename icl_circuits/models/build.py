@@ -36,8 +36,11 @@ class ICLNativeModel(NativeModel):
     position only, through :mod:`.fast` (fused QKV, ``scaled_dot_product_attention``, the last
     block, final norm and readout at the query only); ``reference=True`` as well runs the
     native blocks instead (kept for the equivalence tests). Without ``query_only`` the forward
-    is the native one, which is what the bridge runs for analysis.
+    is the native one, which is what the bridge runs for analysis. ``attention_kernel``: the
+    fast path's attention (:data:`.fast.KERNELS`; the vectorised seeds set ``math``).
     """
+
+    attention_kernel = "sdpa"
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
         if not kwargs.pop("query_only", False):
@@ -50,7 +53,7 @@ class ICLNativeModel(NativeModel):
         if self.pos is not None:
             hidden = hidden + self.pos(position_ids)
         if supports_fast_path(self) and not kwargs.pop("reference", False):
-            return query_forward(self, hidden, position_ids)
+            return query_forward(self, hidden, position_ids, self.attention_kernel)
         for block in self.layers:
             (hidden,) = block(hidden, position_ids=position_ids)
         return self.head(self.ln_out(hidden[:, -1]))

@@ -117,6 +117,9 @@ class VmapEnsemble:
         self.trainable = [params[n] for n in self.order]
 
         base = _QueryLogits(copy.deepcopy(self.models[0]))
+        # scaled_dot_product_attention has no vmap batching rule on the CPU (a loop over the
+        # seeds): the fast path's attention as matmuls instead, which batch.
+        base.model.attention_kernel = "math"
         # The wrapper's names are the model's with a "model." prefix; same tensors, so the
         # gradients land on the stacked parameters.
         self.wrapped = ({f"model.{k}": v for k, v in params.items()}, {f"model.{k}": v for k, v in buffers.items()})
