@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 
 import pytest
 
@@ -58,8 +59,16 @@ def test_wandb_offline_logs_what_metrics_jsonl_holds(tmp_path, monkeypatch):
     run = train(tiny_config(logger="wandb", steps=12, n_checkpoints=3), tmp_path / "run", progress=False)
     files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1, "offline, inside the run folder"
-    logged = {int(r["_step"]): {k: v for k, v in r.items() if not k.startswith("_")} for r in _wandb_history(files[0])}
     expected = _jsonl(run)
+    # W&B's service process writes the offline file after finish() returns (measured: the
+    # history was still empty in ~1 of 4 reads right away), so wait for it, up to 30 s.
+    for _ in range(60):
+        logged = {
+            int(r["_step"]): {k: v for k, v in r.items() if not k.startswith("_")} for r in _wandb_history(files[0])
+        }
+        if logged.keys() == expected.keys():
+            break
+        time.sleep(0.5)
     assert logged.keys() == expected.keys()
     for step, values in expected.items():
         assert logged[step] == pytest.approx(values), step
