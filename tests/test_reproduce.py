@@ -104,8 +104,5 @@ def test_cpu_scale_claims_hold(tmp_path, name):
 #: Claims that do not reproduce at the cpu scale (documented in docs/reproductions.md).
 EXPECTED_MISSES: dict[str, set[str]] = {
     "reddy2023": set(),
-    "singh2024": {
-        "zero-ablating all layer-1 heads, layer-2 patterns kept, changes accuracy by < 1%",
-        "mean-ablating all layer-1 heads, layer-2 patterns kept, changes accuracy by < 1%",
-    },
+    "singh2024": set(),
 }
