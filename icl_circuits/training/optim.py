@@ -46,5 +46,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def l2_penalty(params: list[nn.Parameter]) -> torch.Tensor:
-    """``sum ||W||^2`` over ``params`` (multiply by ``train.l2`` outside)."""
-    return torch.stack([p.pow(2).sum() for p in params]).sum()
+    """``sum_p ||p||_2`` over ``params``: each array's Euclidean (Frobenius) norm, summed.
+
+    Not squared and without a 1/2: the penalty of ``aadityasingh/icl-dynamics``
+    (``main.py``, ``compute_loss``: ``weight_decay * sum(jnp.linalg.norm(leaf))`` over every
+    array of the model, added to the mean query cross-entropy), which Singh et al. 2023 used
+    for their L2 runs. Multiply by ``train.l2`` outside. The gradient of a zero array is 0
+    (as the reference's ``jnp.where`` guard intends), not NaN.
+    """
+    return torch.stack([torch.linalg.vector_norm(p) for p in params]).sum()

@@ -11,15 +11,23 @@ def omniglot_bursty() -> RunConfig:
     """Chan et al. 2022 / Singh et al. 2023 on Omniglot: bursty 3-shot 2-way, p_bursty 0.9.
 
     All 1623 classes at 28x28 (10 common, 10 holdout, the rest rare; Zipf exponent 0),
-    8 context pairs. Model: 12 layers x 8 heads, d = 64, a small CNN encoder (the reference
-    uses a ResNet), sinusoidal positions; Adam with 4,000 warm-up steps to 3e-4 then
-    inverse-square-root decay, batch 32, 500k steps (GPU scale).
+    8 context pairs. ``reproduce singh2023 --full`` sets Singh's both-strategies data on top
+    (every sequence bursty, the constant sampler with B = 3) and the L2 runs' penalty.
 
-    Label-embedding and init audit (``google-deepmind/emergent_in_context_learning``,
-    ``modules/embedding.py`` and ``modules/transformer_core.py``): labels truncated-normal
-    std 0.02 there, normal std 0.02 here (the same scale); every Linear there is Haiku's
-    ``VarianceScaling(1.0)`` (lecun-normal), here TransformerLens's std 0.02 (not changed:
-    ``model.init_mode=lecun_normal model.init_range=1`` matches it).
+    ===============  ===================================  ==========================================  ===========================================
+    parameter        paper                                reference code                              ours
+    ===============  ===================================  ==========================================  ===========================================
+    model            12 layers x 8 heads, d 64            DM ``transformer_core.py``: same            same, MLPs (x4), causal
+    encoder          ResNet                               ResNet blocks (2,2,2,2), ch. (16,32,32,64)  a small CNN (``encoder=cnn``), not a ResNet
+    positions        sinusoidal                           sinusoidal, max time 30                     sinusoidal table
+    label embed      learned                              trunc-normal, std 0.02                      normal, std 0.02
+    linear init      not stated                           Haiku VarianceScaling(1.0) (lecun-normal)   TransformerLens std 0.02 (``model.init_mode=lecun_normal`` matches)
+    classes          1623: 1603 rare, 10 common, 10 held  same                                        same (``n_common`` 10, ``n_holdout`` 10)
+    sequences        8 pairs + query, 3-shot 2-way        same                                        same (``n_pairs`` 8, ``shots`` 3, ``ways`` 2)
+    p_bursty         Chan 0.9; Singh: all bursty          DM configs 0.9; icl-dynamics: B 3 + 3       0.9 (``singh2023 --full``: 1.0, constant, B 3)
+    optimiser        Adam, warm-up to 3e-4, 1/sqrt decay  4,000 warm-up steps, batch 32, 5e5 steps    same
+    L2 (Singh)       "L2 regularisation"                  icl-dynamics: ``wd * sum_p ||p||_2``        ``train.l2`` (the same formula)
+    ===============  ===================================  ==========================================  ===========================================
 
     Letters: the context length is ``data.n_pairs``, p(bursty) ``data.p_bursty``, the Zipf
     exponent ``data.zipf_alpha``; shots and ways keep their names.
