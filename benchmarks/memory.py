@@ -125,8 +125,9 @@ def bench_reference(root: Path, scale: Scale) -> tuple[list[Goal], list[str]]:
         f"{cfg.train.lr}, batch {bs}. The reference model (rebuilt here): LayerNorm(65) on tokens x ⊕ onehot(label) "
         "(query label zeroed), one causal single-head attention layer (Q/K/V Linear 65→195 without bias, scale 1, "
         "no positions), ReLU MLP 512-512→1 on x_last + attn_last, loss −logsigmoid(±logit); 101 tokens per "
-        "sequence. Ours (`nguyen-reddy2024` preset): interleaved exemplar and label tokens (201 per sequence), "
-        "d_model 64, the same MLP readout.",
+        "sequence. Ours (`nguyen-reddy2024` preset): the same model in the packed layout "
+        "(`data.layout=packed`, one token per item), trained by `train()` with evaluation between checkpoints "
+        "excluded; data generated in a background thread.",
         "",
         "| loop | step | sequences / s | vs reference |",
         "| --- | --- | --- | --- |",
@@ -136,8 +137,8 @@ def bench_reference(root: Path, scale: Scale) -> tuple[list[Goal], list[str]]:
         f"| our native model, bare loop (`query_logits`) | {ms(t_bare)} | {seq(t_bare)} | {t_ref / t_bare:.2f}x |",
         f"| our native model, bare loop, full-sequence readout | {ms(t_full)} | {seq(t_full)} | {t_ref / t_full:.3f}x |",
         "",
-        "The full-sequence row runs the 512-512 readout at all 201 positions (TransformerLens's plain forward, "
-        "about 200x the reference's readout work); "
+        f"The full-sequence row runs the 512-512 readout at all {nat_in[0][0].shape[1]} positions (TransformerLens's "
+        "plain forward, as the bridge does for analysis); "
         + (
             "`query_logits` runs it at the query only."
             if query_only
@@ -145,12 +146,13 @@ def bench_reference(root: Path, scale: Scale) -> tuple[list[Goal], list[str]]:
         ),
         "",
     ]
+    r = t_ref / t_ours
     why = (
-        f"{'the readout runs at every position (the full-sequence row); ' if not query_only else ''}"
-        f"ours has twice the tokens (labels are their own tokens: 201 against 101), TransformerLens attention "
-        f"instead of SDPA, and data generation ({ms(t_data)} per step) inside the loop. Next lever: "
-        + ("the query-only readout in `query_logits`; then " if not query_only else "")
-        + "an `x ⊕ onehot(label)` token layout option (one token per item) would halve the sequence."
+        ""
+        if r >= 1.0
+        else f"data generation ({ms(t_data)} per step) and `train()`'s bookkeeping against pre-generated batches"
     )
-    goals = [Goal("Nguyen & Reddy 2024: ours vs reference loop, sequences/s", f"{t_ref / t_ours:.3f}x", None, why)]
+    goals = [
+        Goal("Nguyen & Reddy 2024, same model: ours / reference loop, sequences/s ≥ 1.0x", f"{r:.3f}x", r >= 1.0, why)
+    ]
     return goals, lines

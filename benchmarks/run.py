@@ -40,6 +40,8 @@ from benchmarks.circuits import bench_circuits  # noqa: E402
 from benchmarks.common import DEV, FULL, OUT, QUICK, Goal, load, machine  # noqa: E402
 from benchmarks.llm import bench_llm  # noqa: E402
 from benchmarks.memory import bench_memory, bench_reference  # noqa: E402
+from benchmarks.perf import BEGIN as PERF_BEGIN  # noqa: E402
+from benchmarks.perf import END as PERF_END  # noqa: E402
 from benchmarks.scaling import bench_analysis, bench_ensemble  # noqa: E402
 from benchmarks.threads import keep_section  # noqa: E402
 from benchmarks.training import bench_overheads, bench_training  # noqa: E402
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> str:
         "section on the GPU (the analysis probes run on CPU).\n",
     ]
     text = keep_section(report(goals, sections, header), args.out)  # benchmarks/threads.py's section
+    text = keep_section(text, args.out, PERF_BEGIN, PERF_END)  # benchmarks/perf.py's section (issue #15)
     args.out.write_text(text)
     print(text)
     return text

@@ -75,8 +75,9 @@ def bench_ensemble(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], li
             f"| {name} | {ms(t_single)} | {ms(t_ens)} | {ms(t_ens / s)} | **{ratio:.2f}x** "
             f"| {rate / 1e9:.1f} GFLOP/s | {bound:.1f}x | {data_share:.0%} |"
         )
+        want = {"chan2024-stylized": 2.0, "demo": 1.5}.get(name, 2.0)  # issue #15's goals
         why = ""
-        if ratio < 4:
+        if ratio < want:
             why = (
                 f"the single-seed step already computes at {rate / 1e9:.1f} GFLOP/s against a batched-matmul "
                 f"peak of {peak / 1e9:.0f} GFLOP/s, so no batching can beat {bound:.1f}x on this "
@@ -84,9 +85,11 @@ def bench_ensemble(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], li
                 f"data for {s} seeds is {data_share:.0%} of the ensemble step. Next lever: a GPU (where small "
                 "models are launch-bound and vmap removes S-1 of every S launches)"
                 + ("" if d["query_only"] else ", the query-only readout (less compute per seed)")
-                + ", and one vectorised data call for all seeds."
+                + "; the replicate rule (icl_circuits/training/replicates.py) trains such models separately."
             )
-        goals.append(Goal(f"vectorised seeds {name}: S={s} per-seed throughput ≥ 4x", f"{ratio:.2f}x", ratio >= 4, why))
+        goals.append(
+            Goal(f"vectorised seeds {name}: S={s} per-seed throughput ≥ {want}x", f"{ratio:.2f}x", ratio >= want, why)
+        )
     lines += [""]
     return goals, lines
 

@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,38 @@ def metrics_diff(a: Path, b: Path) -> tuple[int, int]:
     return sum(x != y for x, y in zip(ra, rb, strict=True)), len(ra)
 
 
+def sweep_once(out: Path, workers: int, threads: int, steps: int, runs: int) -> float:
+    """Wall seconds of ``icl-circuits sweep`` over ``runs`` seeds of the shortened demo."""
+    argv = [sys.executable, "-m", "icl_circuits.cli", "sweep", "--base", "demo", f"seed=range({runs})"]
+    argv += ["--out", str(out), "--workers", str(workers), "--no-progress", "--vectorise", "no"]
+    argv += [f"--set=train.{k}" for k in (f"steps={steps}", "n_checkpoints=5", "eval_size=128", f"threads={threads}")]
+    t = time.perf_counter()
+    subprocess.run(argv, capture_output=True, text=True, check=True, cwd=ROOT)
+    return time.perf_counter() - t
+
+
+def measure_workers(steps: int, rounds: int, runs: int = 4) -> list[str]:
+    """Sweep workers: 2 processes x 1 thread against 1 process x 2 threads (rounds alternate)."""
+    times: dict[tuple[int, int], list[float]] = {(2, 1): [], (1, 2): []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for key in times if r % 2 == 0 else list(times)[::-1]:
+                times[key].append(sweep_once(Path(tmp) / f"s{key}-{r}", *key, steps, runs))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return [
+        "",
+        f"Sweep workers (`icl-circuits sweep --base demo seed=range({runs})`, {steps} steps, 5 checkpoints, eval "
+        f"128; rounds alternating; load average at end {', '.join(f'{x:.1f}' for x in os.getloadavg())}):",
+        "",
+        "| workers x torch threads | sweep wall time, median (each) |",
+        "| --- | --- |",
+        *[f"| {w} x {t} | {med[(w, t)]:.1f} s ({', '.join(f'{x:.1f}' for x in times[(w, t)])}) |" for w, t in times],
+        "",
+        f"One run per core with one thread each is {med[(1, 2)] / med[(2, 1)]:.2f}x as fast as one run at a time "
+        "with two threads: the sweep default stays one worker per core, one thread each.",
+    ]
+
+
 def measure(steps: int, rounds: int) -> str:
     """The markdown section: seconds per thread count and run-to-run differences."""
     times: dict[int, list[float]] = {1: [], 2: []}
@@ -98,6 +131,7 @@ def measure(steps: int, rounds: int) -> str:
             f"2 threads take {ratio:.2f}x the time of 1. One thread is the default (`train.threads=1`): "
             "bitwise reproducible, so a resumed run ends exactly as an uninterrupted one, and no slower "
             "for these small models. `train.threads=0` keeps torch's choice (one per core).",
+            *measure_workers(steps, rounds),
             END,
         ]
     )
@@ -113,12 +147,13 @@ def write_section(text: str, path: Path = RESULTS) -> None:
     path.write_text(new)
 
 
-def keep_section(new_report: str, path: Path = RESULTS) -> str:
-    """``new_report`` with the threads section of the current ``path`` appended, if it has one."""
+def keep_section(new_report: str, path: Path = RESULTS, begin: str = BEGIN, end: str = END) -> str:
+    """``new_report`` with the section between ``begin`` and ``end`` of the current ``path``
+    appended, if it has one (the threads section; ``benchmarks/perf.py``'s with its markers)."""
     old = path.read_text() if path.exists() else ""
-    if BEGIN not in old or END not in old:
+    if begin not in old or end not in old:
         return new_report
-    return new_report.rstrip("\n") + "\n\n" + old[old.index(BEGIN) : old.index(END) + len(END)] + "\n"
+    return new_report.rstrip("\n") + "\n\n" + old[old.index(begin) : old.index(end) + len(end)] + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

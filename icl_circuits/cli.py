@@ -66,6 +66,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise ICLError(f"train: give a preset ({args.preset}) or --config FILE, not both")
     cfg = _load_config(args)
     out = Path(args.out) if args.out else DEFAULT_ROOT / cfg.name
+    if args.seeds is not None:
+        if args.analyze:
+            raise ICLError("train: --analyze takes one run; analyse each seed's folder with `icl-circuits analyze`")
+        from icl_circuits.sweeps.spec import parse_seeds
+
+        return _train_seeds(cfg, parse_seeds(args.seeds), out, args)
     if args.dry_run:
         from icl_circuits.training.plan import describe_plan
 
@@ -80,6 +86,26 @@ def _cmd_train(args: argparse.Namespace) -> None:
         args.run = run
         args.eval_size, args.ablation, args.induction_heads, args.prev_token_heads = 512, "mean", None, None
         _cmd_analyze(args)
+
+
+def _train_seeds(cfg, seeds: list[int], out: Path, args: argparse.Namespace) -> None:
+    """``train --seeds``: one run folder per seed under ``out``, vectorised where it pays."""
+    from icl_circuits.runs.layout import seed_dirname
+    from icl_circuits.runs.read import read_metrics
+    from icl_circuits.training.replicates import train_seeds, vectorise_pays
+
+    runs = [out / seed_dirname(s) for s in seeds]
+    vectorise = {"auto": None, "yes": True, "no": False}[args.vectorise]
+    chosen = vectorise_pays(cfg, len(seeds)) if vectorise is None else vectorise
+    how = "vectorised (one process)" if chosen and len(seeds) > 1 else "one after another"
+    if args.dry_run:
+        print(f"dry run: {len(seeds)} seeds {seeds}, {how}, into {', '.join(map(str, runs))}")
+        return
+    train_seeds(cfg, seeds, runs, progress=not args.no_progress, vectorise=chosen)
+    print(f"seeds:      {len(seeds)} ({how})")
+    for run in runs:
+        print(f"run folder: {run}")
+        _print_last(read_metrics(run))
 
 
 def _print_last(metrics) -> None:
@@ -198,6 +224,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         probe_eval_size=args.probe_eval_size,
         progress=not args.no_progress,
         log=print,
+        vectorise={"auto": None, "yes": True, "no": False}[args.vectorise],
     )
     counts = ", ".join(f"{n} {s}" for s, n in result.counts().items() if n)
     print(f"sweep folder: {result.out} ({SPEC}, {INDEX}: {counts})")
@@ -265,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Shrinking train.steps keeps n_checkpoints (at most steps + 1 are distinct) and eval_size "
         "(evaluation cost per checkpoint): lower them too for a quick run",
     )
+    p.add_argument("--seeds", help="seed replicates (0,1,2 or range(3)): one run folder each, OUT/seed=S")
+    p.add_argument(
+        "--vectorise",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="--seeds in one vmapped model (auto: if it pays)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -324,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", action="store_true", help="also run the probe suite on each run; adds rows to results")
     p.add_argument("--probe-eval-size", type=int, default=512, help="sequences per split for --probes (default 512)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--vectorise", choices=["auto", "yes", "no"], default="auto", help="runs sharing a model in one vmapped job"
+    )
     p.set_defaults(func=_cmd_sweep)
     return parser
 

@@ -47,9 +47,7 @@ def _math_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool)
     return scores.softmax(-1) @ v
 
 
-def attention(
-    attn: torch.nn.Module, x: Tensor, position_ids: Tensor, query_only: bool, kernel: str = "sdpa"
-) -> Tensor:
+def attention(attn: torch.nn.Module, x: Tensor, position_ids: Tensor, query_only: bool, kernel: str = "sdpa") -> Tensor:
     """One native attention module's output ``[batch, pos, d_model]`` (``pos`` = 1 if ``query_only``).
 
     Args:

@@ -80,6 +80,11 @@ REPORT_FIG_CIRCUIT_EDGES = "circuit_edges_{role}.png"
 LLM_HEADS = "heads.csv"
 
 
+def seed_dirname(seed: int) -> str:
+    """``seed=3``: one replicate's run folder under ``train --seeds``'s folder (a sweep's seed axis name)."""
+    return f"seed={seed}"
+
+
 def step_dirname(step: int) -> str:
     """``step_000123``: zero-padded so that names sort by step."""
     return f"{STEP_PREFIX}{step:0{STEP_DIGITS}d}"

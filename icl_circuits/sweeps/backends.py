@@ -1,9 +1,12 @@
 """Where a sweep's runs execute: worker processes on this machine, or tasks on a Ray cluster.
 
-A backend gets a list of :class:`Job` and calls ``on_done(Outcome)`` as each finishes. Every
-job is one ordinary ``train(cfg, run)`` call, which resumes its run folder from its last good
-checkpoint; so a retried job (a worker killed, a node lost) continues where it stopped and
-nothing finished is recomputed.
+A backend gets a list of :class:`Job` and calls ``on_done(Outcome)`` as each point finishes.
+A job is one ordinary ``train(cfg, run)`` call, or, for points sharing a model (seed
+replicates, data settings: ``Job.replicates``), one
+:func:`icl_circuits.training.replicates.train_group` call that trains them vectorised in one
+process and writes each point's ordinary run folder. Either
+resumes its run folders from their last good checkpoint; so a retried job (a worker killed,
+a node lost) continues where it stopped and nothing finished is recomputed.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ class Job:
     run: str
     probes: bool = False
     probe_eval_size: int = 512
+    #: Points trained with this one in one vectorised process: (point, config JSON, run).
+    replicates: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def points(self) -> list[str]:
+        return [self.point, *(r[0] for r in self.replicates)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +61,9 @@ class Outcome:
 
 
 # ---------------------------------------------------------------------------- the work itself
-def run_point(job: Job) -> Outcome:
-    """Train one grid point (resuming its folder); with ``job.probes``, also fill the probe cache.
+def run_point(job: Job) -> Outcome | list[Outcome]:
+    """Train one grid point, or a point and its ``replicates`` (resuming their folders); with
+    ``job.probes``, also fill the probe cache. One Outcome per point (a list with replicates).
 
     User errors (a locked or foreign run folder, a bad checkpoint) come back as an Outcome;
     anything else propagates to the backend as a bug would.
@@ -62,24 +72,40 @@ def run_point(job: Job) -> Outcome:
 
     from icl_circuits.config import RunConfig
     from icl_circuits.runs.store import list_checkpoints, run_end
-    from icl_circuits.training import train
+    from icl_circuits.training.replicates import train_group
 
     torch.set_num_threads(1)
     t0 = time.monotonic()
+    members = [(job.point, job.config_json, job.run), *job.replicates]
     try:
-        cfg = RunConfig.from_dict(json.loads(job.config_json))
-        _wait_for_lock(Path(job.run), LOCK_WAIT_S)
+        cfgs = [RunConfig.from_dict(json.loads(c)) for _, c, _ in members]
+        runs = [Path(r) for _, _, r in members]
+        for run in runs:
+            _wait_for_lock(run, LOCK_WAIT_S)
         # A finished run (final step, or stopped early) is never touched again.
-        if cfg.train.steps not in list_checkpoints(job.run) and run_end(Path(job.run), cfg.train.steps) is None:
-            train(cfg, job.run, progress=False)
+        todo = [
+            (cfg, run)
+            for cfg, run in zip(cfgs, runs, strict=True)
+            if cfg.train.steps not in list_checkpoints(run) and run_end(run, cfg.train.steps) is None
+        ]
+        if todo:
+            # The driver grouped points only where vectorising pays (sweeps.sweep.group_jobs).
+            train_group([c for c, _ in todo], [r for _, r in todo], progress=False, vectorise=True)
         if job.probes:
             from probes.over_training import analyze_run
 
             # Computes and caches in the run folder; the driver's aggregate() reads the cache.
-            analyze_run(job.run, eval_size=job.probe_eval_size, progress=False)
+            for run in runs:
+                analyze_run(run, eval_size=job.probe_eval_size, progress=False)
     except ICLError as err:
-        return Outcome(job.point, False, str(err), time.monotonic() - t0)
-    return Outcome(job.point, True, None, time.monotonic() - t0)
+        outcomes = [Outcome(p, False, str(err), time.monotonic() - t0) for p, _, _ in members]
+    else:
+        outcomes = [Outcome(p, True, None, time.monotonic() - t0) for p, _, _ in members]
+    return outcomes if job.replicates else outcomes[0]
+
+
+def _outcomes(result: Outcome | list[Outcome]) -> list[Outcome]:
+    return result if isinstance(result, list) else [result]
 
 
 def _wait_for_lock(run: Path, timeout: float) -> None:
@@ -222,25 +248,27 @@ class LocalBackend:
     def _settle(self, fut: Future, job: Job, attempts: dict, queue: list, on_done) -> bool:
         """Report a finished future; requeue its job if its worker died. True if the pool broke."""
         try:
-            outcome = fut.result()
+            outcomes = _outcomes(fut.result())
         except BrokenProcessPool:
             self._retry_or_fail(job, attempts, queue, on_done)
             return True
         except Exception as err:  # a bug in a run: record it, carry on with the others
-            outcome = Outcome(job.point, False, _one_line(err))
-        on_done(dataclasses.replace(outcome, attempts=attempts[job.point]))
+            outcomes = [Outcome(p, False, _one_line(err)) for p in job.points]
+        for outcome in outcomes:
+            on_done(dataclasses.replace(outcome, attempts=attempts[job.point]))
         return False
 
     def _retry_or_fail(self, job: Job, attempts: dict, queue: list, on_done) -> None:
         if attempts[job.point] > self.max_retries:
-            on_done(
-                Outcome(
-                    job.point,
-                    False,
-                    f"its worker process died {attempts[job.point]} times (killed or out of memory?)",
-                    attempts=attempts[job.point],
+            for point in job.points:
+                on_done(
+                    Outcome(
+                        point,
+                        False,
+                        f"its worker process died {attempts[job.point]} times (killed or out of memory?)",
+                        attempts=attempts[job.point],
+                    )
                 )
-            )
         else:
             attempts[job.point] += 1
             queue.insert(0, job)
@@ -342,18 +370,22 @@ class RayBackend:
                 for ref in ready:
                     job = pending.pop(ref)
                     try:
-                        outcome = ray.get(ref)
+                        outcomes = _outcomes(ray.get(ref))
                     except ray.exceptions.RayTaskError as err:  # an exception inside train: a bug
                         cause = getattr(err, "cause", None) or err
-                        outcome = Outcome(job.point, False, _one_line(cause))
+                        outcomes = [Outcome(p, False, _one_line(cause)) for p in job.points]
                     except ray.exceptions.RayError as err:  # worker/node lost more than max_retries times
-                        outcome = Outcome(
-                            job.point,
-                            False,
-                            f"{type(err).__name__}: its worker or node died {self.max_retries + 1} times",
-                            attempts=self.max_retries + 1,
-                        )
-                    on_done(outcome)
+                        outcomes = [
+                            Outcome(
+                                p,
+                                False,
+                                f"{type(err).__name__}: its worker or node died {self.max_retries + 1} times",
+                                attempts=self.max_retries + 1,
+                            )
+                            for p in job.points
+                        ]
+                    for outcome in outcomes:
+                        on_done(outcome)
 
 
 def make_backend(

@@ -306,6 +306,17 @@ def parse_axis_arg(item: str) -> tuple[str, list]:
     return key, axis_values(key, parse_values(text, key))
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: ``0,1,2``, ``[0,1,2]`` or ``range(3)`` (a seed axis's values) -> distinct seeds."""
+    text = text.strip()
+    values = parse_values(text if text.startswith(("[", "range")) else f"[{text}]", "--seeds")
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"--seeds: expected integers like 0,1,2 or range(3), got {text!r}")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"--seeds: seeds must be distinct, got {text!r}")
+    return list(values)
+
+
 # ---------------------------------------------------------------------------- files
 def load_spec(path: Path | str) -> SweepSpec:
     """Read a TOML or JSON spec file (by extension; others are tried as TOML, then JSON)."""

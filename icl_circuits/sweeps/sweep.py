@@ -11,6 +11,12 @@
         data.n_classes=32,data.burst=0,seed=0/   an ordinary run folder (icl-circuits show / analyze work)
         ...
 
+Points that share a model (the same ``model`` and ``train``, data of the same shape: seed
+replicates, and points differing in data settings such as ``data.n_train``) train together
+in one job, vectorised, where :func:`icl_circuits.training.replicates.vectorise_pays` says it
+pays (:func:`group_jobs`; each still writes its own ordinary run folder); ``vectorise=False``
+trains every point alone.
+
 Rerunning a sweep skips finished runs (their final checkpoint exists, or they stopped early:
 ``train.stop_above``), resumes interrupted
 ones from their last checkpoint and retries failed ones; run folders are only ever written
@@ -216,6 +222,44 @@ def read_results(out: Path | str) -> pd.DataFrame:
     return df
 
 
+def group_jobs(jobs: list[Job], points: dict[str, Point], workers: int, vectorise: bool | None = None) -> list[Job]:
+    """Points sharing a model (seed replicates, data settings) in one vectorised job where that
+    pays (:func:`icl_circuits.training.replicates.vectorise_pays` on the group); the rest alone.
+
+    Separate runs would keep ``workers`` cores busy, so a group is vectorised only if it splits
+    into one chunk per worker that the rule accepts; otherwise its points run alone.
+    ``vectorise``: None applies the measured rule, True groups every set of two or more (in up
+    to ``workers`` chunks), False groups nothing.
+    """
+    if vectorise is False:
+        return jobs
+    from icl_circuits.training.replicates import VECTORISE_MIN_SEEDS, vectorise_pays
+
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        cfg = points[job.point].config
+        shared = {"model": cfg.model.to_dict(), "train": cfg.train.to_dict(), "shape": cfg.data.model_shape()}
+        groups.setdefault(json.dumps(shared, sort_keys=True, default=str), []).append(job)
+    chunks: list[list[Job]] = []
+    for members in groups.values():
+        cfg = points[members[0].point].config
+        # Separate runs keep up to `workers` cores busy: a group pays only if every worker it
+        # would take still gets a vectorised chunk the rule accepts.
+        if vectorise:
+            n_chunks = max(1, min(workers, len(members) // 2))
+            pays = len(members) >= 2
+        else:
+            n_chunks = min(workers, len(members) // VECTORISE_MIN_SEEDS)
+            pays = n_chunks >= max(1, min(workers, len(members))) and vectorise_pays(cfg, len(members) // n_chunks)
+        if not pays:
+            chunks += [[m] for m in members]
+            continue
+        size, extra = divmod(len(members), n_chunks)
+        starts = [i * size + min(i, extra) for i in range(n_chunks + 1)]
+        chunks += [members[a:b] for a, b in zip(starts, starts[1:], strict=False)]
+    return [dataclasses.replace(c[0], replicates=tuple((j.point, j.config_json, j.run) for j in c[1:])) for c in chunks]
+
+
 def run_sweep(
     spec: SweepSpec,
     out: Path | str,
@@ -225,6 +269,7 @@ def run_sweep(
     progress: bool = True,
     figures: bool = True,
     log: Callable[[str], None] | None = None,
+    vectorise: bool | None = None,
 ) -> SweepResult:
     """Run (or resume) every point of ``spec`` into ``out/runs/`` and aggregate the results.
 
@@ -238,6 +283,9 @@ def run_sweep(
         progress: tqdm bar over runs (done / total, with an ETA).
         figures: write ``phase_<split>.png`` for the first two non-seed axes.
         log: where one-line notes go (default: nowhere).
+        vectorise: points sharing a model in one vectorised job: None (default) where the measured
+            rule says it pays for the local backend's workers (:func:`group_jobs`; never on Ray,
+            whose capacity is the cluster's), True always, False never.
 
     Returns:
         A :class:`SweepResult`. Failed points are listed there (and in ``index.csv``), not
@@ -292,6 +340,15 @@ def run_sweep(
         Job(p.name, json.dumps(p.config.to_dict()), str(run_path(out, p)), probes, probe_eval_size)
         for p in sorted(todo, key=lambda p: status[p.name] != "partial")  # interrupted runs first
     ]
+    # A cluster's capacity is not known here (Ray): group there only when asked to.
+    workers = getattr(backend, "workers", None)
+    if workers is not None or vectorise:
+        jobs = group_jobs(jobs, by_name, workers or 1, vectorise)
+    if log and any(j.replicates for j in jobs):
+        log(
+            f"sweep: {sum(len(j.points) for j in jobs if j.replicates)} seed replicates vectorised in "
+            f"{sum(bool(j.replicates) for j in jobs)} jobs"
+        )
     try:
         backend.run(jobs, on_done)
     finally:

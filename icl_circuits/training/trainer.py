@@ -45,6 +45,7 @@ from icl_circuits.config import RunConfig
 from icl_circuits.data import build_source
 from icl_circuits.data.batch import Batch
 from icl_circuits.data.source import DataSource
+from icl_circuits.errors import ConfigError
 from icl_circuits.limits import check_memory
 from icl_circuits.metrics import eval_sets
 from icl_circuits.models.build import build_native, query_logits
@@ -207,14 +208,35 @@ def train_members(
     Returns:
         The run folders.
     """
+    return train_configs([cfg.replace(seed=int(s)) for s in seeds], runs, backend, progress, stop_after, prefetch)
+
+
+def train_configs(
+    cfgs: Sequence[RunConfig],
+    runs: Sequence[Path],
+    backend: Callable[[Sequence[Member]], Backend],
+    progress: bool = True,
+    stop_after: int | None = None,
+    prefetch: bool = True,
+) -> list[Path]:
+    """:func:`train_members` for members with their own configs, which share ``model`` and
+    ``train`` and the data's shape (seeds and data settings such as ``data.n_train`` may differ:
+    each member draws from its own source). Raises ConfigError otherwise."""
+    cfg = cfgs[0]
+    for c in cfgs[1:]:
+        if c.model != cfg.model or c.train != cfg.train or c.data.model_shape() != cfg.data.model_shape():
+            raise ConfigError(
+                "train: vectorised members must share model, train and the data's shape; "
+                f"{c.name} (seed {c.seed}) differs from {cfg.name} (seed {cfg.seed})"
+            )
     with torch_threads(cfg.train.threads):
-        return _train_members(cfg, seeds, [Path(r) for r in runs], backend, progress, stop_after, prefetch)
+        return _train_members(list(cfgs), [Path(r) for r in runs], backend, progress, stop_after, prefetch)
 
 
-def _train_members(cfg, seeds, runs, make_backend, progress, stop_after, prefetch) -> list[Path]:
+def _train_members(cfgs, runs, make_backend, progress, stop_after, prefetch) -> list[Path]:
+    cfg = cfgs[0]
     tc = cfg.train
     device = resolve_device(tc.device)
-    cfgs = [cfg.replace(seed=int(s)) for s in seeds]
     # Everything that can fail on bad input happens before a folder is touched.
     members = []
     for c, run in zip(cfgs, runs, strict=True):
@@ -315,7 +337,16 @@ class Prefetch:
 
     def __init__(self, make: Callable[[int], Any], start: int, end: int, enabled: bool = True) -> None:
         self.make, self.end, self.waited = make, end, 0.0
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="icl-prefetch") if enabled else None
+        # A new thread starts at OpenMP's default thread count, not the caller's: match it, so
+        # that the data's kernels run as they would in the loop's own thread.
+        threads = torch.get_num_threads()
+        self.pool = (
+            ThreadPoolExecutor(
+                1, thread_name_prefix="icl-prefetch", initializer=torch.set_num_threads, initargs=(threads,)
+            )
+            if enabled
+            else None
+        )
         self.next: tuple[int, Future] | None = None
         self._submit(start)
 

@@ -1,0 +1,125 @@
+"""Seed replicates in one process: vectorised where it pays, separate runs where it does not.
+
+:func:`train_seeds` trains one config once per seed into one ordinary run folder each. With
+several seeds and a model small enough (:func:`vectorise_pays`) the seeds run through the
+vectorised ensemble (:class:`icl_circuits.training.ensemble.VmapEnsemble`, one vmapped
+forward and backward for all of them); otherwise one ``train()`` after another. Either way
+each folder equals ``train(cfg.replace(seed=s), run)`` within float tolerance (vectorised)
+or bit for bit (separate), and resumes with either.
+
+The rule is measured (``benchmarks/replicates.py``, in ``benchmarks/RESULTS.md``; one torch
+thread, 2 CPU cores shared with other jobs, load 5-7): per-seed throughput of the ensemble
+over separate runs was, at S = 16 seeds, 2.65x for chan2024-stylized (0.043 GFLOP per seed
+step), 1.80x for singh2024-induction (0.031), 0.80-1.19x for demo (0.435) and 0.61x for
+nguyen-reddy2024 (1.31); at S = 3 it was 0.96-1.10x for the small ones and 0.72-0.75x for
+the big ones. A big single-seed step already keeps the core's matrix units busy, and a few
+seeds do not amortise vmap's extra copies. Hence: at least :data:`VECTORISE_MIN_SEEDS`
+seeds and at most :data:`VECTORISE_MAX_FLOPS` forward + backward FLOPs per seed and step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from icl_circuits.config import RunConfig
+from icl_circuits.data.batch import Batch
+from icl_circuits.errors import RunFolderError
+
+#: Largest per-seed step (forward + backward FLOPs, :func:`step_flops`) the ensemble takes.
+#: Measured on 2 shared CPU cores (benchmarks/RESULTS.md, "Seed replicates"): see there.
+VECTORISE_MAX_FLOPS = 1e8
+
+#: Fewest seeds worth a vmapped step (measured: 3 seeds gained nothing; see the module docstring).
+VECTORISE_MIN_SEEDS = 8
+
+
+def step_flops(cfg: RunConfig) -> int:
+    """Forward + backward FLOPs of one training step of one seed (``FlopCounterMode`` on one
+    sequence of the config's shape, times the batch size; the model is built, no data is)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from icl_circuits.models.build import build_native, query_logits
+
+    data = cfg.data
+    model = build_native(cfg.model, seed=0, **data.model_shape())
+    n = data.n_pairs
+    zeros = torch.zeros(1, n + 1, dtype=torch.long)
+    batch = Batch(torch.zeros(1, n + 1, data.d_in), zeros[:, :n], zeros, zeros[:, 0], layout=data.layout)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(query_logits(model, batch.tokens()), batch.target).backward()
+    return counter.get_total_flops() * cfg.train.batch_size
+
+
+def vectorise_pays(cfg: RunConfig, n_seeds: int) -> bool:
+    """Whether ``n_seeds`` replicates of ``cfg`` train faster vectorised than one after another
+    (the measured rule above). Early-stopping runs (``train.stop_above``) train separately:
+    an ensemble keeps computing a member that has stopped."""
+    if n_seeds < VECTORISE_MIN_SEEDS or cfg.train.stop_above > 0:
+        return False
+    return step_flops(cfg) <= VECTORISE_MAX_FLOPS
+
+
+def train_seeds(
+    cfg: RunConfig,
+    seeds: Sequence[int],
+    runs: Sequence[Path | str],
+    progress: bool = True,
+    vectorise: bool | None = None,
+    stop_after: int | None = None,
+) -> list[Path]:
+    """Train ``cfg`` once per seed into ``runs`` (one ordinary run folder each); resumes.
+
+    Args:
+        cfg: the run config; its ``seed`` is replaced by each of ``seeds``.
+        seeds: distinct seeds.
+        runs: one run folder per seed.
+        progress: a progress bar.
+        vectorise: ``None`` (default): :func:`vectorise_pays` decides; True / False force it.
+        stop_after: stop once this step is checkpointed (as in ``train``).
+
+    Returns:
+        The run folders, in the order of ``seeds``.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(seeds) != len(runs):
+        raise RunFolderError(f"train: expected one run folder per seed, got {len(seeds)} seeds, {len(runs)} runs")
+    if len(set(seeds)) != len(seeds):
+        raise RunFolderError(f"train: seeds must be distinct, got {seeds}")
+    return train_group([cfg.replace(seed=s) for s in seeds], runs, progress, vectorise, stop_after)
+
+
+def train_group(
+    cfgs: Sequence[RunConfig],
+    runs: Sequence[Path | str],
+    progress: bool = True,
+    vectorise: bool | None = None,
+    stop_after: int | None = None,
+) -> list[Path]:
+    """Train configs that share ``model``, ``train`` and the data's shape (seed replicates, or
+    grid points differing only in data settings such as ``data.n_train``), one run folder
+    each: vectorised (one vmapped model, each member its own data source) or one after another.
+
+    ``vectorise``: ``None`` lets :func:`vectorise_pays` decide on the group's size.
+    """
+    from icl_circuits.training.ensemble import VmapEnsemble
+    from icl_circuits.training.trainer import train, train_configs
+
+    runs = [Path(r) for r in runs]
+    if not cfgs or len(cfgs) != len(runs) or len({r.resolve() for r in runs}) != len(runs):
+        raise RunFolderError(
+            f"train: expected one distinct run folder per config, got {len(cfgs)} configs, {len(runs)} runs"
+        )
+    if vectorise is None:
+        vectorise = vectorise_pays(cfgs[0], len(cfgs))
+    if vectorise and len(cfgs) > 1:
+        try:
+            return train_configs(cfgs, runs, VmapEnsemble, progress, stop_after)
+        except RunFolderError as err:
+            if "different checkpoints" not in str(err):
+                raise
+            # Folders left at different steps (an earlier separate run): resume each alone.
+    return [train(c, r, progress=progress, stop_after=stop_after) for c, r in zip(cfgs, runs, strict=True)]
