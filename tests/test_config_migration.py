@@ -78,3 +78,15 @@ def test_one_name_per_concept_across_families():
         assert not fields & letters, name
         assert "n_pairs" in fields, name
         assert set(config_cls.RENAMED.values()) <= fields, name
+
+
+def test_format_1_run_with_l2_is_not_resumed(tmp_path):
+    """train.l2 changed meaning in format 2 (sum of norms, icl-dynamics): an old L2 run is not continued."""
+    cfg = apply_overrides(get_preset("demo"), [*TINY_OVERRIDES, "train.l2=1e-4"])
+    run = train(cfg, tmp_path / "run", progress=False, stop_after=4)
+    (run / layout.CONFIG).unlink()
+    (run / layout.CONFIG).write_text(json.dumps(_as_format_1(cfg)))
+    with pytest.raises(RunFolderError, match=r"format 1 trained train\.l2 as l2 \* sum \|\|p\|\|\^2") as err:
+        train(cfg, run, progress=False)
+    assert "\n" not in str(err.value)
+    load_model(run)  # still analysable

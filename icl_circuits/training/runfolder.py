@@ -30,6 +30,7 @@ from icl_circuits.runs.store import (
     flatten_optimizer,
     latest_good_checkpoint,
     list_checkpoints,
+    read_json,
     save_checkpoint,
 )
 
@@ -109,6 +110,12 @@ def prepare_folder(cfg: RunConfig, run: Path, device: torch.device) -> None:
             raise RunFolderError(
                 f"{run / layout.CONFIG}: this run folder holds a different config ({diff}); "
                 "resume with the same config or choose another output folder"
+            )
+        if stored.train.l2 > 0 and read_json(run / layout.CONFIG).get("format_version") == 1:
+            raise RunFolderError(
+                f"{run / layout.CONFIG}: run-folder format 1 trained train.l2 as l2 * sum ||p||^2; format 2's "
+                "train.l2 is icl-dynamics' l2 * sum ||p||, so this run cannot be resumed (its checkpoints "
+                "still load for analysis); train it again in a new folder"
             )
         return
     if run.exists() and not run.is_dir():
