@@ -11,6 +11,7 @@ import pytest
 
 from icl_circuits.papers.nguyen_reddy2024 import reproduce as nr
 from icl_circuits.reproduce import reproduce
+from icl_circuits.runs.read import load_config
 from icl_circuits.sweeps import SweepSpec, build_points
 
 
@@ -18,7 +19,8 @@ def test_smoke_writes_tables_figures_and_claims(tmp_path):
     rep = reproduce("nguyen-reddy2024", tmp_path, scale="smoke", workers=1, progress=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["name"] == "nguyen-reddy2024" and summary["scale"] == "smoke"
-    for name in ("runs", "kstar", "exponent", "t_icl", "memorisation", "model_runs", "curves"):
+    tables = ("runs", "kstar", "exponent", "t_icl", "t_icl_runs", "memorisation", "transience", "model_runs", "curves")
+    for name in tables:
         assert (tmp_path / f"{name}.csv").exists()
         assert len(rep.tables[name]) > 0
     assert {f.name for f in rep.figures} == {
@@ -29,12 +31,22 @@ def test_smoke_writes_tables_figures_and_claims(tmp_path):
         "memorisation.png",
     }
     assert all(f.exists() for f in rep.figures)
-    assert len(rep.claims) == 8
+    assert len(rep.claims) == 10  # two transience conditions
     assert all(c.ours and isinstance(c.holds, bool | type(None)) for c in rep.claims)
     runs = rep.tables["runs"]
-    assert set(runs["N"]) == {2, 4}
+    assert set(runs["N"]) == {3, 4}
     assert set(runs.columns) >= {"N", "K", "seed", "icl_acc", "iw_acc", "t_icl"}
+    assert (rep.tables["t_icl_runs"]["K"] == -1).all()
     assert "| claim | paper | ours | holds |" in (tmp_path / "claims.md").read_text()
+    # The runs are the paper's one-layer model on packed tokens, with the early stop.
+    cfg = load_config(next((tmp_path / "sweeps" / "N4-grid" / "runs").iterdir()))
+    assert cfg.data.layout == "packed" and cfg.model.n_layers == 1 and cfg.model.binary_logit
+    assert cfg.data.n_pairs == 3 and cfg.train.stop_above == 0.99
+    trans = load_config(next((tmp_path / "sweeps" / "transience" / "runs").iterdir())).train
+    assert trans.stop_above == 0 and trans.weight_decay == 3e-3 and trans.decay_on == "attention+embed"
+    # A rerun resumes: nothing is trained again and the same claims come out.
+    again = reproduce("nguyen-reddy2024", tmp_path, scale="smoke", workers=1, progress=False)
+    assert [c.ours for c in again.claims] == [c.ours for c in rep.claims]
 
 
 def _results(curve_ic, curve_iw, K=64, seed=0):
@@ -84,14 +96,14 @@ def test_memorisation_exponent_and_log_spread():
 def test_every_config_of_the_larger_scales_builds(scale):
     s = nr.settings(scale)
     for N in s["Ns"]:
-        grid = {"data.n_classes": nr.k_values(s, N, s["coarse"]), "seed": s["refine_seeds"]}
-        overrides = (*s["common"], f"train.steps={s['steps']}", f"data.n_pairs={N}")
-        cfg = build_points(SweepSpec(base=s["preset"], overrides=overrides, grid=grid))[0].config
-        assert cfg.data.n_pairs == N and cfg.data.burst == 1 and cfg.train.steps == s["steps"]
-        assert cfg.model.n_layers == 2 and cfg.model.n_heads == 2
-    assert len(s["refine_seeds"]) >= 5 and len(s["coarse_seeds"]) + len(s["top_seeds"]) >= 5
-    if scale == "full":
-        assert len(s["refine_seeds"]) >= 10 and max(s["Ns"]) >= 32
+        grid = {"data.n_classes": [*nr.k_values(s, N, s["factors"]), -1], "seed": s["seeds"]}
+        overrides = (*s["common"], f"train.steps={nr.steps_for(s, N)}", f"data.n_pairs={N - 1}", s["stop"])
+        for point in build_points(SweepSpec(base=s["preset"], overrides=overrides, grid=grid)):
+            cfg = point.config
+            assert cfg.data.n_pairs == N - 1 and cfg.data.layout == "packed" and cfg.train.stop_above == 0.99
+            assert cfg.model.n_layers == 1 and cfg.model.readout_hidden == (512, 512)
+    assert len(s["Ns"]) >= 5 and max(s["Ns"]) >= 32
+    assert len(s["bimodal_seeds"]) + len(s["seeds"]) >= 5 and len(s["inf_seeds"]) >= 3
 
 
 def test_refinement_lands_inside_the_bracket():
@@ -101,14 +113,39 @@ def test_refinement_lands_inside_the_bracket():
     assert nr.refine_ks(never, 0.5, 1) == [724]  # beyond the grid: between 512 and 1024
 
 
+def test_transience_summary_finds_the_peak_and_the_fade():
+    rows = []
+    for step, ic, iw in [(0, 0.5, 0.5), (100, 0.97, 0.55), (200, 0.99, 0.7), (300, 0.6, 0.98)]:
+        rows += [
+            {"N": 8, "K": 64, "seed": 0, "step": step, "split": "IC", "acc": ic},
+            {"N": 8, "K": 64, "seed": 0, "step": step, "split": "IW", "acc": iw},
+        ]
+    t = nr.transience(pd.DataFrame(rows)).iloc[0]
+    assert (t["t_icl"], t["peak_icl"], t["peak_step"]) == (100, 0.99, 200)
+    assert (t["final_icl"], t["final_iwl"], t["final_step"]) == (0.6, 0.98, 300)
+
+
+#: The claims docs/reproductions.md reports as holding at the cpu scale (the claim text up to
+#: its first parenthesis). Not reproduced there: b = 1.43 (ours 1.15 [0.93, 1.35]), nu = 0.7
+#: (ours 0.88), bimodality (runs near K* end in between), transience at decay 3e-3 within
+#: 6,000 steps, and at 3e-2 one seed's peak (0.949) misses the 0.95 bar.
+HOLD_AT_CPU = (
+    "ICL accuracy is a sigmoid of log K at every N",
+    "the threshold K*",
+    "the K* exponent equals 1/nu of the memorisation law",
+    "median t_ICL",
+    "the minimal model's K* matches the measured one within x1.5 at the N it was not calibrated on",
+)
+
+
 @pytest.mark.slow
 def test_cpu_scale_reproduces_the_claims_that_hold(tmp_path):
     rep = reproduce("nguyen-reddy2024", tmp_path, scale="cpu", workers=2, progress=False)
-    holds = [c.holds for c in rep.claims]
-    # As reported in docs/reproductions.md: the sigmoid at every N, K* growing with N, the
-    # K* exponent matching 1/nu of the measured memorisation law, t_ICL growing with N and
-    # the minimal model's K* within x1.5. Not reproduced at this scale: b = 1.43, nu = 0.7,
-    # clean bimodality (near K* at N = 2, 4 runs settle at partial ICL accuracy).
-    assert holds[0] and holds[1] and holds[4] and holds[5] and holds[7]
-    runs = rep.tables["runs"]
-    assert runs.groupby("N")["K"].nunique().min() >= 7  # coarse grid + refined points
+    holds = {c.claim.split(" (")[0]: c.holds for c in rep.claims}
+    for claim in HOLD_AT_CPU:
+        assert holds[claim], claim
+    thr = rep.tables["kstar"]
+    thr = thr[thr["source"] == "transformer"]
+    assert len(thr) >= 5 and thr["N"].max() >= 32
+    exponent = rep.tables["exponent"].iloc[0]
+    assert math.isfinite(exponent["exponent_lo"]) and math.isfinite(exponent["exponent_hi"])

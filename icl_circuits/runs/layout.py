@@ -11,7 +11,8 @@
         step_000000/         one folder per checkpoint, renamed into place when complete
           model.safetensors  weights (native parameter names)
           optim.safetensors  optimiser tensors
-          state.json         step, optimiser hyper-parameters, metrics of this checkpoint
+          state.json         step, optimiser hyper-parameters, metrics of this checkpoint;
+                             "stopped" when train.stop_above ended the run here (early stop)
           rng.safetensors    torch RNG state
           MANIFEST.json      sha256 and size of every file above (written last)
       analysis/              probe results, cached per checkpoint and analysis version
