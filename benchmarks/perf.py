@@ -202,6 +202,46 @@ def repro_subset(root: Path, steps: int, workers: int = 2) -> tuple[list, list]:
     return rows, [(f"chan2024 cpu grid subset ({n} runs, {steps} steps): ≥ 1.5x sooner", f"{r:.2f}x", r >= 1.5)]
 
 
+#: Wall times of the cpu-scale reproductions as recorded in docs/reproductions.md (commit 54eac89,
+#: 2026-11-29): (name, on shared cores, on free cores from one `make test-repro` run, what ran).
+#: Collected, not measured by this script; each was timed by the session that ran it.
+REPRO_TIMES = [
+    (
+        "chan2024",
+        "38 min 43 s (4 workers, load 5–11)",
+        "20 min 17 s (`pytest -m slow`, 2 workers)",
+        "34 runs x 10,000 steps + gating model",
+    ),
+    ("chan2024-ablation", "53 min 40 s (2 workers, load 8–11)", "–", "24 runs x 4,000 steps"),
+    ("chan2024-omniglot", "32 min 19 s (2 workers, shared)", "–", "12 runs x 4,000 steps"),
+    ("chan2024-llm", "13 min 20 s (load 8–11)", "–", "2 fine-tuning runs of SmolLM2-135M, 150 steps"),
+    (
+        "nguyen-reddy2024",
+        "32 min 55 s (2 workers, load median 6.1)",
+        "11 min 25 s (the earlier interleaved stand-in)",
+        "main pass 27 min 30 s + memorisation rerun",
+    ),
+    ("reddy2023", "25 min 8 s (load 6–9)", "5 min 39 s", "21 runs of 1,500–2,000 steps"),
+    ("singh2023", "14 min 5 s (shared)", "4 min 47 s", "6 runs"),
+    ("singh2024", "3 min 27 s (shared)", "48 s", "2 runs x 6,000 steps"),
+]
+
+
+def reproduction_times() -> list[str]:
+    return [
+        "### Reproductions: wall time per reproduction (collected)",
+        "",
+        "From `docs/reproductions.md` (commit 54eac89, 2026-11-29): each reproduction's `cpu` run as timed by the "
+        "session that ran it (`time icl-circuits reproduce NAME`, or its slow test), not re-measured here; "
+        "`free cores` is one earlier `make test-repro` run, one reproduction after another. The Singh and "
+        "Nguyen & Reddy reproductions were being changed by other sessions while this was written.",
+        "",
+        "| reproduction | cpu scale, shared cores | free cores | what runs |",
+        "| --- | --- | --- | --- |",
+        *[f"| `{n}` | {a} | {b} | {c} |" for n, a, b, c in REPRO_TIMES],
+    ]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -285,6 +325,8 @@ def main(argv=None) -> None:
                 if p_rows
                 else []
             ),
+            "",
+            *reproduction_times(),
             END,
         ]
     )
