@@ -31,6 +31,7 @@ Copying one of the two context labels at random gives 0.5 on ``IC``, so a real I
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -350,7 +351,7 @@ def plot(curve: pd.DataFrame, trans: pd.DataFrame, conditions: dict, path: Path)
         ax.set_xscale("log")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("step")
-        ax.set_title(conditions[cond][0], fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(conditions[cond][0], 45)), fontsize=8)
     axes[0][0].set_ylabel("accuracy (* = detected ICL peak)")
     axes[0][0].legend(fontsize=7, loc="center left")
     fig.tight_layout()
