@@ -102,17 +102,7 @@ def nguyen_reddy2024_interleaved() -> RunConfig:
     """
     return RunConfig(
         name="nguyen-reddy2024-interleaved",
-        data=GaussianConfig(
-            n_classes=4096,
-            n_labels=2,
-            d=63,
-            n_pairs=100,
-            burst=1,
-            p_bursty=1.0,
-            zipf_alpha=0.0,
-            noise=0.0,
-            label_mode="binary",
-        ),
+        data=nguyen_reddy2024().data.replace(n_classes=4096, n_pairs=100, layout="interleaved"),
         model=ModelConfig(
             n_layers=2,
             n_heads=1,
