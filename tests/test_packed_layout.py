@@ -20,6 +20,7 @@ from icl_circuits.data.batch import unpack_tokens
 from icl_circuits.data.gaussian import GaussianConfig
 from icl_circuits.errors import ConfigError
 from icl_circuits.models import ModelConfig, build_native, query_logits, to_bridge
+from icl_circuits.presets import get_preset
 from icl_circuits.runs import layout as run_layout
 from icl_circuits.runs import store
 from icl_circuits.runs.read import load_native, read_metrics
@@ -33,23 +34,8 @@ FAMILIES = [
     {"family": "classbank", "n_classes": 64, "n_exemplars": 4, "d": 8, "n_pairs": 8},
 ]
 GAUSS = GaussianConfig(n_classes=64, n_labels=8, d=8, n_pairs=4, burst=2, layout="packed")
-NR_MODEL = ModelConfig(
-    n_layers=1,
-    d_model=10,
-    attn_only=True,
-    positional="none",
-    normalization="none",
-    encoder="identity",
-    label_init="onehot",
-    input_norm=True,
-    attn_bias=False,
-    attn_out_proj=False,
-    attn_scale=1.0,
-    readout="mlp",
-    readout_hidden=(16, 16),
-    binary_logit=True,
-    init_mode="torch",
-)
+# The exact Nguyen & Reddy model, shrunk: d_model = d + 2 labels, a small readout.
+NR_MODEL = get_preset("nguyen-reddy2024").model.replace(d_model=10, readout_hidden=(16, 16))
 
 
 def _family(spec: dict, layout: str):
