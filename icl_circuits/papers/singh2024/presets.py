@@ -10,8 +10,8 @@ from icl_circuits.models.config import ModelConfig
 def singh2024_induction() -> RunConfig:
     """Singh et al. 2024 (induction heads): 2 layers x 8 heads, attention only, RoPE.
 
-    Context of 2 pairs, constant burst B = 1 (query class + one distractor), 50 classes
-    with one exemplar each (10 held out), relabelled pairs over 5 labels (8 train pairs,
+    Context of 2 pairs, constant burst B = 1 (query class + one distractor), 50 trained
+    classes with one exemplar each (10 more held out), relabelled pairs over 5 labels (8 train pairs,
     2 validation pairs); Adam 1e-5, batch 32, 31,250 steps (1e6 sequences).
 
     Audit against ``aadityasingh/icl-dynamics`` (``models.py``, ``main_utils.py``,
@@ -29,7 +29,7 @@ def singh2024_induction() -> RunConfig:
     label embed         one-hot -> linear               Linear, no bias, trunc-normal 0.02  normal, std 0.0176 (= that trunc-normal's)
     output              5 labels                        model_output_classes = 5, + bias    ``data.n_labels=5``, head without bias
     exemplars           Omniglot, 1 per class           ResNet-18 features (512-d)          Gaussian bank, d 64 (|x| ~ 1)
-    classes             50 trained                      class_split 50 1473 100             50 (40 trained, 10 held out)
+    classes             50 trained                      class_split 50 1473 100             50 trained + 10 held out (``fewshot``)
     labels              5, pairs 8 train / 2 val        fs_relabel 5, split 8 2 0           n_relabel_labels 5, n_val_pairs 2
     optimiser           Adam 1e-5, batch 32             adam, lr 1e-5, train_bs 32          same
     length              1e6 sequences                   train_iters 1e6 (sequences)         31,250 steps x 32
@@ -65,7 +65,7 @@ def singh2024_induction() -> RunConfig:
 def _singh_data() -> dict:
     return {
         "bank": "gaussian",
-        "n_classes": 50,
+        "n_classes": 60,
         "n_exemplars": 1,
         "n_labels": 5,
         "n_pairs": 2,
