@@ -127,3 +127,30 @@ def test_prefetch_equals_no_prefetch_bitwise(tmp_path, ensemble, monkeypatch):
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
         assert all(torch.equal(oa[k], ob[k]) for k in oa)
         assert ma.equals(mb)  # same rows, same values
+
+
+@pytest.mark.parametrize(("cost", "thread"), [(0.0, False), (0.02, True)])
+def test_prefetch_auto_starts_its_thread_only_for_costly_batches(cost, thread):
+    """By default the first batches are made on demand; the thread starts only when a batch
+    costs over 5% of a step, and every step still gets its own batch, in order."""
+    import threading
+    import time
+
+    from icl_circuits.training.prefetch import Prefetch
+
+    made_in = []
+
+    def make(step):
+        made_in.append(threading.current_thread().name)
+        if cost:
+            time.sleep(cost)
+        return step
+
+    with Prefetch(make, 2, 12) as data:
+        got = []
+        for step in range(2, 12):
+            got.append(data.get(step))
+            time.sleep(0.03)  # the step's own work
+    assert got == list(range(2, 12))
+    assert made_in[: Prefetch.PROBE_STEPS] == ["MainThread"] * Prefetch.PROBE_STEPS
+    assert any(name.startswith("icl-prefetch") for name in made_in) == thread

@@ -15,7 +15,8 @@ experiment tracking, threads) is the loop's, through :mod:`icl_circuits.training
 Data off the critical path: the inputs of step ``t + 1`` (every member's batch, laid out by
 the backend's ``prepare``) are made in one background thread while step ``t`` computes.
 Batches are a pure function of ``(seed, step)`` and each has its own generator, so a run
-with the prefetch is bitwise the run without it (``prefetch=False``; tested).
+with the prefetch is bitwise the run without it (``prefetch=False``; tested). By default the
+thread starts only when a batch costs over 5% of a step (:class:`Prefetch`).
 
 Early stop (``train.stop_above``, off by default): a member ends at the first checkpoint after
 step 0 whose ICL (or IWL) accuracy exceeds the threshold; the check happens only at
@@ -30,9 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +51,7 @@ from icl_circuits.models.build import build_native, query_logits
 from icl_circuits.runs.read import model_shape
 from icl_circuits.runs.store import load_checkpoint, run_end, run_lock, unflatten_optimizer
 from icl_circuits.training.optim import build_optimizer, l2_penalty, split_params
+from icl_circuits.training.prefetch import Prefetch
 from icl_circuits.training.runfolder import (
     checkpoint,
     diverged,
@@ -159,7 +159,11 @@ class SingleModel:
 
 
 def train(
-    cfg: RunConfig, run: Path | str, progress: bool = True, stop_after: int | None = None, prefetch: bool = True
+    cfg: RunConfig,
+    run: Path | str,
+    progress: bool = True,
+    stop_after: int | None = None,
+    prefetch: bool | None = None,
 ) -> Path:
     """Train ``cfg`` into the run folder ``run``, resuming it if it already exists.
 
@@ -171,7 +175,8 @@ def train(
         progress: show a tqdm bar with the live loss and ICL/IWL accuracy.
         stop_after: stop (cleanly, as a crash would) once this step is checkpointed;
             for tests and for splitting a run across jobs.
-        prefetch: make the next step's batch in a background thread (same result, bitwise).
+        prefetch: make the next step's batch in a background thread: None (default) when a batch
+            costs over 5% of a step (:class:`Prefetch`), True always, False never; same result, bitwise.
 
     Returns:
         The run folder.
@@ -189,7 +194,7 @@ def train_members(
     backend: Callable[[Sequence[Member]], Backend],
     progress: bool = True,
     stop_after: int | None = None,
-    prefetch: bool = True,
+    prefetch: bool | None = None,
 ) -> list[Path]:
     """Train ``cfg`` once per seed into ``runs`` (one folder each) with ``backend``; resumes.
 
@@ -203,7 +208,8 @@ def train_members(
         backend: builds the backend from the members (their models freshly initialised).
         progress: a tqdm bar (mean live loss and ICL/IWL accuracy over the members).
         stop_after: stop once this step is checkpointed.
-        prefetch: make the next step's batches in a background thread (same result, bitwise).
+        prefetch: make the next step's batches in a background thread (:class:`Prefetch`; None:
+            when they cost over 5% of a step); same result, bitwise.
 
     Returns:
         The run folders.
@@ -217,7 +223,7 @@ def train_configs(
     backend: Callable[[Sequence[Member]], Backend],
     progress: bool = True,
     stop_after: int | None = None,
-    prefetch: bool = True,
+    prefetch: bool | None = None,
 ) -> list[Path]:
     """:func:`train_members` for members with their own configs, which share ``model`` and
     ``train`` and the data's shape (seeds and data settings such as ``data.n_train`` may differ:
@@ -329,47 +335,6 @@ def _train_members(cfgs, runs, make_backend, progress, stop_after, prefetch) -> 
                 _check_finite(values, done, members)
                 bar.set_postfix({"loss": f"{sum(values) / len(values):.3f}", **last_metrics}, refresh=False)
     return runs
-
-
-class Prefetch:
-    """``make(step)`` for steps ``start, start + 1, ... < end`` in order, each made one step ahead
-    in a background thread (``enabled``) or on demand. ``waited``: seconds ``get`` blocked."""
-
-    def __init__(self, make: Callable[[int], Any], start: int, end: int, enabled: bool = True) -> None:
-        self.make, self.end, self.waited = make, end, 0.0
-        # A new thread starts at OpenMP's default thread count, not the caller's: match it, so
-        # that the data's kernels run as they would in the loop's own thread.
-        threads = torch.get_num_threads()
-        self.pool = (
-            ThreadPoolExecutor(
-                1, thread_name_prefix="icl-prefetch", initializer=torch.set_num_threads, initargs=(threads,)
-            )
-            if enabled
-            else None
-        )
-        self.next: tuple[int, Future] | None = None
-        self._submit(start)
-
-    def _submit(self, step: int) -> None:
-        if self.pool is not None and step < self.end:
-            self.next = (step, self.pool.submit(self.make, step))
-
-    def get(self, step: int) -> Any:
-        t0 = time.perf_counter()
-        if self.next is not None and self.next[0] == step:
-            out = self.next[1].result()
-        else:
-            out = self.make(step)
-        self.waited += time.perf_counter() - t0
-        self._submit(step + 1)
-        return out
-
-    def __enter__(self) -> Prefetch:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_finite(losses: list[float], step: int, members: Sequence[Member]) -> None:
