@@ -28,20 +28,30 @@ PREV_TOKEN_HEAD = (0, 0)
 INDUCTION_HEAD = (1, 0)
 
 
-def _bare_model(d_model: int, n_heads: int, d_head: int, d_in: int, n_labels: int, n_ctx: int):
-    """A 2-layer attention-only native model without norms, to be wired by hand; its config too."""
+def bare_model(
+    d_model: int,
+    n_heads: int,
+    d_head: int,
+    d_in: int,
+    n_labels: int,
+    n_ctx: int,
+    n_layers: int = 2,
+    positional: str = "standard",
+    layout: str = "interleaved",
+):
+    """An attention-only native model without norms, to be wired by hand; its config too."""
     cfg = ModelConfig(
-        n_layers=2,
+        n_layers=n_layers,
         n_heads=n_heads,
         d_model=d_model,
         d_head=d_head,
         attn_only=True,
         normalization="none",
-        positional="standard",
+        positional=positional,
         encoder="linear",
         readout="linear",
     )
-    return cfg, build_native(cfg, d_in, n_labels, n_ctx, seed=0)
+    return cfg, build_native(cfg, d_in, n_labels, n_ctx, seed=0, layout=layout)
 
 
 def induction_circuit_model(
@@ -65,7 +75,7 @@ def induction_circuit_model(
     X, LAB, POS = 0, d_in, d_in + n_labels
     PREV = POS + n_ctx
     d_model = PREV + d_in
-    cfg, model = _bare_model(d_model, n_heads, d_head, d_in, n_labels, n_ctx)
+    cfg, model = bare_model(d_model, n_heads, d_head, d_in, n_labels, n_ctx)
     scale = d_head**0.5  # the native attention divides scores by sqrt(d_head)
     with torch.no_grad():
         for p in model.parameters():
@@ -149,7 +159,7 @@ def in_weight_model(
     n_ctx = 2 * n_pairs + 1
     X, POS = 0, d_in
     d_model = d_in + n_ctx
-    cfg, model = _bare_model(d_model, n_heads, max(n_ctx, 1), d_in, n_labels, n_ctx)
+    cfg, model = bare_model(d_model, n_heads, max(n_ctx, 1), d_in, n_labels, n_ctx)
     d_head = cfg.head_dim
     with torch.no_grad():
         for p in model.parameters():

@@ -25,8 +25,7 @@ from __future__ import annotations
 import torch
 from transformer_lens.model_bridge.sources.native import NativeModel
 
-from icl_circuits.models.build import build_native
-from icl_circuits.models.config import ModelConfig
+from probes.handwired import bare_model
 
 #: The induction-like head of :func:`packed_induction_model`.
 PACKED_INDUCTION_HEAD = (0, 0)
@@ -63,18 +62,9 @@ def packed_induction_model(
     X, LAB, HAS = 0, d_in, d_in + n_labels
     d_model = HAS + 1
     d_head = d_model
-    cfg = ModelConfig(
-        n_layers=1,
-        n_heads=n_heads,
-        d_model=d_model,
-        d_head=d_head,
-        attn_only=True,
-        normalization="none",
-        positional="none",
-        encoder="linear",
-        readout="linear",
+    _, model = bare_model(
+        d_model, n_heads, d_head, d_in, n_labels, n_ctx, n_layers=1, positional="none", layout="packed"
     )
-    model = build_native(cfg, d_in, n_labels, n_ctx, seed=0, layout="packed")
     scale = d_head**0.5  # the native attention divides scores by sqrt(d_head)
     with torch.no_grad():
         for p in model.parameters():
