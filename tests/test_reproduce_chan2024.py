@@ -103,6 +103,22 @@ def test_claims_on_known_curves():
     assert [c.holds for c in chan2024.gating_claims(g)][1] is False
 
 
+def test_ibd_theory_claim():
+    """IBD short of 0.95 passes only where the gating model's f is short too, and never far below f."""
+    ns = [2**6, 2**8, 2**10, 2**12]
+    t = _table({("IBD", "acc", 0.9): [0.80, 0.91, 0.96, 0.99]}, ns)
+    g = _table({("IBD", "acc_f", 0.9): [0.915, 0.915, 0.93, 0.99], ("IBD", "acc_h", 0.9): [0.915] * 4}, ns).drop(
+        columns="sigma"
+    )
+    (claim,) = chan2024.ibd_theory_claim(t, g, "last")
+    assert claim.holds and "below 0.95 at 2^8" in claim.ours  # 2^6 (the smallest) is not judged
+    t.loc[(t["N"] == 2**12), "value"] = 0.94  # short of 0.95 where f is at 0.99
+    assert not chan2024.ibd_theory_claim(t, g, "last")[0].holds
+    t.loc[(t["N"] == 2**12), "value"] = 0.99
+    t.loc[(t["N"] == 2**8), "value"] = 0.89  # 0.025 below f
+    assert not chan2024.ibd_theory_claim(t, g, "last")[0].holds
+
+
 def test_checkpoint_rules():
     """``min_train_loss`` picks the lowest training loss (latest of ties), ``last`` the last step."""
     rows = []
@@ -164,7 +180,7 @@ CPU_HOLDING = (
     "Gating model, p_rel 0.9: alpha on high-frequency",
     "Gating model, p_rel 0.9: its OOBD-low",
     "Gating model, p_rel 0 (context never relevant)",
-    "Transformer and gating model",
+    "Transformer and gating model, p_rel 0.9: rare-class ICL falls",
 )
 
 

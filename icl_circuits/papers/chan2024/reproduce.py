@@ -51,6 +51,7 @@ from icl_circuits.papers.chan2024.claims import (  # noqa: F401 (re-exported for
     by_n,
     fmt_curve,
     gating_claims,
+    ibd_theory_claim,
     spearman,
     together_claim,
     transformer_claims,
@@ -209,7 +210,10 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
         name=NAME,
         scale=scale,
         settings=s,
-        claims=transformer_claims(t_table, rule) + gating_claims(g_table) + together_claim(t_table, g_table, rule),
+        claims=transformer_claims(t_table, rule)
+        + gating_claims(g_table)
+        + together_claim(t_table, g_table, rule)
+        + ibd_theory_claim(t_table, g_table, rule),
         tables={
             "transformer": t_table,
             "transformer_curves": t_curves,
