@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from icl_circuits.data import data_config_from_dict
-from icl_circuits.data.batch import unpack_tokens
+from icl_circuits.data.batch import Batch, unpack_tokens
 from icl_circuits.data.stylized import StylizedConfig, StylizedSource
 from icl_circuits.errors import ConfigError
 
@@ -247,4 +247,21 @@ def test_materialised_training_set_gives_the_same_batches(bank, monkeypatch):
         a, b = table.train_batch(step, 64), direct.train_batch(step, 64)
         for x, y in zip(a.tensors(), b.tensors(), strict=True):
             assert torch.equal(x, y)
+        assert a.__dict__.get("_tokens") is not None, "gathered from the token table"
+        assert torch.equal(a.tokens(), b.tokens())
     assert table._table is not None and direct._table is None
+
+
+def test_token_table_in_the_packed_layout():
+    """The token table follows ``data.layout``: gathered packed tokens equal the laid-out batch's."""
+    cfg = StylizedConfig(n_pairs=3, n_train=50, d=8, layout="packed")
+    src = StylizedSource(cfg, seed=1)
+    b = src.train_batch(2, 16)
+    assert b.packed and b.tokens().shape == (16, 4, 9)
+    assert torch.equal(b.tokens(), Batch(*b.tensors(), layout="packed").tokens())
+
+
+def test_with_tokens_checks_shape():
+    b = StylizedSource(StylizedConfig(n_pairs=2, n_train=20, d=8), seed=0).train_batch(0, 4)
+    with pytest.raises(ValueError, match="tokens: expected int32"):
+        b.with_tokens(torch.zeros(4, 5, 9))

@@ -129,10 +129,13 @@ def test_prefetch_equals_no_prefetch_bitwise(tmp_path, ensemble, monkeypatch):
         assert ma.equals(mb)  # same rows, same values
 
 
-@pytest.mark.parametrize(("cost", "thread"), [(0.0, False), (0.02, True)])
-def test_prefetch_auto_starts_its_thread_only_for_costly_batches(cost, thread):
+@pytest.mark.parametrize(
+    ("cost", "thread", "slow_start"), [(0.0, False, False), (0.01, True, False), (0.01, True, True)]
+)
+def test_prefetch_auto_starts_its_thread_only_for_costly_batches(cost, thread, slow_start):
     """By default the first batches are made on demand; the thread starts only when a batch
-    costs over 5% of a step, and every step still gets its own batch, in order."""
+    costs over 5% of a step (the warm-up steps, here 10x slower, left out of the comparison),
+    and every step still gets its own batch, in order."""
     import threading
     import time
 
@@ -146,11 +149,13 @@ def test_prefetch_auto_starts_its_thread_only_for_costly_batches(cost, thread):
             time.sleep(cost)
         return step
 
-    with Prefetch(make, 2, 12) as data:
+    probe = Prefetch.WARMUP_STEPS + Prefetch.PROBE_STEPS
+    with Prefetch(make, 2, 20) as data:
         got = []
-        for step in range(2, 12):
+        for step in range(2, 20):
             got.append(data.get(step))
-            time.sleep(0.03)  # the step's own work
-    assert got == list(range(2, 12))
-    assert made_in[: Prefetch.PROBE_STEPS] == ["MainThread"] * Prefetch.PROBE_STEPS
+            slow = slow_start and step - 2 < Prefetch.WARMUP_STEPS
+            time.sleep(0.5 if slow else 0.05)  # the step's own work
+    assert got == list(range(2, 20))
+    assert made_in[: probe + 1] == ["MainThread"] * (probe + 1)
     assert any(name.startswith("icl-prefetch") for name in made_in) == thread

@@ -107,8 +107,26 @@ class Batch:
         return self.exemplars.device
 
     # ----------------------------------------------------------------- derived views
+    def with_tokens(self, tokens: Tensor) -> Batch:
+        """This batch carrying ``tokens`` as its precomputed :meth:`tokens`.
+
+        For sources that hold a finite training set: they lay out the whole set once and
+        gather token rows per batch, so no step rebuilds them. ``tokens`` must be exactly what
+        :meth:`tokens` computes (the sources' tests check it bitwise); only its shape and dtype
+        are checked here.
+        """
+        expected = (len(self), self.seq_len, self.d_in + 1)
+        if tokens.dtype != torch.int32 or tuple(tokens.shape) != expected:
+            raise ValueError(f"tokens: expected int32 {expected}, got {tokens.dtype} {tuple(tokens.shape)}")
+        out = Batch(*self.tensors(), layout=self.layout)
+        object.__setattr__(out, "_tokens", tokens)
+        return out
+
     def tokens(self) -> Tensor:
         """Model input: ``[batch, pos, d_in + 1]`` int32 (bit-cast float32 features)."""
+        cached = self.__dict__.get("_tokens")
+        if cached is not None:
+            return cached
         b, n = len(self), self.n_pairs
         if self.packed:
             labels = torch.cat(

@@ -241,18 +241,23 @@ class StylizedSource(DataSource):
     def train_batch(self, step: int, batch_size: int) -> Batch:
         index = self.train_indices(step, batch_size)
         table = self._training_table()
-        return self.training_sequences(index) if table is None else table[index]
+        if table is None:
+            return self.training_sequences(index)
+        return table[index].with_tokens(self._table_tokens[index])
 
     def _training_table(self) -> Batch | None:
         """The whole finite training set, built once (it is a pure function of the index).
 
         Each sequence's draws are counter hashes of its index alone, so gathering rows of this
         table gives the very batches :meth:`training_sequences` computes (tested bitwise), and
-        data generation leaves the training step. Sets above :data:`MATERIALISE_BYTES` are
-        generated per batch instead.
+        data generation leaves the training step. The table's model input
+        (:meth:`Batch.tokens`, in ``data.layout``) is laid out once as well, and each batch
+        carries its gathered rows. Sets whose table and tokens exceed :data:`MATERIALISE_BYTES`
+        are generated per batch instead.
         """
         if not hasattr(self, "_table"):
-            per_seq = (self.n_pairs + 1) * (4 * self.d_in + 3 * 8)
+            n_tokens = self.n_pairs + 1 if self.layout == "packed" else 2 * self.n_pairs + 1
+            per_seq = (self.n_pairs + 1) * (4 * self.d_in + 3 * 8) + n_tokens * 4 * (self.d_in + 1)
             self._table = None
             if self.cfg.n_train * per_seq <= MATERIALISE_BYTES:
                 self._table = Batch.cat(
@@ -260,7 +265,9 @@ class StylizedSource(DataSource):
                         self.training_sequences(torch.arange(i, min(i + 4096, self.cfg.n_train), device=self.device))
                         for i in range(0, self.cfg.n_train, 4096)
                     ]
-                )
+                ).with_layout(self.layout)
+                # The model's input laid out once too: a batch gathers its token rows.
+                self._table_tokens = self._table.tokens()
         return self._table
 
     def eval_batch(self, split: str, n: int) -> Batch:

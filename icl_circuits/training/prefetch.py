@@ -6,6 +6,7 @@ makes is what the loop would make itself: a run is bitwise the same either way (
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,15 +20,18 @@ class Prefetch:
     in a background thread or on demand. ``waited``: seconds ``get`` blocked (data on the
     critical path).
 
-    ``enabled``: True, a thread from the start; False, never; None (auto), the first
-    :data:`PROBE_STEPS` batches are made on demand and the thread starts only if a batch took
-    more than :data:`PREFETCH_SHARE` of the time between two ``get`` calls (a step): a thread
-    contends for the GIL and the cores, which costs more than a cheap batch (measured in
-    ``benchmarks/RESULTS.md``: chan2024-stylized, 0.1 ms batches, trained at 0.65x the
-    hand-written loop with the thread and 0.94x without).
+    ``enabled``: True, a thread from the start; False, never; None (auto), batches are made on
+    demand, and after :data:`WARMUP_STEPS` + :data:`PROBE_STEPS` steps the thread starts if the
+    median batch of the probe steps took more than :data:`PREFETCH_SHARE` of the median time
+    between two ``get`` calls (a step). The warm-up steps are left out of that comparison: a
+    run's first steps are several times slower than the rest (allocator, first backward), which
+    made every batch look cheap. A thread contends for the GIL and the cores, which costs more
+    than a cheap batch (measured in ``benchmarks/RESULTS.md``: chan2024-stylized, 0.1 ms
+    batches, trained at 0.65x the hand-written loop with the thread and 0.94x without).
     """
 
-    PROBE_STEPS = 3
+    WARMUP_STEPS = 5
+    PROBE_STEPS = 5
     PREFETCH_SHARE = 0.05
 
     def __init__(self, make: Callable[[int], Any], start: int, end: int, enabled: bool | None = None) -> None:
@@ -67,10 +71,9 @@ class Prefetch:
         self.waits.append(self.last_get - t0)
         if self.pool is not None:
             self._submit(step + 1)
-        elif self.enabled is None and len(self.intervals) >= self.PROBE_STEPS:
-            self.enabled = sum(self.made) / len(self.made) > self.PREFETCH_SHARE * (
-                sum(self.intervals) / len(self.intervals)
-            )
+        elif self.enabled is None and len(self.intervals) >= self.WARMUP_STEPS + self.PROBE_STEPS:
+            made = statistics.median(self.made[self.WARMUP_STEPS :])
+            self.enabled = made > self.PREFETCH_SHARE * statistics.median(self.intervals[self.WARMUP_STEPS :])
             if self.enabled:
                 self._start_thread(step + 1)
         return out
