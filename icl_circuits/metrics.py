@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -57,6 +59,44 @@ def evaluate(model: torch.nn.Module, eval_sets: dict[str, Batch], n_labels: int,
                 rows.append({"split": split, "metric": metric, "value": value})
     finally:
         model.train(was_training)
+    return rows
+
+
+@torch.no_grad()
+def evaluate_stacked(
+    logits_of: Callable[[Tensor], Tensor], evals: Sequence[dict[str, Batch]], n_labels: int, chunk: int = 4096
+) -> list[list[dict]]:
+    """:func:`evaluate` of S models in one forward per split (and chunk): each member's rows.
+
+    Args:
+        logits_of: tokens ``[S, batch, ...]`` (member ``s``'s sequences at ``[s]``) to query
+            logits ``[S, batch, n_labels]``, e.g. a vectorised ensemble's forward.
+        evals: each member's evaluation sets (:func:`eval_sets`): the same splits, in the same
+            order, of the same sizes; the sequences themselves differ (each member's own data).
+        chunk: sequences per forward in all, so ``S x`` a member's share stays within it.
+
+    Returns:
+        One list of tidy rows per member, as ``evaluate`` makes them for that member alone
+        (same splits, metrics and order; values equal up to the forward's rounding).
+    """
+    first = evals[0]
+    for ev in evals[1:]:
+        if list(ev) != list(first) or any(len(ev[k]) != len(first[k]) for k in first):
+            raise ValueError("evaluate_stacked: every member needs the same splits of the same sizes")
+    per = max(1, chunk // len(evals))
+    rows: list[list[dict]] = [[] for _ in evals]
+    for split in first:
+        batches = [ev[split] for ev in evals]
+        logits = torch.cat(
+            [
+                logits_of(torch.stack([b[i : i + per].tokens() for b in batches]))
+                for i in range(0, len(batches[0]), per)
+            ],
+            dim=1,
+        )
+        for member, (out, batch) in enumerate(zip(logits, batches, strict=True)):
+            for metric, value in query_metrics(out, batch, n_labels).items():
+                rows[member].append({"split": split, "metric": metric, "value": value})
     return rows
 
 

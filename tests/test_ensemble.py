@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -100,3 +102,72 @@ def test_bad_arguments(tmp_path):
         train_ensemble(tiny_config(), [1, 2], [tmp_path / "a"], progress=False)
     with pytest.raises(RunFolderError, match="distinct"):
         train_ensemble(tiny_config(), [1, 1], [tmp_path / "a", tmp_path / "b"], progress=False)
+
+
+def _members(cfg, seeds):
+    from icl_circuits.data import build_source
+    from icl_circuits.models.build import build_native
+    from icl_circuits.runs.read import model_shape
+    from icl_circuits.training.trainer import Member
+
+    out = []
+    for seed in seeds:
+        c = cfg.replace(seed=seed)
+        source = build_source(c.data, seed, torch.device("cpu"))
+        out.append(Member(c, None, source, build_native(c.model, seed=seed, **model_shape(c, source))))
+    return out
+
+
+@pytest.mark.parametrize("chunk", [4096, 7])
+def test_stacked_evaluation_equals_each_member_alone(chunk):
+    """One stacked forward per split (and chunk) gives each member the rows evaluate() gives it alone."""
+    from icl_circuits.metrics import eval_sets, evaluate, evaluate_stacked
+    from icl_circuits.training.ensemble import VmapEnsemble
+
+    members = _members(tiny_config(eval_size=20), [3, 5, 8])
+    ens = VmapEnsemble(members)
+    ens.start()
+    evals = [eval_sets(m.source, 20) for m in members]
+    n_labels = members[0].source.n_labels
+    stacked = evaluate_stacked(ens.logits, evals, n_labels, chunk=chunk)
+    for m, ev, rows in zip(members, evals, stacked, strict=True):
+        alone = evaluate(m.model, ev, n_labels)
+        assert [(r["split"], r["metric"]) for r in rows] == [(r["split"], r["metric"]) for r in alone]
+        for a, b in zip(rows, alone, strict=True):
+            assert a.keys() == b.keys()
+            assert abs(a["value"] - b["value"]) < 1e-5, (a, b)
+    # The backend's hook: stacked when asked, each alone by default on the CPU; the same rows.
+    default = ens.evaluate(evals, n_labels)
+    ens.STACKED_EVAL = True
+    forced = ens.evaluate(evals, n_labels)
+    assert [[(r["split"], r["metric"]) for r in rows] for rows in default] == [
+        [(r["split"], r["metric"]) for r in rows] for rows in forced
+    ]
+    pairs = [(a, b) for x, y in zip(default, forced, strict=True) for a, b in zip(x, y, strict=True)]
+    assert max(abs(a["value"] - b["value"]) for a, b in pairs) < 1e-5
+    with pytest.raises(ValueError, match="same splits"):
+        evaluate_stacked(ens.logits, [evals[0], {k: v[:5] for k, v in evals[1].items()}, evals[2]], n_labels)
+
+
+def test_stacked_evaluation_in_the_loop_writes_the_rows_of_separate_runs(tmp_path, monkeypatch):
+    """With the evaluation stacked, every metrics.jsonl row (keys, order, value within 1e-5)
+    is a separate train()'s; one row format on disk."""
+    from icl_circuits.training.ensemble import VmapEnsemble
+
+    monkeypatch.setattr(VmapEnsemble, "STACKED_EVAL", True)
+    calls = []
+    real = VmapEnsemble.logits
+    monkeypatch.setattr(VmapEnsemble, "logits", lambda self, tokens: calls.append(1) or real(self, tokens))
+    cfg = tiny_config(steps=10, n_checkpoints=2)
+    runs = train_ensemble(cfg, SEEDS, [tmp_path / f"ens-{s}" for s in SEEDS], progress=False)
+    assert calls  # the checkpoints after step 0 evaluated through the stacked forward
+    for seed, run in zip(SEEDS, runs, strict=True):
+        alone = train(cfg.replace(seed=seed), tmp_path / f"alone-{seed}", progress=False)
+        lines = [json.loads(x) for x in (run / layout.METRICS).read_text().splitlines()]
+        ref = [json.loads(x) for x in (alone / layout.METRICS).read_text().splitlines()]
+        assert [list(r) for r in lines] == [list(r) for r in ref]
+        assert [(r["step"], r["split"], r["metric"]) for r in lines] == [
+            (r["step"], r["split"], r["metric"]) for r in ref
+        ]
+        assert max(abs(a["value"] - b["value"]) for a, b in zip(lines, ref, strict=True)) < 1e-5
+        _assert_same_run(run, alone)

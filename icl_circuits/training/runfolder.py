@@ -205,6 +205,7 @@ def checkpoint(
     train_loss: float,
     device: torch.device,
     stop: tuple[str, float] | None = None,
+    evaluated: list[dict] | None = None,
 ) -> list[dict]:
     """Evaluate ``model``, save it with ``optim_state`` (an optimiser ``state_dict()``), log metrics.
 
@@ -215,6 +216,9 @@ def checkpoint(
         stop: the early-stop rule (:func:`stop_rule`); when this checkpoint passes it, its
             ``state.json`` records ``stopped`` (:func:`stop_record`), atomically with the
             checkpoint, so a crash right after still leaves a stopped run.
+        evaluated: ``model``'s evaluation rows, already computed as ``evaluate(model, evals,
+            n_labels)`` makes them (a backend evaluating its members together); None:
+            evaluated here.
 
     Returns:
         The checkpoint's metric rows ``{"split", "metric", "value"}`` (training loss first).
@@ -223,7 +227,7 @@ def checkpoint(
         DivergedError: a metric is NaN or infinite (nothing is saved).
     """
     rows = [{"split": "train", "metric": "loss", "value": train_loss}]
-    rows += evaluate(model, evals, n_labels)
+    rows += evaluate(model, evals, n_labels) if evaluated is None else evaluated
     bad = next((r for r in rows if not math.isfinite(r["value"])), None)
     if bad is not None:
         raise diverged(f"{bad['split']} {bad['metric']}", bad["value"], step, run)

@@ -46,7 +46,7 @@ from icl_circuits.data.batch import Batch
 from icl_circuits.data.source import DataSource
 from icl_circuits.errors import ConfigError
 from icl_circuits.limits import check_memory
-from icl_circuits.metrics import eval_sets
+from icl_circuits.metrics import eval_sets, evaluate
 from icl_circuits.models.build import build_native, query_logits
 from icl_circuits.runs.read import model_shape
 from icl_circuits.runs.store import load_checkpoint, run_end, run_lock, unflatten_optimizer
@@ -82,7 +82,8 @@ class Backend(Protocol):
 
     The loop calls, in order: ``fresh_optim_state`` (for each member's step-0 checkpoint)
     or ``restore`` (resuming), then ``start`` once, then ``step`` for each step and
-    ``states`` at each checkpoint. ``prepare`` runs in the loop's data thread, one step ahead.
+    ``states`` then ``evaluate`` at each checkpoint (``evaluate`` also at step 0, before
+    ``start``). ``prepare`` runs in the loop's data thread, one step ahead.
     """
 
     def fresh_optim_state(self) -> dict:
@@ -112,6 +113,11 @@ class Backend(Protocol):
 
     def states(self) -> list[dict]:
         """Each member's optimiser ``state_dict()``, after bringing its model up to date."""
+        ...
+
+    def evaluate(self, evals: list[dict[str, Batch]], n_labels: int) -> list[list[dict]]:
+        """Each member's evaluation rows on its own sets ``evals[i]``, exactly as
+        :func:`icl_circuits.metrics.evaluate` makes them for that member's model alone."""
         ...
 
 
@@ -156,6 +162,9 @@ class SingleModel:
 
     def states(self) -> list[dict]:
         return [self.optimizer.state_dict()]
+
+    def evaluate(self, evals: list[dict[str, Batch]], n_labels: int) -> list[list[dict]]:
+        return [evaluate(self.model, evals[0], n_labels)]
 
 
 def train(
@@ -273,12 +282,13 @@ def _train_members(cfgs, runs, make_backend, progress, stop_after, prefetch) -> 
         fresh = start is None
         if start is None:
             rows = []
-            for m, ev in zip(members, evals, strict=True):
+            evaluated = backend.evaluate(evals, n_labels)
+            for m, ev, ev_rows in zip(members, evals, evaluated, strict=True):
                 with torch.no_grad():
                     b0 = m.source.train_batch(0, tc.batch_size)
                     loss0 = F.cross_entropy(query_logits(m.model, b0.tokens()), b0.target).item()
                 optim = backend.fresh_optim_state()
-                rows.append(checkpoint(m.run, 0, m.model, optim, ev, n_labels, loss0, device))
+                rows.append(checkpoint(m.run, 0, m.model, optim, ev, n_labels, loss0, device, evaluated=ev_rows))
             start = 0
         else:
             ckpts = [load_checkpoint(m.run, start) for m in members]
@@ -318,10 +328,14 @@ def _train_members(cfgs, runs, make_backend, progress, stop_after, prefetch) -> 
                 train_losses = (loss_sum / n_since).tolist()
                 _check_finite(train_losses, done, members)
                 states = backend.states()
+                # Every member's evaluation at once (one stacked forward in an ensemble).
+                evaluated = backend.evaluate(evals, n_labels)
                 for i, (m, ev, tracker) in enumerate(zip(members, evals, trackers, strict=True)):
                     if stopped[i]:
                         continue  # an ensemble member that stopped early: its folder is final
-                    rows[i] = checkpoint(m.run, done, m.model, states[i], ev, n_labels, train_losses[i], device, rule)
+                    rows[i] = checkpoint(
+                        m.run, done, m.model, states[i], ev, n_labels, train_losses[i], device, rule, evaluated[i]
+                    )
                     tracker.log(done, rows[i])
                     stopped[i] = stop_record(rows[i], rule) is not None
                 last_metrics = _postfix(rows, members)
