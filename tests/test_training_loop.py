@@ -159,3 +159,33 @@ def test_prefetch_auto_starts_its_thread_only_for_costly_batches(cost, thread, s
     assert got == list(range(2, 20))
     assert made_in[: probe + 1] == ["MainThread"] * (probe + 1)
     assert any(name.startswith("icl-prefetch") for name in made_in) == thread
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_foreach_optimiser_equals_the_per_parameter_loop_bitwise(optimizer):
+    """``build_optimizer`` uses the multi-tensor (foreach) update: bitwise torch's per-parameter loop."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from icl_circuits.models.build import build_native, query_logits
+    from icl_circuits.runs.read import model_shape
+    from icl_circuits.training.optim import build_optimizer
+
+    cfg = tiny_config(optimizer=optimizer, weight_decay=0.01, momentum=0.9)
+    src = cfg.data.build_source(cfg.seed)
+    model = build_native(cfg.model, seed=0, **model_shape(cfg, src))
+    twin = copy.deepcopy(model)
+    fast = build_optimizer(model, cfg.train)
+    loop = build_optimizer(twin, cfg.train)
+    for group in loop.param_groups:
+        group["foreach"] = False
+    assert all(g["foreach"] for g in fast.param_groups)
+    for step in range(5):
+        batch = src.train_batch(step, 16)
+        for m, opt in ((model, fast), (twin, loop)):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(query_logits(m, batch.tokens()), batch.target).backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -39,10 +39,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         {"params": dec, "weight_decay": cfg.weight_decay},
         {"params": rest, "weight_decay": 0.0},
     ]
+    # foreach: one multi-tensor call per update instead of a Python loop over the parameters
+    # (torch's default on the CPU); the same arithmetic, bitwise (tests/test_training_loop.py),
+    # and a few percent of a small model's step (benchmarks/RESULTS.md).
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=True)
 
 
 def l2_penalty(params: list[nn.Parameter]) -> torch.Tensor:
