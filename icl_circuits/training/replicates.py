@@ -15,6 +15,14 @@ nguyen-reddy2024 (1.31); at S = 3 it was 0.96-1.10x for the small ones and 0.72-
 the big ones. A big single-seed step already keeps the core's matrix units busy, and a few
 seeds do not amortise vmap's extra copies. Hence: at least :data:`VECTORISE_MIN_SEEDS`
 seeds and at most :data:`VECTORISE_MAX_FLOPS` forward + backward FLOPs per seed and step.
+
+Re-measured for the small presets with the attention as matmuls under vmap and with the
+stacked forward (:mod:`icl_circuits.models.stacked`): CPU milliseconds per seed and step,
+one thread, 3 interleaved rounds at load 2.7-3.4, against 4.9-6.3 (chan2024-stylized) and
+4.3-6.2 (singh2024-induction) for one seed alone: S = 4 took 2.2-3.5 and 2.5-3.3 stacked,
+3.0-4.7 and 3.4-4.7 vmapped; S = 3 took 2.7-3.6 and 3.0-3.8 stacked; S = 2 3.6-4.9 stacked,
+4.6-7.2 vmapped. So 4 seeds pay (about 2x stacked, 1.3-1.5x vmapped); a reproduction's
+8-run grids then vectorise in two chunks of 4 on 2 workers.
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ from icl_circuits.errors import RunFolderError
 #: Measured on 2 shared CPU cores (benchmarks/RESULTS.md, "Seed replicates"): see there.
 VECTORISE_MAX_FLOPS = 1e8
 
-#: Fewest seeds worth a vmapped step (measured: 3 seeds gained nothing; see the module docstring).
-VECTORISE_MIN_SEEDS = 8
+#: Fewest seeds worth a vectorised step (measured: 4 seeds gain 1.3-2x per seed; see the module docstring).
+VECTORISE_MIN_SEEDS = 4
 
 
 def step_flops(cfg: RunConfig) -> int:
