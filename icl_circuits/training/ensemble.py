@@ -34,6 +34,7 @@ from icl_circuits.data.batch import Batch
 from icl_circuits.errors import RunFolderError
 from icl_circuits.metrics import evaluate, evaluate_stacked
 from icl_circuits.models.build import query_logits
+from icl_circuits.models.stacked import stacked_query_logits, supports_stacked
 from icl_circuits.training.optim import build_optimizer, l2_penalty, split_params
 from icl_circuits.training.trainer import Member, train_members
 
@@ -93,6 +94,9 @@ class VmapEnsemble:
         self.decayed_names = [self.names[id(p)] for p in split_params(first, tc.decay_on)[0]]
         self.shapes = [first.get_parameter(n).shape for n in self.order]
         self.restored: list[dict] | None = None
+        #: One stacked forward for all members (icl_circuits.models.stacked), else vmap.
+        self.stacked = supports_stacked(first)
+        self.params: dict[str, Tensor] | None = None
 
     def fresh_optim_state(self) -> dict:
         return self.single_opt.state_dict()
@@ -124,22 +128,66 @@ class VmapEnsemble:
         # The wrapper's names are the model's with a "model." prefix; same tensors, so the
         # gradients land on the stacked parameters.
         self.wrapped = ({f"model.{k}": v for k, v in params.items()}, {f"model.{k}": v for k, v in buffers.items()})
+        self.vmap_logits = vmap(lambda p, b, tokens: functional_call(base, (p, b), (tokens,)))
+        if self.stacked:
+            # The stacked forward reads the template's architecture only, the weights from params.
+            template = self.models[0]
 
-        def seed_logits(p: dict, b: dict, tokens: Tensor) -> Tensor:
-            return functional_call(base, (p, b), (tokens,))
+            def stacked_losses(p: dict, tokens: Tensor, target: Tensor) -> Tensor:
+                logits = stacked_query_logits(template, p, tokens)  # [S, batch, d_vocab_out]
+                return (
+                    F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(target.shape).mean(1)
+                )
 
-        def seed_loss(p: dict, b: dict, tokens: Tensor, target: Tensor) -> Tensor:
-            return F.cross_entropy(seed_logits(p, b, tokens), target)
+            losses_of, self.loss_args = stacked_losses, (params,)
+        else:
 
-        losses_of = vmap(seed_loss)
+            def seed_loss(p: dict, b: dict, tokens: Tensor, target: Tensor) -> Tensor:
+                return F.cross_entropy(functional_call(base, (p, b), (tokens,)), target)
+
+            losses_of, self.loss_args = vmap(seed_loss), self.wrapped
         self.losses_of = torch.compile(losses_of) if self.tc.compile else losses_of
-        self.logits_of = vmap(seed_logits)
+
+    def prepare(self, batches: list[Batch]) -> tuple[Tensor, Tensor]:
+        return torch.stack([b.tokens() for b in batches]), torch.stack([b.target for b in batches])
+
+    def step(self, lr: float, inputs: tuple[Tensor, Tensor]) -> Tensor:
+        tc, (tokens, target) = self.tc, inputs
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        losses = self.losses_of(*self.loss_args, tokens, target)
+        total = losses.sum()
+        if tc.l2 > 0 and self.decayed:
+            # The penalty is each model's own (whatever its form), summed over the seeds.
+            penalty = sum(l2_penalty([p[s] for p in self.decayed]) for s in range(len(self.models)))
+            total = total + tc.l2 * penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if tc.grad_clip > 0:
+            _clip_per_seed(self.trainable, tc.grad_clip)
+        self.optimizer.step()
+        return losses.detach()
 
     @torch.no_grad()
     def logits(self, tokens: Tensor) -> Tensor:
-        """Every member's query logits: tokens ``[S, batch, ...]`` to ``[S, batch, d_vocab_out]``
-        (after :meth:`start`), without gradients."""
-        return self.logits_of(*self.wrapped, tokens)
+        """Every member's query logits ``[S, batch, d_vocab_out]`` on its own ``tokens[s]``
+        (``tokens`` ``[S, batch, pos, d_in + 1]``), from the current weights, without gradients.
+
+        Before :meth:`start` the members' own models hold the weights; after it, the stacked
+        parameters do (the models catch up only at :meth:`states`).
+        """
+        if self.params is None:
+            params, buffers = stack_module_state(self.models)
+            if not self.stacked:
+                prefix = ({f"model.{k}": v for k, v in params.items()}, {f"model.{k}": v for k, v in buffers.items()})
+                base = _QueryLogits(copy.deepcopy(self.models[0]))
+                base.model.attention_kernel = "math"
+                return vmap(lambda p, b, t: functional_call(base, (p, b), (t,)))(*prefix, tokens)
+        else:
+            params = self.params
+            if not self.stacked:
+                return self.vmap_logits(*self.wrapped, tokens)
+        return stacked_query_logits(self.models[0], params, tokens)
 
     #: Evaluate the members in one stacked forward per split (True), each alone (False), or
     #: stacked off the CPU only (None). On the CPU the evaluation is compute-bound (batches of
@@ -153,29 +201,9 @@ class VmapEnsemble:
         if stacked is None:
             stacked = next(self.models[0].parameters()).device.type != "cpu"
         # Before start() (the step-0 checkpoint) the members' own models: each alone.
-        if not stacked or getattr(self, "params", None) is None:
+        if not stacked or self.params is None:
             return [evaluate(m, ev, n_labels) for m, ev in zip(self.models, evals, strict=True)]
         return evaluate_stacked(self.logits, evals, n_labels)
-
-    def prepare(self, batches: list[Batch]) -> tuple[Tensor, Tensor]:
-        return torch.stack([b.tokens() for b in batches]), torch.stack([b.target for b in batches])
-
-    def step(self, lr: float, inputs: tuple[Tensor, Tensor]) -> Tensor:
-        tc, (tokens, target) = self.tc, inputs
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        losses = self.losses_of(*self.wrapped, tokens, target)
-        total = losses.sum()
-        if tc.l2 > 0 and self.decayed:
-            # The penalty is each model's own (whatever its form), summed over the seeds.
-            penalty = sum(l2_penalty([p[s] for p in self.decayed]) for s in range(len(self.models)))
-            total = total + tc.l2 * penalty
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if tc.grad_clip > 0:
-            _clip_per_seed(self.trainable, tc.grad_clip)
-        self.optimizer.step()
-        return losses.detach()
 
     def states(self) -> list[dict]:
         full = self.optimizer.state_dict()
