@@ -4,13 +4,20 @@ The vectorised seeds (:class:`icl_circuits.training.ensemble.VmapEnsemble`) hold
 parameter of S models as one tensor with a leading seed dimension (``params[name]`` is
 ``[S, *shape]``, the names the model's state-dict keys). :func:`stacked_query_logits` runs
 the query-only training forward of :mod:`.fast` on all of them: every linear is one
-``torch.baddbmm`` over the seeds, attention runs on the seeds and batches merged
-(``[S * batch, head_index, pos, d_head]``), norms normalise without affine and then apply
-each seed's gain and bias, and the label embedding looks up each seed's own table. Unlike
-``torch.func.vmap`` of the single-model forward, no biased linear is split into a matmul and
-an add and no batching copies are made (on ``demo`` at S = 16 the vmapped step was 0.85-1.36x
-separate runs' per-seed throughput). Gradients land on the stacked tensors themselves.
+``torch.baddbmm`` over the seeds, causal attention runs on the seeds and batches merged
+(``[S * batch, head_index, pos, d_head]``), a norm normalises without affine and its
+per-seed gain and bias fold into the next linear's weights, and the label embedding looks up
+each seed's own table. The last layer projects the query at its position only and attends
+with elementwise products (one query against ``pos`` keys). Unlike ``torch.func.vmap`` of
+the single-model forward, no biased linear is split into a matmul and an add and no batching
+copies are made. Gradients land on the stacked tensors themselves.
 
+Measured (one thread, 2 shared cores, load 4-4.5; thread CPU time of the step alone, 10-15
+interleaved rounds): per-seed throughput over one model's ``train()`` step at S = 16 was
+1.10-1.22x on ``demo`` (vmapped: 0.80-0.88x) and 1.9-2.1x on ``chan2024-stylized`` (vmapped:
+about the same). ``demo``'s single step already runs its matmuls near this CPU's rate for
+their shapes (about 30 GFLOP/s at ``d_model`` 64), and its elementwise ops and attention cost
+as much per seed stacked as alone: stacking amortises only dispatch, which ``demo`` barely has.
 :func:`supports_stacked` says whether a model's architecture is covered; the ensemble falls
 back to ``vmap`` otherwise. ``tests/test_stacked_forward.py`` checks logits and gradients
 against :func:`icl_circuits.models.build.query_logits` per seed under every option.
@@ -92,17 +99,44 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return out.view(*lead, weight.shape[1])
 
 
-def _norm(norm: nn.Module, params: dict[str, Tensor], name: str, x: Tensor) -> Tensor:
-    """Each seed's ``norm(x)``: normalise without affine, then that seed's gain (and bias)."""
+#: A norm's per-seed affine ``(gain [S, d_model] or None, bias [S, d_model] or None)``.
+Affine = tuple[Tensor | None, Tensor | None]
+
+
+def _normalise(norm: nn.Module, params: dict[str, Tensor], name: str, x: Tensor) -> tuple[Tensor, Affine]:
+    """``norm(x)`` before its affine, and each seed's affine (folded into the next linear by :func:`_fold`)."""
     if isinstance(norm, _PARAM_FREE_NORMS):
-        return norm(x)
-    weight = _seedwise(params[f"{name}.weight"], x.ndim)
+        return norm(x), (None, None)
+    gain = params[f"{name}.weight"]
     if isinstance(norm, NativeRMSNorm):
         x32 = x.to(torch.float32)
         rms_inv = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + norm.eps)
-        return weight * (x32 * rms_inv).to(x.dtype)
-    bias = _seedwise(params[f"{name}.bias"], x.ndim)
-    return torch.addcmul(bias, F.layer_norm(x, norm.normalized_shape, eps=norm.eps), weight)
+        return (x32 * rms_inv).to(x.dtype), (gain, None)
+    return F.layer_norm(x, norm.normalized_shape, eps=norm.eps), (gain, params[f"{name}.bias"])
+
+
+def _norm(norm: nn.Module, params: dict[str, Tensor], name: str, x: Tensor) -> Tensor:
+    """Each seed's ``norm(x)``: normalise without affine, then that seed's gain (and bias)."""
+    x, (gain, bias) = _normalise(norm, params, name, x)
+    if gain is not None:
+        x = _seedwise(gain, x.ndim) * x
+    return x if bias is None else x + _seedwise(bias, x.ndim)
+
+
+def _fold(weight: Tensor, bias: Tensor | None, affine: Affine) -> tuple[Tensor, Tensor | None]:
+    """A linear after a norm's affine as one linear on the normalised input.
+
+    ``W (g * x + b) + c = (W diag(g)) x + (W b + c)``: the affine then costs ``[S, d_out,
+    d_model]`` operations instead of two passes over the activation (and its backward).
+    """
+    gain, shift = affine
+    if gain is None:
+        return weight, bias
+    folded = weight * gain.unsqueeze(1)  # [S, d_out, d_model]
+    if shift is None:
+        return folded, bias
+    extra = torch.bmm(weight, shift.unsqueeze(-1)).squeeze(-1)  # [S, d_out]
+    return folded, extra if bias is None else bias + extra
 
 
 def _embed(embed: ExemplarEmbed, params: dict[str, Tensor], tokens: Tensor) -> Tensor:
@@ -135,13 +169,14 @@ def _rope(rotary: nn.Module, x: Tensor, positions: slice) -> Tensor:
     return torch.cat([x_rot, x_pass], dim=-1) if x_pass.shape[-1] else x_rot
 
 
-def _attention(attn: nn.Module, params: dict[str, Tensor], name: str, x: Tensor, kernel: str) -> Tensor:
-    """Each seed's causal attention output ``[S, batch, pos, d_model]`` from ``x`` ``[S, batch, pos, d_model]``."""
+def _attention(attn: nn.Module, params: dict[str, Tensor], name: str, x: Tensor, affine: Affine, kernel: str) -> Tensor:
+    """Each seed's causal attention output ``[S, batch, pos, d_model]`` from the normalised
+    ``x`` ``[S, batch, pos, d_model]`` and the norm's ``affine``."""
     n_seeds, batch, seq, _ = x.shape
     n_heads, n_kv, d_head = attn.n_heads, attn.n_kv_heads, attn.d_head
     weight = torch.cat([params[f"{name}.{p}.weight"] for p in "qkv"], dim=1)  # [S, d_qkv, d_model]
     bias = torch.cat([params[f"{name}.{p}.bias"] for p in "qkv"], dim=1)  # [S, d_qkv]
-    qkv = _linear(x, weight, bias).view(n_seeds * batch, seq, n_heads + 2 * n_kv, d_head)
+    qkv = _linear(x, *_fold(weight, bias, affine)).view(n_seeds * batch, seq, n_heads + 2 * n_kv, d_head)
     if attn.rotary is not None:
         q, k, v = qkv.split([n_heads, n_kv, n_kv], dim=2)
         qkv = torch.cat([_rope(attn.rotary, q, slice(0, seq)), _rope(attn.rotary, k, slice(0, seq)), v], dim=2)
@@ -161,7 +196,7 @@ def _attention(attn: nn.Module, params: dict[str, Tensor], name: str, x: Tensor,
     return _linear(z, params[f"{name}.o.weight"], params[f"{name}.o.bias"])
 
 
-def _query_attention(attn: nn.Module, params: dict[str, Tensor], name: str, x: Tensor) -> Tensor:
+def _query_attention(attn: nn.Module, params: dict[str, Tensor], name: str, x: Tensor, affine: Affine) -> Tensor:
     """Each seed's attention output at the last position only, ``[S, batch, 1, d_model]``.
 
     The query is projected at that position alone, and its attention (one query against
@@ -171,11 +206,10 @@ def _query_attention(attn: nn.Module, params: dict[str, Tensor], name: str, x: T
     n_heads, n_kv, d_head = attn.n_heads, attn.n_kv_heads, attn.d_head
     weight = torch.cat([params[f"{name}.{p}.weight"] for p in "kv"], dim=1)  # [S, 2 * d_kv, d_model]
     bias = torch.cat([params[f"{name}.{p}.bias"] for p in "kv"], dim=1)
-    k, v = (
-        _linear(x, weight, bias).view(n_seeds * batch, seq, 2, n_kv, d_head).unbind(2)
-    )  # [S * batch, pos, kv, d_head]
-    q = _linear(x[:, :, -1], params[f"{name}.q.weight"], params[f"{name}.q.bias"])  # [S, batch, n_heads * d_head]
-    q = q.view(n_seeds * batch, n_heads, d_head)
+    kv = _linear(x, *_fold(weight, bias, affine))  # [S, batch, pos, 2 * d_kv]
+    k, v = kv.view(n_seeds * batch, seq, 2, n_kv, d_head).unbind(2)  # [S * batch, pos, kv, d_head]
+    q_weight, q_bias = _fold(params[f"{name}.q.weight"], params[f"{name}.q.bias"], affine)
+    q = _linear(x[:, :, -1], q_weight, q_bias).view(n_seeds * batch, n_heads, d_head)
     if attn.rotary is not None:
         q = _rope(attn.rotary, q.unsqueeze(1), slice(seq - 1, seq)).squeeze(1)
         k = _rope(attn.rotary, k, slice(0, seq))
@@ -188,24 +222,25 @@ def _query_attention(attn: nn.Module, params: dict[str, Tensor], name: str, x: T
     return _linear(z, params[f"{name}.o.weight"], params[f"{name}.o.bias"])
 
 
-def _readout(head: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
-    """Each seed's readout: ``x`` ``[S, batch, d_model]`` -> ``[S, batch, d_vocab_out]``."""
+def _readout(head: nn.Module, params: dict[str, Tensor], x: Tensor, affine: Affine) -> Tensor:
+    """Each seed's readout: the normalised ``x`` ``[S, batch, d_model]`` -> ``[S, batch, d_vocab_out]``."""
     if isinstance(head, nn.Linear):
-        return _linear(x, params["head.weight"], params.get("head.bias"))
+        return _linear(x, *_fold(params["head.weight"], params.get("head.bias"), affine))
     for i, layer in enumerate(head.mlp):
         if isinstance(layer, nn.Linear):
-            x = _linear(x, params[f"head.mlp.{i}.weight"], params[f"head.mlp.{i}.bias"])
+            x = _linear(x, *_fold(params[f"head.mlp.{i}.weight"], params[f"head.mlp.{i}.bias"], affine))
+            affine = (None, None)
         else:
             x = torch.relu(x)
-    z = _linear(x, params["head.out.weight"], params["head.out.bias"])
+    z = _linear(x, *_fold(params["head.out.weight"], params["head.out.bias"], affine))
     return torch.cat([torch.zeros_like(z), z], dim=-1) if head.binary_logit else z
 
 
 #: Bytes of one residual-stream activation ``[seeds, batch, pos, d_model]`` per chunk of seeds:
-#: past the caches, bigger chunks ran slower per seed (demo at S = 16 on this 2-core CPU, 1 MiB
-#: L2 per core: 16 seeds at once 0.94-0.99x separate runs' per-seed throughput, chunks of
-#: 4 seeds 1.40-1.50x, of 1 seed 1.09-1.28x).
-CHUNK_BYTES = 2**21
+#: past the core's cache, bigger chunks ran slower per seed (demo at S = 16, 1 MiB L2 per core,
+#: CPU ms per seed-step against 13.0 alone: 16 seeds at once 13.0-13.8, chunks of 8 12.6, of 2
+#: 11.8-12.6, of 1 11.7; chan2024-stylized, all 16 within 0.4 MiB: 1.8 at once, 2.0 in 8s, 2.2 in 4s).
+CHUNK_BYTES = 2**20
 
 
 def seeds_per_chunk(n_seeds: int, batch: int, seq: int, d_model: int) -> int:
@@ -216,7 +251,7 @@ def seeds_per_chunk(n_seeds: int, batch: int, seq: int, d_model: int) -> int:
 
 
 def stacked_query_logits(
-    model: nn.Module, params: dict[str, Tensor], tokens: Tensor, kernel: str = "sdpa", chunk: int | None = None
+    model: nn.Module, params: dict[str, Tensor], tokens: Tensor, kernel: str = "math", chunk: int | None = None
 ) -> Tensor:
     """Query logits of S models that share ``model``'s architecture, from their stacked parameters.
 
@@ -230,8 +265,8 @@ def stacked_query_logits(
             dimension: ``{name: [S, *shape]}`` with the model's state-dict names.
         tokens: ``[S, batch, pos, d_in + 1]`` int32 tokens of :meth:`icl_circuits.data.Batch.tokens`,
             seed ``s``'s batch at index ``s``.
-        kernel: the causal layers' attention as ``sdpa`` (``scaled_dot_product_attention``)
-            or ``math`` (matmuls).
+        kernel: the causal layers' attention as ``math`` (matmuls and a softmax; measured
+            1.04-1.07x faster per seed on demo's chunks of 2) or ``sdpa`` (``scaled_dot_product_attention``).
         chunk: seeds computed together (one graph per chunk); ``None``: :func:`seeds_per_chunk`.
 
     Returns:
@@ -263,16 +298,17 @@ def _forward(native: nn.Module, params: dict[str, Tensor], tokens: Tensor, kerne
     last = len(native.layers) - 1
     for i, block in enumerate(native.layers):
         name = f"layers.{i}"
-        normed = _norm(block.ln1, params, f"{name}.ln1", hidden)
+        normed, affine = _normalise(block.ln1, params, f"{name}.ln1", hidden)
         if i == last:  # the query's row only
-            hidden = hidden[:, :, -1:] + _query_attention(block.attn, params, f"{name}.attn", normed)
+            hidden = hidden[:, :, -1:] + _query_attention(block.attn, params, f"{name}.attn", normed, affine)
         else:
-            hidden = hidden + _attention(block.attn, params, f"{name}.attn", normed, kernel)
+            hidden = hidden + _attention(block.attn, params, f"{name}.attn", normed, affine, kernel)
         if not block.cfg.attn_only:
-            mid = _linear(_norm(block.ln2, params, f"{name}.ln2", hidden), *_pair(params, f"{name}.mlp.fc_in"))
+            normed, affine = _normalise(block.ln2, params, f"{name}.ln2", hidden)
+            mid = _linear(normed, *_fold(*_pair(params, f"{name}.mlp.fc_in"), affine))
             hidden = hidden + _linear(block.mlp.act(mid), *_pair(params, f"{name}.mlp.fc_out"))
-    final = _norm(native.ln_out, params, "ln_out", hidden[:, :, -1])  # [S, batch, d_model]
-    return _readout(native.head, params, final)
+    final, affine = _normalise(native.ln_out, params, "ln_out", hidden[:, :, -1])  # [S, batch, d_model]
+    return _readout(native.head, params, final, affine)
 
 
 def _pair(params: dict[str, Tensor], name: str) -> tuple[Tensor, Tensor]:
