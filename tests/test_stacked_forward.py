@@ -155,3 +155,19 @@ def test_seeds_per_chunk():
     assert seeds_per_chunk(16, 32, 3, 64) == 16  # chan2024-stylized: all at once
     assert seeds_per_chunk(16, 128, 17, 64) == 2  # demo: eight chunks of two
     assert seeds_per_chunk(3, 10**6, 17, 64) == 1
+
+
+def test_compile_takes_one_chunk_graph(tmp_path, monkeypatch):
+    """``train.compile`` compiles the loss of one chunk of seeds (every chunk reuses its graph)."""
+    compiled = []
+
+    def fake_compile(fn):
+        compiled.append(getattr(fn, "__name__", type(fn).__name__))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = tiny_config(steps=4, n_checkpoints=2, compile=True)
+    seeds = [3, 5]
+    runs = train_ensemble(cfg, seeds, [tmp_path / f"ens-{s}" for s in seeds], progress=False)
+    assert "chunk_losses" in compiled
+    _assert_same_run(runs[0], train(cfg.replace(seed=seeds[0]), tmp_path / "alone", progress=False))
