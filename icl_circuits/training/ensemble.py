@@ -1,10 +1,13 @@
 """Vectorised seeds: train S independent models of one config in one process.
 
 The S models' parameters are stacked along a new leading dimension
-(``torch.func.stack_module_state``) and one ``torch.func.vmap`` of ``functional_call`` runs
-all of them on ``[S, batch, ...]`` inputs, each seed's batch drawn from its own data source
-(its own world). The per-seed losses are summed and backpropagated once: seeds share no
-parameters, so each seed's gradient is exactly its own loss's gradient. Adam, AdamW and SGD
+(``torch.func.stack_module_state``) and one forward runs all of them on ``[S, batch, ...]``
+inputs, each seed's batch drawn from its own data source (its own world): the stacked
+training forward (:func:`icl_circuits.models.stacked.stacked_query_logits`: batched matmuls
+on the stacked weights, no vmap) where :func:`~icl_circuits.models.stacked.supports_stacked`
+covers the architecture, else one ``torch.func.vmap`` of ``functional_call``. The per-seed
+losses are summed and backpropagated once: seeds share no parameters, so each seed's
+gradient is exactly its own loss's gradient. Adam, AdamW and SGD
 are elementwise, so one optimiser over the stacked tensors equals S separate ones; gradient
 clipping is done per seed here because ``clip_grad_norm_`` would take one global norm.
 
@@ -53,7 +56,7 @@ def train_ensemble(
     20 Adam steps). Parameters whose gradient is analytically zero (attention key biases)
     are the exception: Adam normalises their rounding noise into updates of either sign,
     alone or batched, so they drift apart by up to ``lr`` per step without changing the
-    function. ``train.compile`` compiles the vmapped loss.
+    function. ``train.compile`` compiles the loss (stacked: one chunk of seeds' loss).
 
     Args:
         cfg: the run config; its ``seed`` is replaced by each of ``seeds``.
@@ -80,7 +83,7 @@ def train_ensemble(
 
 
 class VmapEnsemble:
-    """The members' parameters stacked, one vmapped forward and backward, one stacked optimiser."""
+    """The members' parameters stacked, one forward (stacked or vmapped) and backward, one stacked optimiser."""
 
     def __init__(self, members: Sequence[Member]) -> None:
         self.models = [m.model for m in members]
