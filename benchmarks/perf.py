@@ -34,7 +34,12 @@ from benchmarks.handmade import NguyenReddyRef, loops, nr_tokens  # noqa: E402
 from icl_circuits.config import apply_overrides  # noqa: E402
 from icl_circuits.presets import get_preset  # noqa: E402
 from icl_circuits.training import trainer  # noqa: E402
-from icl_circuits.training.replicates import VECTORISE_MAX_FLOPS, VECTORISE_MIN_SEEDS, step_flops  # noqa: E402
+from icl_circuits.training.replicates import (  # noqa: E402
+    VECTORISE_MAX_FLOPS,
+    VECTORISE_MIN_SEEDS,
+    step_flops,
+    vectorise_pays,
+)
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
@@ -163,7 +168,7 @@ def ensemble(root: Path) -> tuple[list, list]:
         a, b = median(per_single), median(per_ens)
         ratio = s * a / b
         flops = step_flops(cfg)
-        rule = s >= VECTORISE_MIN_SEEDS and flops <= VECTORISE_MAX_FLOPS
+        rule = vectorise_pays(cfg, s)
         rows.append(
             f"| {name} | {s} | {flops / 1e9:.3f} | {ms(a)} | {ms(b / s)} | **{ratio:.2f}x** "
             f"| {', '.join(f'{s * x / y:.2f}' for x, y in zip(per_single, per_ens, strict=True))} "
@@ -283,13 +288,15 @@ def missed_notes(goals: list) -> list[str]:
         "thread): the thread contends for the GIL and the two shared cores. The default starts it only for "
         "batches over 5% of a step. Next lever: cheaper generators (nguyen-reddy2024: two multinomial draws over "
         "20,000 classes per batch).",
-        "vectorised seeds": "the ensemble step is compute-bound on this CPU: the per-op profile of a "
-        "chan2024-stylized S = 16 step is a third batched matmuls and a tenth GELU backward, with copies and "
-        "bias adds (vmap splits each linear) after; the single-seed compute rate against a batched matmul's "
-        "peak bounds the gain (the `Vectorised seeds` section above: `bound on the ratio`). Fixed here: "
-        "`scaled_dot_product_attention` has no vmap batching rule on the CPU and looped over the seeds "
-        "(demo went from 0.70x to 1.0-1.2x with the matmul kernel). Next lever: a GPU (launch-bound small "
-        "models, where vmap removes S - 1 of every S launches).",
+        "vectorised seeds": "demo's single-seed step is not dispatch-bound on this CPU: its matmuls run near "
+        "the core's rate for their shapes (d_model 64) and its elementwise ops and attention cost as much per "
+        "seed stacked as alone (per-op profile of the stacked S = 16 step, per seed: matmuls about half, "
+        "attention, copies for the head layout and the embedding's where after). The stacked forward "
+        "(models/stacked.py: no vmap, a norm's affine folded into the next linear, the last layer's query at "
+        "the query only) took demo from 0.84-0.91x (vmapped) to 1.06-1.17x; with train.compile (inductor "
+        "fusing the elementwise ops, one chunk of seeds compiled) 1.35-1.44x in the loop, 1.53-1.62x the step "
+        "alone. Next lever: compile ensembles by default where the run is long enough to pay the compile "
+        "(about 30 s), or a GPU (launch-bound small models).",
         "chan2024 cpu grid": "only the training steps are vectorised: each member still evaluates alone at "
         "every checkpoint (18 splits x 512 sequences, about as long as 1,000 training steps here), and the "
         "reproduction's two other grids (8 runs each) are below the rule's 8 per worker. Next lever: one "
@@ -369,11 +376,12 @@ def main(argv=None) -> None:
             "",
             "### Seed replicates: vectorised against separate runs, and the rule",
             "",
-            "Per-seed throughput of `train_ensemble` (S seeds, one vmapped model) over `train()` per seed, "
-            "one torch thread, between first and last checkpoint, 2 interleaved rounds. `rule`: what "
-            f"`icl_circuits.training.replicates.vectorise_pays` chooses (S ≥ {VECTORISE_MIN_SEEDS} and ≤ "
-            f"{VECTORISE_MAX_FLOPS / 1e9:.1f} GFLOP per seed step). CPU bound: the single-seed step of the "
-            "bigger models already runs near the core's matmul rate, so batching seeds cannot add much there.",
+            "Per-seed throughput of `train_ensemble` (S seeds, one stacked forward, `icl_circuits.models.stacked`) "
+            "over `train()` per seed, one torch thread, between first and last checkpoint, 2 interleaved rounds. "
+            f"`rule`: what `icl_circuits.training.replicates.vectorise_pays` chooses (S ≥ {VECTORISE_MIN_SEEDS}; "
+            f"≤ {VECTORISE_MAX_FLOPS / 1e9:.1f} GFLOP per seed step only where the ensemble falls back to vmap). "
+            "CPU bound: the single-seed step of the bigger models already runs its matmuls near the core's rate, "
+            "so batching seeds adds little there beyond the work the stacked forward leaves out.",
             "",
             "| preset | S | GFLOP per seed step | separate: step | ensemble: step per seed | per-seed ratio | per round | rule |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -10,6 +10,7 @@ import torch
 
 from icl_circuits.cli import main
 from icl_circuits.errors import ConfigError
+from icl_circuits.models import stacked
 from icl_circuits.runs import layout
 from icl_circuits.runs.store import load_checkpoint
 from icl_circuits.sweeps import LocalBackend, SweepSpec, run_sweep
@@ -44,7 +45,9 @@ def test_the_rule(monkeypatch):
     assert vectorise_pays(cfg, n) and not vectorise_pays(cfg, n - 1) and not vectorise_pays(cfg, 1)
     assert not vectorise_pays(cfg.replace(train=cfg.train.replace(stop_above=0.9)), n)  # early stop: alone
     monkeypatch.setattr(replicates, "VECTORISE_MAX_FLOPS", step_flops(cfg) - 1)
-    assert not vectorise_pays(cfg, n)
+    assert vectorise_pays(cfg, n)  # the stacked forward has no FLOP cap
+    monkeypatch.setattr(stacked, "supports_stacked", lambda model: False)
+    assert not vectorise_pays(cfg, n)  # vmap has
 
 
 def test_cli_train_seeds(tmp_path, capsys):

@@ -1,9 +1,10 @@
 """Seed replicates in one process: vectorised where it pays, separate runs where it does not.
 
 :func:`train_seeds` trains one config once per seed into one ordinary run folder each. With
-several seeds and a model small enough (:func:`vectorise_pays`) the seeds run through the
-vectorised ensemble (:class:`icl_circuits.training.ensemble.VmapEnsemble`, one vmapped
-forward and backward for all of them); otherwise one ``train()`` after another. Either way
+several seeds (and, where the ensemble falls back to vmap, a model small enough:
+:func:`vectorise_pays`) the seeds run through the vectorised ensemble
+(:class:`icl_circuits.training.ensemble.VmapEnsemble`, one forward and backward for all of
+them); otherwise one ``train()`` after another. Either way
 each folder equals ``train(cfg.replace(seed=s), run)`` within float tolerance (vectorised)
 or bit for bit (separate), and resumes with either.
 
@@ -23,6 +24,17 @@ one thread, 3 interleaved rounds at load 2.7-3.4, against 4.9-6.3 (chan2024-styl
 3.0-4.7 and 3.4-4.7 vmapped; S = 3 took 2.7-3.6 and 3.0-3.8 stacked; S = 2 3.6-4.9 stacked,
 4.6-7.2 vmapped. So 4 seeds pay (about 2x stacked, 1.3-1.5x vmapped); a reproduction's
 8-run grids then vectorise in two chunks of 4 on 2 workers.
+
+The FLOP cap is vmap's: the stacked forward also pays on the big presets, since it computes
+less than one model's training forward (the last layer's query at the query only, a norm's
+affine folded into the next linear) and never splits a linear. Per-seed throughput over
+separate runs, ``benchmarks/perf.py``'s loop timing (between first and last checkpoint, 3
+interleaved rounds, load 4.0-4.4), S = 16: demo (0.435 GFLOP) 1.13x (1.06-1.17; vmapped
+0.91x), nguyen-reddy2024 (1.31 GFLOP, 2 rounds) 1.32x (1.29-1.35; vmapped 0.59x),
+chan2024-stylized 1.48x (vmapped 1.49x); the step alone in CPU time at S = 4: demo
+1.03-1.09x, nguyen-reddy2024 1.24-1.36x. Hence the cap applies only where the ensemble
+falls back to vmap (:func:`icl_circuits.models.stacked.supports_stacked` false: the CNN
+encoder, soft caps).
 """
 
 from __future__ import annotations
@@ -37,8 +49,8 @@ from icl_circuits.config import RunConfig
 from icl_circuits.data.batch import Batch
 from icl_circuits.errors import RunFolderError
 
-#: Largest per-seed step (forward + backward FLOPs, :func:`step_flops`) the ensemble takes.
-#: Measured on 2 shared CPU cores (benchmarks/RESULTS.md, "Seed replicates"): see there.
+#: Largest per-seed step (forward + backward FLOPs, :func:`step_flops`) the vmapped ensemble
+#: takes (the stacked forward has no cap). Measured on 2 shared CPU cores (module docstring).
 VECTORISE_MAX_FLOPS = 1e8
 
 #: Fewest seeds worth a vectorised step (measured: 4 seeds gain 1.3-2x per seed; see the module docstring).
@@ -64,10 +76,16 @@ def step_flops(cfg: RunConfig) -> int:
 
 def vectorise_pays(cfg: RunConfig, n_seeds: int) -> bool:
     """Whether ``n_seeds`` replicates of ``cfg`` train faster vectorised than one after another
-    (the measured rule above). Early-stopping runs (``train.stop_above``) train separately:
-    an ensemble keeps computing a member that has stopped."""
+    (the measured rule above): enough seeds, and either the stacked forward covers the model
+    or its step is small enough for vmap. Early-stopping runs (``train.stop_above``) train
+    separately: an ensemble keeps computing a member that has stopped."""
+    from icl_circuits.models.build import build_native
+    from icl_circuits.models.stacked import supports_stacked
+
     if n_seeds < VECTORISE_MIN_SEEDS or cfg.train.stop_above > 0:
         return False
+    if supports_stacked(build_native(cfg.model, seed=0, **cfg.data.model_shape())):
+        return True
     return step_flops(cfg) <= VECTORISE_MAX_FLOPS
 
 
