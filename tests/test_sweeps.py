@@ -143,7 +143,9 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys, argv, needl
 def local_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweeps") / "local"
     t0 = time.monotonic()
-    result = run_sweep(_spec(), out, backend=LocalBackend(workers=2), progress=False)
+    # Every run alone: the bitwise reference of the Ray and killed-worker sweeps (vectorised
+    # sweeps are tested in tests/test_replicates.py).
+    result = run_sweep(_spec(), out, backend=LocalBackend(workers=2), progress=False, vectorise=False)
     result.seconds = time.monotonic() - t0
     return result
 
@@ -237,7 +239,8 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
     overrides += [f"train.steps={steps}", "train.n_checkpoints=8"]
     # Six points, killed when the first finishes: a loaded machine's slow polling cannot let
     # them all finish before the kill (with three, it sometimes did).
-    argv = ["sweep", "--base", "demo", "--out", str(out), "seed=range(6)", "--no-progress"]
+    # Every run alone (--vectorise no): six seeds would otherwise train as one job.
+    argv = ["sweep", "--base", "demo", "--out", str(out), "seed=range(6)", "--no-progress", "--vectorise", "no"]
     argv += [f"--set={o}" for o in overrides]
     proc = subprocess.Popen(
         [sys.executable, "-m", "icl_circuits.cli", *argv, "--workers", "1"],
