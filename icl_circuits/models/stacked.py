@@ -20,6 +20,7 @@ their shapes (about 30 GFLOP/s at ``d_model`` 64), and its elementwise ops and a
 as much per seed stacked as alone: stacking amortises only dispatch, which ``demo`` barely has.
 Compiled (``train.compile``: inductor fuses those elementwise ops), ``demo`` reached 1.53-1.62x
 per seed in isolation and 1.35-1.44x inside the training loop, against uncompiled ``train()``.
+
 :func:`supports_stacked` says whether a model's architecture is covered; the ensemble falls
 back to ``vmap`` otherwise. ``tests/test_stacked_forward.py`` checks logits and gradients
 against :func:`icl_circuits.models.build.query_logits` per seed under every option.
