@@ -108,13 +108,17 @@ def bench_cfg(cfg: RunConfig, steps: int, *extra: str) -> RunConfig:
 def loop_timer():
     """Time the training loop between its first and last checkpoint, fixed costs excluded.
 
-    Wraps ``checkpoint`` as the one training loop (``trainer``, every backend) calls it, to
-    record when each call starts and ends; yields a list that receives the loop's seconds on exit.
+    Wraps ``checkpoint`` as the one training loop (``trainer``, every backend) calls it, and
+    every backend's ``evaluate`` (called just before the checkpoints it feeds), to record when
+    each call starts and ends; yields a list that receives the loop's seconds on exit.
     """
-    from icl_circuits.training import trainer
+    from icl_circuits.training import ensemble, trainer
 
     calls: list[tuple[int, float, float]] = []
+    evals: list[tuple[float, float]] = []
     original = trainer.checkpoint
+    backends = [trainer.SingleModel, ensemble.VmapEnsemble]
+    evaluates = [b.evaluate for b in backends]
 
     def timed(run, step, *args, **kwargs):
         sync()
@@ -123,16 +127,33 @@ def loop_timer():
         calls.append((step, t0, time.perf_counter()))
         return out
 
+    def timed_evaluate(fn):
+        def evaluate(self, *args, **kwargs):
+            sync()
+            t0 = time.perf_counter()
+            out = fn(self, *args, **kwargs)
+            evals.append((t0, time.perf_counter()))
+            return out
+
+        return evaluate
+
     result: list[float] = []
     trainer.checkpoint = timed
+    for backend, fn in zip(backends, evaluates, strict=True):
+        backend.evaluate = timed_evaluate(fn)
     try:
         yield result
     finally:
         trainer.checkpoint = original
+        for backend, fn in zip(backends, evaluates, strict=True):
+            backend.evaluate = fn
     first, last = min(c[0] for c in calls), max(c[0] for c in calls)
-    # The schedule may checkpoint in between (step 1 is log-spaced in): take those out too.
+    start, end = max(c[2] for c in calls if c[0] == first), min(c[1] for c in calls if c[0] == last)
+    # The schedule may checkpoint in between (step 1 is log-spaced in): take those out too, and
+    # every evaluation in the window (the one before the last checkpoint included).
     inside = sum(t1 - t0 for step, t0, t1 in calls if first < step < last)
-    result.append(min(c[1] for c in calls if c[0] == last) - max(c[2] for c in calls if c[0] == first) - inside)
+    inside += sum(t1 - t0 for t0, t1 in evals if start <= t0 and t1 <= end)
+    result.append(end - start - inside)
 
 
 def train_step_time(cfg: RunConfig, steps: int, root: Path, *extra: str) -> float:
