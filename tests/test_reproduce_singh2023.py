@@ -22,17 +22,19 @@ def test_smoke_writes_tables_figure_and_claims(tmp_path):
     assert [f.name for f in rep.figures] == ["transience.png"] and rep.figures[0].exists()
     curves = rep.tables["curves"]
     assert set(curves.columns) == {"condition", "seed", "step", "split", "metric", "value"}
-    assert set(curves["condition"]) == {"none", "mixed-none", "mixed-l2", "mixed-all-decay", "omniglot"}
+    assert set(curves["condition"]) == {"none", "mixed-none", "mixed-l2", "mixed-all-decay", "threshold", "omniglot"}
     assert set(curves["split"]) == {"ICL", "IWL", "train"}
     trans = rep.tables["transitions"]
     assert {"emerged", "emergence_step", "peak", "peak_step", "final", "transient", "drop"} <= set(trans.columns)
-    assert len(trans) == 5
-    # data, 2 fading, 2 IWL takeovers, 2 persisting, the Omniglot curve (measured only), detector.
-    assert len(rep.claims) == 9
+    assert len(trans) == 6
+    # data, 3 fading, 2 IWL takeovers, what replaces ICL at the threshold (measured only),
+    # 2 persisting, the Omniglot curve (measured only), detector.
+    assert len(rep.claims) == 11
     assert all(c.ours for c in rep.claims)
-    assert [c.holds is None for c in rep.claims].count(True) == 1
+    assert [c.holds is None for c in rep.claims].count(True) == 2
     # Every training sequence of both data sets holds the query's class with its label.
     assert rep.claims[0].holds is True and "none (gaussian): 1.000" in rep.claims[0].ours
+    assert "threshold (gaussian): 1.000" in rep.claims[0].ours
     assert summary["settings"]["full_runs_built"] == 6
     assert "| claim | paper | ours | holds |" in (tmp_path / "claims.md").read_text()
 
@@ -131,12 +133,19 @@ def test_cpu_configs_differ_only_in_what_they_say():
     assert every.train.weight_decay > 0 and every.train.decay_on == "matrices" and every.train.l2 == 0
     omni = configs["omniglot"][0]
     assert omni.data.bank == "omniglot" and omni.data.p_bursty == 1.0 and omni.train.l2 == 0
+    # Singh et al. 2025's layout at the threshold K: the query's class and one distractor.
+    th = configs["threshold"][0]
+    assert (th.data.n_pairs, th.data.burst, th.data.p_bursty) == (2, 1, 1.0)
+    assert (th.data.n_classes, th.data.n_labels, th.data.d, th.data.noise) == (144, 32, 8, 0.5)
+    assert th.model.n_heads == 8 and th.model.attn_only and th.train.l2 == 0 and th.train.weight_decay == 0
+    assert th.train.steps == sg.THRESHOLD_STEPS and [c.seed for c in configs["threshold"]] == [0, 1]
 
 
 def test_both_strategies_measures_the_data():
     configs = sg.build_configs("cpu")
     assert sg.both_strategies(configs["none"][0]) == 1.0
     assert sg.both_strategies(configs["omniglot"][0]) == 1.0
+    assert sg.both_strategies(configs["threshold"][0]) == 1.0
     # With non-bursty sequences (Chan's p_bursty 0.9) some queries have no match in context.
     mixed = configs["none"][0].replace(data=configs["none"][0].data.replace(p_bursty=0.9))
     assert 0.8 < sg.both_strategies(mixed) < 0.97
@@ -173,3 +182,5 @@ def test_cpu_scale_reproduces_the_claims(tmp_path):
     held = {c.claim for c in rep.claims if c.holds}
     assert f"{_desc('mixed-none')}: ICL emerges, then fades while the training loss keeps falling" in held
     assert f"{_desc('mixed-all-decay')}: ICL persists" in held
+    # Singh et al. 2025's layout at the threshold K: the one both-strategies fade at this scale.
+    assert f"{_desc('threshold')}: ICL emerges, then fades while the training loss keeps falling" in held
