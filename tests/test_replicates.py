@@ -138,3 +138,42 @@ def test_group_jobs_groups_points_sharing_a_model():
     assert [len(j.points) for j in grouped] == [8]  # same model and train: one vmapped job
     jobs, points = _jobs({"model.d_model": [16, 32], "seed": [0, 1]})
     assert sorted(len(j.points) for j in group_jobs(jobs, points, workers=1, vectorise=True)) == [2, 2]
+
+
+def test_sweeps_in_one_pool_vectorise_across_sweeps(tmp_path):
+    """Two sweeps whose points share a model (and share point names) train as one vectorised
+    job; each sweep folder ends as its own run_sweep leaves it."""
+    from icl_circuits.sweeps import run_sweeps
+
+    specs = [
+        SweepSpec(base="demo", overrides=(*TINY_OVERRIDES, f"data.burst={b}"), grid={"seed": [0, 1]}) for b in (0, 2)
+    ]
+    seen = []
+
+    class Recording(LocalBackend):
+        def run(self, jobs, on_done):
+            seen.extend(jobs)
+            return super().run(jobs, on_done)
+
+    both = run_sweeps(
+        [(spec, tmp_path / f"pool{i}") for i, spec in enumerate(specs)],
+        backend=Recording(workers=1),
+        progress=False,
+        figures=False,
+        vectorise=True,
+    )
+    assert [len(j.points) for j in seen] == [4]  # one job across both sweeps
+    for i, (spec, res) in enumerate(zip(specs, both, strict=True)):
+        alone = run_sweep(spec, tmp_path / f"alone{i}", backend=LocalBackend(workers=1), progress=False, figures=False)
+        assert res.counts()["done"] == alone.counts()["done"] == 2
+        assert res.status == alone.status and not res.errors
+        for point in res.points:
+            _assert_same_run(tmp_path / f"pool{i}" / "runs" / point.name, tmp_path / f"alone{i}" / "runs" / point.name)
+        cols = ["point", "seed", "kind", "step", "split", "metric"]
+        assert res.results[cols].equals(alone.results[cols])
+        index = (tmp_path / f"pool{i}" / "index.csv").read_text()
+        assert index == (tmp_path / f"alone{i}" / "index.csv").read_text()
+    again = run_sweeps([(spec, tmp_path / f"pool{i}") for i, spec in enumerate(specs)], progress=False, figures=False)
+    assert [r.trained for r in again] == [0, 0]
+    with pytest.raises(Exception, match="its own folder"):
+        run_sweeps([(specs[0], tmp_path / "same"), (specs[1], tmp_path / "same")], progress=False)

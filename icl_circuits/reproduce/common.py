@@ -119,15 +119,32 @@ def run_grid(
     Resumes a sweep folder left by an interrupted reproduction; raises the sweep's one-line
     error if any run failed (after the others finished).
     """
-    from icl_circuits.sweeps import LocalBackend, SweepSpec, run_sweep
+    return run_grids(out, {name: (base, overrides, grid)}, workers, progress, probes)[name]
+
+
+def run_grids(
+    out: Path,
+    grids: dict[str, tuple[str, Sequence[str], dict[str, list]]],
+    workers: int | None = None,
+    progress: bool = True,
+    probes: bool = False,
+) -> dict[str, pd.DataFrame]:
+    """:func:`run_grid` for several grids (name -> ``(base, overrides, grid)``) in one pool of
+    jobs, so runs of different grids that share a model vectorise together where the measured
+    rule says it pays (:func:`icl_circuits.sweeps.sweep.run_sweeps`); each grid's sweep folder
+    and results table are the ones :func:`run_grid` makes. Raises the first failed grid's
+    one-line error after every run finished."""
+    from icl_circuits.sweeps import LocalBackend, SweepSpec, run_sweeps
     from icl_circuits.sweeps.sweep import check_ok
 
-    spec = SweepSpec(base=base, overrides=tuple(overrides), grid={k: list(v) for k, v in grid.items()})
-    result = run_sweep(
-        spec, out / SWEEPS / name, backend=LocalBackend(workers), progress=progress, figures=False, probes=probes
-    )
-    check_ok(result)
-    return result.results
+    specs = [
+        (SweepSpec(base=base, overrides=tuple(over), grid={k: list(v) for k, v in grid.items()}), out / SWEEPS / name)
+        for name, (base, over, grid) in grids.items()
+    ]
+    results = run_sweeps(specs, backend=LocalBackend(workers), progress=progress, figures=False, probes=probes)
+    for result in results:
+        check_ok(result)
+    return {name: result.results for name, result in zip(grids, results, strict=True)}
 
 
 #: Checkpoint-selection rules of :func:`final`.

@@ -13,7 +13,14 @@ from __future__ import annotations
 from icl_circuits.sweeps.backends import LocalBackend, RayBackend, make_backend
 from icl_circuits.sweeps.phase import phase_diagram, phase_table
 from icl_circuits.sweeps.spec import Point, SweepSpec, build_points, load_spec, parse_axis_arg, parse_values
-from icl_circuits.sweeps.sweep import SweepResult, aggregate, load_sweep_spec, read_results, run_sweep
+from icl_circuits.sweeps.sweep import (
+    SweepResult,
+    aggregate,
+    load_sweep_spec,
+    read_results,
+    run_sweep,
+    run_sweeps,
+)
 
 __all__ = [
     "LocalBackend",
@@ -32,4 +39,5 @@ __all__ = [
     "phase_table",
     "read_results",
     "run_sweep",
+    "run_sweeps",
 ]

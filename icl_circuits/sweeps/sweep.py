@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -291,26 +291,62 @@ def run_sweep(
         A :class:`SweepResult`. Failed points are listed there (and in ``index.csv``), not
         raised: the other points still run and a rerun retries only what is not done.
     """
-    out = Path(out).resolve()
+    return run_sweeps([(spec, out)], backend, probes, probe_eval_size, progress, figures, log, vectorise)[0]
+
+
+def run_sweeps(
+    sweeps: Sequence[tuple[SweepSpec, Path | str]],
+    backend=None,
+    probes: bool = False,
+    probe_eval_size: int = 512,
+    progress: bool = True,
+    figures: bool = True,
+    log: Callable[[str], None] | None = None,
+    vectorise: bool | None = None,
+) -> list[SweepResult]:
+    """:func:`run_sweep` for several ``(spec, out)`` sweeps at once: one pool of jobs, so points
+    of different sweeps that share a model vectorise together (:func:`group_jobs`).
+
+    Each sweep folder ends exactly as its own :func:`run_sweep` would leave it (the same run
+    folders, ``index.csv`` and ``results.csv``); only which points train in one process differs.
+
+    Returns:
+        One :class:`SweepResult` per sweep, in the order given.
+    """
     if probe_eval_size < 1:
         raise ICLError(f"--probe-eval-size: expected a positive number of sequences, got {probe_eval_size}")
     backend = backend or LocalBackend()
-    points = prepare_sweep(spec, out)
-    status: dict[str, str] = {}
-    for point in points:
-        status[point.name], _ = point_status(point, run_path(out, point))
-    errors: dict[str, str] = {}
-    write_index(out, points, status, errors)
-    n_done = sum(s == "done" for s in status.values())
-    # With probes, finished runs go to the workers too: they only analyse (train is skipped).
-    todo = [p for p in points if status[p.name] != "done" or probes]
-    by_name = {p.name: p for p in points}
+    outs = [Path(out).resolve() for _, out in sweeps]
+    if len(set(outs)) != len(outs):
+        raise ICLError("sweep: each sweep needs its own folder")
+    # Everything is checked before anything is trained.
+    all_points = [prepare_sweep(spec, out) for (spec, _), out in zip(sweeps, outs, strict=True)]
+    single = len(sweeps) == 1
+    # A job's point is its label: the point's name, prefixed with its sweep's index when several run.
+    where: dict[str, tuple[int, Point]] = {}
+    statuses: list[dict[str, str]] = []
+    errors: list[dict[str, str]] = []
+    n_done = []
+    todo = []
+    for k, (out, points) in enumerate(zip(outs, all_points, strict=True)):
+        status = {p.name: point_status(p, run_path(out, p))[0] for p in points}
+        statuses.append(status)
+        errors.append({})
+        write_index(out, points, status, errors[k])
+        n_done.append(sum(s == "done" for s in status.values()))
+        for p in points:
+            where[p.name if single else f"{k}:{p.name}"] = (k, p)
+        # With probes, finished runs go to the workers too: they only analyse (train is skipped).
+        todo += [(k, p) for p in points if status[p.name] != "done" or probes]
+    total = sum(len(points) for points in all_points)
     if log:
-        what = f"{len(points) - n_done} to train" + (f", {len(points)} to analyse" if probes else "")
-        log(f"sweep: {len(points)} runs, {n_done} already done, {what} on {backend.describe()}")
+        n_all = sum(n_done)
+        what = f"{total - n_all} to train" + (f", {total} to analyse" if probes else "")
+        runs = f"{total} runs" if single else f"{total} runs in {len(sweeps)} sweeps"
+        log(f"sweep: {runs}, {n_all} already done, {what} on {backend.describe()}")
     bar = tqdm(
-        total=len(points),
-        initial=len(points) - len(todo),
+        total=total,
+        initial=total - len(todo),
         desc="sweep",
         unit="run",
         disable=not progress,
@@ -318,7 +354,8 @@ def run_sweep(
     )
 
     def on_done(outcome: Outcome) -> None:
-        point = by_name[outcome.point]
+        k, point = where[outcome.point]
+        out, status = outs[k], statuses[k]
         state, _ = point_status(point, run_path(out, point))
         if outcome.ok and state != "done":
             outcome = dataclasses.replace(
@@ -329,21 +366,28 @@ def run_sweep(
             )
         status[point.name] = "done" if outcome.ok else "failed"
         if outcome.error:
-            errors[point.name] = outcome.error
-        write_index(out, points, status, errors)
+            errors[k][point.name] = outcome.error
+        write_index(out, all_points[k], status, errors[k])
         bar.update(1)
-        n_failed = sum(s == "failed" for s in status.values())
+        n_failed = sum(s == "failed" for st in statuses for s in st.values())
         if n_failed:
             bar.set_postfix(failed=n_failed, refresh=False)
 
+    todo.sort(key=lambda kp: statuses[kp[0]][kp[1].name] != "partial")  # interrupted runs first
     jobs = [
-        Job(p.name, json.dumps(p.config.to_dict()), str(run_path(out, p)), probes, probe_eval_size)
-        for p in sorted(todo, key=lambda p: status[p.name] != "partial")  # interrupted runs first
+        Job(
+            p.name if single else f"{k}:{p.name}",
+            json.dumps(p.config.to_dict()),
+            str(run_path(outs[k], p)),
+            probes,
+            probe_eval_size,
+        )
+        for k, p in todo
     ]
     # A cluster's capacity is not known here (Ray): group there only when asked to.
     workers = getattr(backend, "workers", None)
     if workers is not None or vectorise:
-        jobs = group_jobs(jobs, by_name, workers or 1, vectorise)
+        jobs = group_jobs(jobs, {label: p for label, (_, p) in where.items()}, workers or 1, vectorise)
     if log and any(j.replicates for j in jobs):
         log(
             f"sweep: {sum(len(j.points) for j in jobs if j.replicates)} seed replicates vectorised in "
@@ -353,13 +397,17 @@ def run_sweep(
         backend.run(jobs, on_done)
     finally:
         bar.close()
-    results = aggregate(out, points, probes=probes, probe_eval_size=probe_eval_size)
-    figs: list[Path] = []
-    if figures and not results.empty:
-        from icl_circuits.sweeps.phase import write_phase_diagrams
+    out_results = []
+    for k, (out, points) in enumerate(zip(outs, all_points, strict=True)):
+        results = aggregate(out, points, probes=probes, probe_eval_size=probe_eval_size)
+        figs: list[Path] = []
+        if figures and not results.empty:
+            from icl_circuits.sweeps.phase import write_phase_diagrams
 
-        figs = write_phase_diagrams(out, results, points)
-    return SweepResult(out, points, status, errors, results, figs, trained=len(points) - n_done)
+            figs = write_phase_diagrams(out, results, points)
+        trained = len(points) - n_done[k]
+        out_results.append(SweepResult(out, points, statuses[k], errors[k], results, figs, trained=trained))
+    return out_results
 
 
 def check_ok(result: SweepResult) -> None:

@@ -58,7 +58,7 @@ from icl_circuits.papers.chan2024.claims import (  # noqa: F401 (re-exported for
 )
 from icl_circuits.papers.chan2024.gating import GatingConfig, train_gating
 from icl_circuits.presets import get_preset
-from icl_circuits.reproduce.common import Reproduction, final, pick, run_grid
+from icl_circuits.reproduce.common import Reproduction, final, pick, run_grids
 
 NAME = "chan2024"
 PRESET = "chan2024-stylized"
@@ -145,9 +145,10 @@ def transformer_tables(
     base = apply_overrides(get_preset(preset), list(s["overrides"])).data
     tables, curves = [], []
     sweeps = grids(s) if sweeps is None else sweeps
+    # The grids in one pool of jobs: runs sharing the model vectorise across grids.
+    trained = run_grids(out, {n: (preset, s["overrides"], a) for n, a in sweeps.items()}, workers, progress)
     for name, axes in sweeps.items():
-        res = run_grid(out, name, preset, s["overrides"], axes, workers=workers, progress=progress)
-        res = res.rename(columns=_RENAME)
+        res = trained[name].rename(columns=_RENAME)
         defaults = {"N": base.n_train, "p_relevant": base.p_relevant, "sigma": base.noise, "seed": axes["seed"][0]}
         for col, default in defaults.items():
             if col not in res.columns:
