@@ -288,7 +288,10 @@ def missed_notes(goals: list) -> list[str]:
         "bit-cast tokens) weighs, and the per-round ratios scatter with the load (this script's earlier runs: "
         "0.93x, 1.63x, 0.98x, 0.65x, 0.73x, 0.76x). Taken out since: the optimiser's per-parameter loop "
         "(foreach, bitwise the same; about 5% of the step) and the batch's token layout (the stylized "
-        "training set's tokens laid out once).",
+        "training set's tokens laid out once). On free cores the prefetch thread itself costs chan2024-stylized "
+        "about 5% (`no prefetch / hand-written` 0.95x in the previous run of this script, against 0.90x with "
+        "the thread the probe started: batches 6-8% of a step inside the loop, 2% alone). Next lever: let "
+        "the probe time steps with and without the thread and keep the faster.",
         "data on the critical path": "where the prefetch's probe (steps 6-10, medians) judged a batch cheap, "
         "the loop makes it itself and waits for all of it; inside the loop a batch costs 2-4x what it costs "
         "alone (cold caches after the backward pass, and under load the data's Python work is preempted), so "
@@ -303,14 +306,22 @@ def missed_notes(goals: list) -> list[str]:
         "fusing the elementwise ops, one chunk of seeds compiled) 1.35-1.44x in the loop, 1.53-1.62x the step "
         "alone. Next lever: compile ensembles by default where the run is long enough to pay the compile "
         "(about 30 s), or a GPU (launch-bound small models).",
+        "vectorised seeds chan2024-stylized": "the single-seed baseline got faster (the foreach optimiser and the "
+        "token table: 3.1-3.4 ms a step on free cores), and the stacked ensemble step costs 2.0 ms per seed "
+        "(16 seeds, 40 steps, free cores: 1.56-1.61x; 8 steps, as here: 1.41-1.46x, the first steps being "
+        "slower). The earlier 2.13x and 2.48x of this script were taken under load 4-9, where the single "
+        "run's per-step Python work slowed more than the ensemble's. The step alone measured 1.9-2.1x. Next "
+        "lever: the stacked step's own per-seed cost (0.69 GFLOP in 32 ms, about 21 GFLOP/s), or a GPU.",
         "chan2024 cpu grid": "evaluation stays per member on the CPU (stacked evaluation measured slower: "
         "compute-bound, 1.34-2.00 vs 1.16-1.58 CPU s per checkpoint of 9 members); the gain is the training "
         "step's (stacked forward) and, in the reproduction itself, the three grids' runs pooled so 8-run grids "
         "vectorise too.",
     }
-    notes = [
-        f"- **{g}** ({m}): {text}" for g, m, ok in goals if not ok for key, text in why.items() if g.startswith(key)
-    ]
+    notes = []
+    for g, m, ok in goals:
+        keys = [key for key in why if g.startswith(key)]
+        if not ok and keys:
+            notes.append(f"- **{g}** ({m}): {why[max(keys, key=len)]}")
     return ["Missed goals: measured reason, next lever", "", *notes, ""] if notes else []
 
 
