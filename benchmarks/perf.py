@@ -242,7 +242,12 @@ REPRO_TIMES = [
         "main pass 27 min 30 s + memorisation rerun",
     ),
     ("reddy2023", "25 min 8 s (load 6–9)", "5 min 39 s", "21 runs of 1,500–2,000 steps"),
-    ("singh2023", "14 min 5 s (shared)", "4 min 47 s", "6 runs"),
+    (
+        "singh2023",
+        "18 min 45 s (2 workers, clean clone, load ≈ 4)",
+        "4 min 47 s (6 runs, before)",
+        "11 runs, 2 of them 40,000 steps",
+    ),
     ("singh2024", "3 min 27 s (shared)", "48 s", "2 runs x 6,000 steps"),
 ]
 
