@@ -124,14 +124,8 @@ class VmapEnsemble:
         self.decayed = [params[n] for n in self.decayed_names]
         self.trainable = [params[n] for n in self.order]
 
-        base = _QueryLogits(copy.deepcopy(self.models[0]))
-        # scaled_dot_product_attention has no vmap batching rule on the CPU (a loop over the
-        # seeds): the fast path's attention as matmuls instead, which batch.
-        base.model.attention_kernel = "math"
-        # The wrapper's names are the model's with a "model." prefix; same tensors, so the
-        # gradients land on the stacked parameters.
-        self.wrapped = ({f"model.{k}": v for k, v in params.items()}, {f"model.{k}": v for k, v in buffers.items()})
-        self.vmap_logits = vmap(lambda p, b, tokens: functional_call(base, (p, b), (tokens,)))
+        base, self.vmap_logits = _vmap_forward(self.models[0])
+        self.wrapped = _prefixed(params, buffers)
         if self.stacked:
             # The stacked forward reads the template's architecture only, the weights from params.
             template = self.models[0]
@@ -193,10 +187,7 @@ class VmapEnsemble:
         if self.params is None:
             params, buffers = stack_module_state(self.models)
             if not self.stacked:
-                prefix = ({f"model.{k}": v for k, v in params.items()}, {f"model.{k}": v for k, v in buffers.items()})
-                base = _QueryLogits(copy.deepcopy(self.models[0]))
-                base.model.attention_kernel = "math"
-                return vmap(lambda p, b, t: functional_call(base, (p, b), (t,)))(*prefix, tokens)
+                return _vmap_forward(self.models[0])[1](*_prefixed(params, buffers), tokens)
         else:
             params = self.params
             if not self.stacked:
@@ -241,6 +232,22 @@ class _QueryLogits(torch.nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return query_logits(self.model, tokens)
+
+
+def _vmap_forward(model: torch.nn.Module) -> tuple[_QueryLogits, Any]:
+    """A copy of ``model`` as :class:`_QueryLogits` and its vmapped forward
+    ``(params, buffers, tokens [S, ...]) -> [S, batch, d_vocab_out]`` (names from :func:`_prefixed`)."""
+    base = _QueryLogits(copy.deepcopy(model))
+    # scaled_dot_product_attention has no vmap batching rule on the CPU (a loop over the
+    # seeds): the fast path's attention as matmuls instead, which batch.
+    base.model.attention_kernel = "math"
+    return base, vmap(lambda p, b, tokens: functional_call(base, (p, b), (tokens,)))
+
+
+def _prefixed(params: dict[str, Tensor], buffers: dict[str, Tensor]) -> tuple[dict, dict]:
+    """The stacked tensors under :class:`_QueryLogits`' names (a ``model.`` prefix); the same
+    tensors, so gradients land on the stacked parameters."""
+    return {f"model.{k}": v for k, v in params.items()}, {f"model.{k}": v for k, v in buffers.items()}
 
 
 def _clip_per_seed(params: list[Tensor], max_norm: float) -> None:
