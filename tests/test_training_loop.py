@@ -132,14 +132,16 @@ def test_prefetch_equals_no_prefetch_bitwise(tmp_path, ensemble, monkeypatch):
 @pytest.mark.parametrize(
     ("cost", "thread", "slow_start"), [(0.0, False, False), (0.01, True, False), (0.01, True, True)]
 )
-def test_prefetch_auto_starts_its_thread_only_for_costly_batches(cost, thread, slow_start):
-    """By default the first batches are made on demand; the thread starts only when a batch
-    costs over 5% of a step (the warm-up steps, here 10x slower, left out of the comparison),
-    and every step still gets its own batch, in order."""
+def test_prefetch_auto_starts_its_thread_only_for_costly_batches(cost, thread, slow_start, monkeypatch):
+    """By default the first batches are made on demand, then in bursts; the thread starts only
+    when a batch costs over 5% of a step (the warm-up steps, here 10x slower, left out of the
+    comparison), and every step still gets its own batch, in order."""
     import threading
     import time
 
     from icl_circuits.training.prefetch import Prefetch
+
+    monkeypatch.setattr(Prefetch, "CHUNK_STEPS", 4)
 
     made_in = []
 
@@ -159,6 +161,32 @@ def test_prefetch_auto_starts_its_thread_only_for_costly_batches(cost, thread, s
     assert got == list(range(2, 20))
     assert made_in[: probe + 1] == ["MainThread"] * (probe + 1)
     assert any(name.startswith("icl-prefetch") for name in made_in) == thread
+    assert len(made_in) == 18  # each step's batch made once, in a burst or by the thread
+
+
+@pytest.mark.parametrize(("rows", "burst"), [(8, 32), (2**21, 8)], ids=["small", "capped"])
+def test_prefetch_bursts_make_ahead_within_the_byte_cap(rows, burst):
+    """Without the thread, a missing input is made with the next ones in one burst: up to
+    CHUNK_STEPS steps and CHUNK_BYTES (here 8-row and 8 MiB inputs: bursts of 32 and of 8),
+    never past the end; each step gets its own input, in order, made once."""
+    from icl_circuits.training.prefetch import Prefetch
+
+    calls = []
+
+    def make(step):
+        calls.append(step)
+        return (torch.full((rows,), step, dtype=torch.int32),)
+
+    with Prefetch(make, 3, 80, enabled=False) as data:
+        firsts = []
+        for step in range(3, 80):
+            n = len(calls)
+            assert data.get(step)[0][0].item() == step
+            if len(calls) > n:
+                firsts.append((step, len(calls) - n))
+    assert calls == list(range(3, 80))
+    assert firsts[0] == (3, burst)
+    assert all(size <= Prefetch.CHUNK_STEPS for _, size in firsts) and firsts[-1][0] + firsts[-1][1] == 80
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])

@@ -243,7 +243,7 @@ class StylizedSource(DataSource):
         table = self._training_table()
         if table is None:
             return self.training_sequences(index)
-        return table[index].with_tokens(self._table_tokens[index])
+        return table.rows(index).with_tokens(self._table_tokens.index_select(0, index))
 
     def _training_table(self) -> Batch | None:
         """The whole finite training set, built once (it is a pure function of the index).

@@ -12,11 +12,12 @@ its :class:`Backend`: :class:`SingleModel` here (``train``), or the vectorised s
 (folder preparation, resume, evaluation, checkpoints, divergence checks, progress,
 experiment tracking, threads) is the loop's, through :mod:`icl_circuits.training.runfolder`.
 
-Data off the critical path: the inputs of step ``t + 1`` (every member's batch, laid out by
-the backend's ``prepare``) are made in one background thread while step ``t`` computes.
-Batches are a pure function of ``(seed, step)`` and each has its own generator, so a run
-with the prefetch is bitwise the run without it (``prefetch=False``; tested). By default the
-thread starts only when a batch costs over 5% of a step (:class:`Prefetch`).
+Data off the critical path: the inputs of the next steps (every member's batch, laid out by
+the backend's ``prepare``) are made ahead, in bursts of up to 32 steps on the loop's thread
+(a batch costs several times less in a run of batches than alone between two steps), or in
+one background thread while step ``t`` computes when a batch costs over 5% of a step even in
+bursts (:class:`Prefetch`). Batches are a pure function of ``(seed, step)`` and each has its
+own generator, so a run is bitwise the same whichever way its batches are made (tested).
 
 Early stop (``train.stop_above``, off by default): a member ends at the first checkpoint after
 step 0 whose ICL (or IWL) accuracy exceeds the threshold; the check happens only at
@@ -185,7 +186,8 @@ def train(
         stop_after: stop (cleanly, as a crash would) once this step is checkpointed;
             for tests and for splitting a run across jobs.
         prefetch: make the next step's batch in a background thread: None (default) when a batch
-            costs over 5% of a step (:class:`Prefetch`), True always, False never; same result, bitwise.
+            costs over 5% of a step (:class:`Prefetch`), True always, False never (bursts on
+            the loop's thread); same result, bitwise.
 
     Returns:
         The run folder.
