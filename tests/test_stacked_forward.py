@@ -10,6 +10,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from icl_circuits.config import apply_overrides
 from icl_circuits.models.build import build_native, query_logits
+from icl_circuits.models import stacked as stacked_module
 from icl_circuits.models.stacked import seeds_per_chunk, stacked_query_logits, supports_stacked
 from icl_circuits.presets import get_preset
 from icl_circuits.registry import presets
@@ -68,11 +69,15 @@ def test_stacked_equals_each_seed_and_vmap(name, overrides, kernel):
     assert supports_stacked(models[0])
     params, buffers = stack_module_state(models)
     weight = torch.randn(3, 4, models[0].cfg.d_vocab_out, generator=torch.Generator().manual_seed(0))
-    # Chunks of 2 seeds (3 = 2 + 1) and all at once.
-    for chunk in (None, 2):
+    # Chunks of 2 seeds (3 = 2 + 1) and all at once; the norms' affines applied to these few
+    # rows (what costs less here), and folded into the next linears (what larger batches get).
+    for chunk, fold in ((None, False), (2, False), (None, True)):
         for p in params.values():
             p.grad = None
-        stacked = stacked_query_logits(models[0], params, tokens, kernel=kernel, chunk=chunk)
+        with pytest.MonkeyPatch.context() as mp:
+            if fold:
+                mp.setattr(stacked_module, "_fold_if_cheaper", lambda x, affine, d_out: (x, affine))
+            stacked = stacked_query_logits(models[0], params, tokens, kernel=kernel, chunk=chunk)
         (stacked * weight).sum().backward()
         got = _grads(params)
         for s, model in enumerate(models):

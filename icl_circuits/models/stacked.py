@@ -142,6 +142,27 @@ def _fold(weight: Tensor, bias: Tensor | None, affine: Affine) -> tuple[Tensor, 
     return folded, extra if bias is None else bias + extra
 
 
+def _fold_if_cheaper(x: Tensor, affine: Affine, d_out: int) -> tuple[Tensor, Affine]:
+    """Keep a norm's affine for :func:`_fold` into the next linears (``d_out`` outputs in all)
+    only where that costs less: folding touches ``d_out x d_model`` weights per seed (and its
+    backward twice that), the affine itself ``rows x d_model`` activations. With fewer rows per
+    seed than ``d_out`` (chan2024-stylized: 96 rows against QKV's 192 and the MLP's 256) the
+    affine is applied to ``x`` here and ``(None, None)`` returned."""
+    gain, shift = affine
+    if (gain is None and shift is None) or x[0].numel() // x.shape[-1] >= d_out:
+        return x, affine
+    if gain is not None:
+        x = _seedwise(gain, x.ndim) * x
+    return (x if shift is None else x + _seedwise(shift, x.ndim)), (None, None)
+
+
+def _readout_width(head: nn.Module) -> int:
+    """Outputs of the readout's first linear (what a folded ``ln_out`` affine multiplies)."""
+    if isinstance(head, nn.Linear):
+        return head.out_features
+    return next((m.out_features for m in head.mlp if isinstance(m, nn.Linear)), head.out.out_features)
+
+
 def _embed(embed: ExemplarEmbed, params: dict[str, Tensor], tokens: Tensor) -> Tensor:
     """:class:`ExemplarEmbed` per seed: ``tokens`` ``[S, batch, pos, d_in + 1]`` -> ``[S, batch, pos, d_model]``."""
     x, label = unpack_tokens(tokens, embed.d_in)  # [S, batch, pos, d_in], [S, batch, pos]
@@ -301,16 +322,21 @@ def _forward(native: nn.Module, params: dict[str, Tensor], tokens: Tensor, kerne
     last = len(native.layers) - 1
     for i, block in enumerate(native.layers):
         name = f"layers.{i}"
+        attn = block.attn
         normed, affine = _normalise(block.ln1, params, f"{name}.ln1", hidden)
+        normed, affine = _fold_if_cheaper(normed, affine, (attn.n_heads + 2 * attn.n_kv_heads) * attn.d_head)
         if i == last:  # the query's row only
-            hidden = hidden[:, :, -1:] + _query_attention(block.attn, params, f"{name}.attn", normed, affine)
+            hidden = hidden[:, :, -1:] + _query_attention(attn, params, f"{name}.attn", normed, affine)
         else:
-            hidden = hidden + _attention(block.attn, params, f"{name}.attn", normed, affine, kernel)
+            hidden = hidden + _attention(attn, params, f"{name}.attn", normed, affine, kernel)
         if not block.cfg.attn_only:
+            fc_in = _pair(params, f"{name}.mlp.fc_in")
             normed, affine = _normalise(block.ln2, params, f"{name}.ln2", hidden)
-            mid = _linear(normed, *_fold(*_pair(params, f"{name}.mlp.fc_in"), affine))
+            normed, affine = _fold_if_cheaper(normed, affine, fc_in[0].shape[1])
+            mid = _linear(normed, *_fold(*fc_in, affine))
             hidden = hidden + _linear(block.mlp.act(mid), *_pair(params, f"{name}.mlp.fc_out"))
     final, affine = _normalise(native.ln_out, params, "ln_out", hidden[:, :, -1])  # [S, batch, d_model]
+    final, affine = _fold_if_cheaper(final, affine, _readout_width(native.head))
     return _readout(native.head, params, final, affine)
 
 
