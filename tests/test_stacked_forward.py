@@ -9,8 +9,8 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from icl_circuits.config import apply_overrides
-from icl_circuits.models.build import build_native, query_logits
 from icl_circuits.models import stacked as stacked_module
+from icl_circuits.models.build import build_native, query_logits
 from icl_circuits.models.stacked import seeds_per_chunk, stacked_query_logits, supports_stacked
 from icl_circuits.presets import get_preset
 from icl_circuits.registry import presets

@@ -146,6 +146,8 @@ class VmapEnsemble:
 
             def stacked_losses(p: dict, tokens: Tensor, target: Tensor) -> Tensor:
                 n = seeds_per_chunk(*tokens.shape[:3], template.cfg.d_model)
+                if n >= tokens.shape[0]:  # one chunk: no split (its backward would copy every gradient)
+                    return per_chunk(p, tokens, target)
                 parts = {k: v.split(n) for k, v in p.items()}
                 pairs = zip(tokens.split(n), target.split(n), strict=True)
                 return torch.cat(
