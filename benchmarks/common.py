@@ -171,6 +171,34 @@ def ensemble_step_time(cfg: RunConfig, seeds: list[int], steps: int, root: Path)
     return loop[0] / steps
 
 
+def steady_step(cfg: RunConfig, seeds: list[int], steps: int, skip: int, root: Path) -> float:
+    """Median seconds between two training steps after the first ``skip`` (all seeds): ``train()``
+    for one seed, ``train_ensemble`` for several. The steady state, as a long run spends its time:
+    the first steps (allocator, a compiled graph's first call) and the two checkpoints left out,
+    and a median, which one preempted step does not move."""
+    from icl_circuits.training import ensemble, trainer
+
+    backend = trainer.SingleModel if len(seeds) == 1 else ensemble.VmapEnsemble
+    starts: list[float] = []
+    original = backend.step
+
+    def timed(self, *args, **kwargs):
+        starts.append(time.perf_counter())
+        return original(self, *args, **kwargs)
+
+    backend.step = timed
+    try:
+        run_cfg = bench_cfg(cfg, steps)
+        if len(seeds) == 1:
+            train(run_cfg.replace(seed=seeds[0]), fresh(root, "run"), progress=False)
+        else:
+            train_ensemble(run_cfg, seeds, [fresh(root, f"seed-{s}") for s in seeds], progress=False)
+    finally:
+        backend.step = original
+    gaps = [b - a for a, b in zip(starts[skip:], starts[skip + 1 :], strict=False)]
+    return statistics.median(gaps)
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -24,21 +24,19 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import (  # noqa: E402
     bare_loop,
     clock,
-    ensemble_step_time,
     load,
     median,
     ms,
-    train_step_time,  # noqa: E402
+    train_step_time,
 )
 from benchmarks.handmade import NguyenReddyRef, loops, nr_tokens  # noqa: E402
+from benchmarks.perf_seeds import cpu_bound, ensemble  # noqa: E402
 from icl_circuits.config import apply_overrides  # noqa: E402
 from icl_circuits.presets import get_preset  # noqa: E402
 from icl_circuits.training import trainer  # noqa: E402
 from icl_circuits.training.replicates import (  # noqa: E402
     VECTORISE_MAX_FLOPS,
     VECTORISE_MIN_SEEDS,
-    step_flops,
-    vectorise_pays,
 )
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -148,37 +146,6 @@ def nguyen_reddy(rounds: int, root: Path) -> tuple[list, list]:
         f"| ours, `train()` on `nguyen-reddy2024` (data made in the loop) | {ms(b)} | {bs / b:,.0f} | **{r:.2f}x** |",
     ]
     return rows, [("Nguyen & Reddy, same model: ours / reference sequences/s ≥ 1.0x", f"{r:.2f}x", r >= 1.0)]
-
-
-def ensemble(root: Path) -> tuple[list, list]:
-    rows, goals = [], []
-    for name, s, want in (
-        ("chan2024-stylized", 16, 2.0),
-        ("demo", 16, 1.5),
-        ("singh2024-induction", 16, None),
-        ("nguyen-reddy2024", 16, None),
-        ("chan2024-stylized", 3, None),
-        ("demo", 3, None),
-    ):
-        cfg = apply_overrides(get_preset(name), ["train.device=cpu"])
-        per_single, per_ens = [], []
-        for _ in range(2):
-            per_single.append(train_step_time(cfg, 6 if "nguyen" in name else 30, root / "single"))
-            per_ens.append(ensemble_step_time(cfg, list(range(s)), 4 if "nguyen" in name else 8, root / "ens"))
-        a, b = median(per_single), median(per_ens)
-        ratio = s * a / b
-        flops = step_flops(cfg)
-        rule = vectorise_pays(cfg, s)
-        rows.append(
-            f"| {name} | {s} | {flops / 1e9:.3f} | {ms(a)} | {ms(b / s)} | **{ratio:.2f}x** "
-            f"| {', '.join(f'{s * x / y:.2f}' for x, y in zip(per_single, per_ens, strict=True))} "
-            f"| {'vectorised' if rule else 'separate'} |"
-        )
-        if want:
-            goals.append(
-                (f"vectorised seeds {name}: S={s} per-seed throughput ≥ {want}x", f"{ratio:.2f}x", ratio >= want)
-            )
-    return rows, goals
 
 
 def repro_subset(root: Path, steps: int, workers: int = 2) -> tuple[list, list]:
@@ -341,7 +308,8 @@ def main(argv=None) -> None:
     r_rows, r_goals = rate(args.rounds, root)
     d_rows, d_goals = data_shares(root)
     n_rows, n_goals = nguyen_reddy(args.rounds, root)
-    e_rows, e_goals = ensemble(root)
+    e_rows, e_goals, demo = ensemble(root)
+    bound = cpu_bound(demo, root)
     p_rows, p_goals = repro_subset(root, args.repro_steps) if args.repro_steps else kept_repro()
     goals = r_goals + n_goals + e_goals + p_goals + d_goals
     mark = {True: "met", False: "**missed**"}
@@ -398,13 +366,14 @@ def main(argv=None) -> None:
             "",
             "### Seed replicates: vectorised against separate runs, and the rule",
             "",
-            "Per-seed throughput of `train_ensemble` (S seeds, one stacked forward, `icl_circuits.models.stacked`) "
-            "over `train()` per seed, one torch thread, between first and last checkpoint, 2 interleaved rounds. "
+            "Per-seed throughput of `train_ensemble` (S seeds, one stacked forward, `icl_circuits.models.stacked`, "
+            "the fused optimiser kernel) over `train()` per seed, one torch thread: the median time between two "
+            "steps once the first (8-15) are over (`benchmarks.common.steady_step`), 2 interleaved rounds. "
             f"`rule`: what `icl_circuits.training.replicates.vectorise_pays` chooses (S ≥ {VECTORISE_MIN_SEEDS}; "
             f"≤ {VECTORISE_MAX_FLOPS / 1e9:.1f} GFLOP per seed step only where the ensemble falls back to vmap). "
-            "CPU bound: the single-seed step of the bigger models already runs its matmuls near the core's rate, "
-            "so batching seeds adds little there beyond the work the stacked forward leaves out.",
+            "The `train.compile=true` row compiles the ensemble only; its separate runs stay eager.",
             "",
+            *bound,
             "| preset | S | GFLOP per seed step | separate: step | ensemble: step per seed | per-seed ratio | per round | rule |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
             *e_rows,
