@@ -163,14 +163,6 @@ def train_step_time(cfg: RunConfig, steps: int, root: Path, *extra: str) -> floa
     return loop[0] / steps
 
 
-def ensemble_step_time(cfg: RunConfig, seeds: list[int], steps: int, root: Path) -> float:
-    """Seconds per step (all seeds) of ``train_ensemble``'s loop."""
-    runs = [fresh(root, f"seed-{s}") for s in seeds]
-    with loop_timer() as loop:
-        train_ensemble(bench_cfg(cfg, steps), seeds, runs, progress=False)
-    return loop[0] / steps
-
-
 def steady_step(cfg: RunConfig, seeds: list[int], steps: int, skip: int, root: Path) -> float:
     """Median seconds between two training steps after the first ``skip`` (all seeds): ``train()``
     for one seed, ``train_ensemble`` for several. The steady state, as a long run spends its time:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import DEV, Goal, Scale, clock, ensemble_step_time, median, ms, train_step_time  # noqa: E402
+from benchmarks.common import DEV, Goal, Scale, clock, median, ms, steady_step  # noqa: E402
 from icl_circuits.config import RunConfig, apply_overrides  # noqa: E402
 from icl_circuits.models.build import query_logits  # noqa: E402
 from icl_circuits.presets import demo  # noqa: E402
@@ -49,8 +49,8 @@ def bench_ensemble(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], li
         "## Vectorised seeds",
         "",
         f"`train_ensemble` with S = {s} seeds (one stacked forward, one backward) against `train()` per seed "
-        "(separate runs, one after another); both loops timed between their first and last checkpoint, "
-        "median of interleaved rounds. "
+        "(separate runs, one after another); both timed in the steady state (median time between two steps "
+        "after the first, `benchmarks.common.steady_step`), median of interleaved rounds. "
         "`compute rate` is the single-seed step's forward + backward FLOPs (FlopCounterMode) over its time; "
         f"a batched matmul shaped like the ensemble's largest reaches {peak / 1e9:.0f} GFLOP/s here, so "
         "`peak / compute rate` bounds what batching seeds could gain if the whole step ran at that rate; "
@@ -65,8 +65,9 @@ def bench_ensemble(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], li
         seeds = list(range(s))
         t_single, t_ens = [], []
         for _ in range(max(scale.rounds - 1, 1)):
-            t_single.append(train_step_time(cfg, max(scale.ens_steps * 3, 4), root / f"single-{name}"))
-            t_ens.append(ensemble_step_time(cfg, seeds, scale.ens_steps, root / f"ens-{name}"))
+            skip = min(8, scale.ens_steps)
+            t_single.append(steady_step(cfg, [0], 4 * skip + 8, 2 * skip, root / f"single-{name}"))
+            t_ens.append(steady_step(cfg, seeds, scale.ens_steps + skip + 2, skip, root / f"ens-{name}"))
         t_single, t_ens = median(t_single), median(t_ens)
         ratio = s * t_single / t_ens
         rate = step_flops(cfg, d["lp"]) / t_single
@@ -86,7 +87,8 @@ def bench_ensemble(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], li
                 f"stacked as alone on this {DEV.type.upper()}: stacking saves dispatch only, and the stacked "
                 f"forward's smaller work (query at the query only, norms folded); data for {s} seeds is "
                 f"{data_share:.0%} of the ensemble step. Next levers: train.compile (inductor fuses the "
-                "elementwise ops; demo measured 1.35-1.44x in the loop), a GPU (launch-bound small models)"
+                "elementwise ops: the issue #15 section below measures it, with demo's CPU bound), a GPU "
+                "(launch-bound small models)"
                 + ("" if d["query_only"] else ", the query-only readout (less compute per seed)")
                 + "; the replicate rule (icl_circuits/training/replicates.py) trains such models separately."
             )

