@@ -12,14 +12,13 @@ with elementwise products (one query against ``pos`` keys). Unlike ``torch.func.
 the single-model forward, no biased linear is split into a matmul and an add and no batching
 copies are made. Gradients land on the stacked tensors themselves.
 
-Measured (one thread, 2 shared cores, load 4-4.5; thread CPU time of the step alone, 10-15
-interleaved rounds): per-seed throughput over one model's ``train()`` step at S = 16 was
-1.10-1.22x on ``demo`` (vmapped: 0.80-0.88x) and 1.9-2.1x on ``chan2024-stylized`` (vmapped:
-about the same). ``demo``'s single step already runs its matmuls near this CPU's rate for
-their shapes (about 30 GFLOP/s at ``d_model`` 64), and its elementwise ops and attention cost
-as much per seed stacked as alone: stacking amortises only dispatch, which ``demo`` barely has.
-Compiled (``train.compile``: inductor fuses those elementwise ops), ``demo`` reached 1.53-1.62x
-per seed in isolation and 1.35-1.44x inside the training loop, against uncompiled ``train()``.
+Measured (``benchmarks/RESULTS.md``, perf section: one thread, the steady-state step, free
+cores, two runs): per-seed throughput over one model's ``train()`` step at S = 16 was 2.2-2.6x on
+``chan2024-stylized``, 2.2x on ``singh2024-induction`` and 1.17-1.24x on ``demo``. ``demo``'s
+single step already runs its matmuls near this CPU's rate (about 80 of 98 GFLOP/s at
+``d_model`` 64), and its elementwise ops and attention cost as much per seed stacked as alone:
+the stated CPU bound for eager stacking is 1.3x. Compiled (``train.compile``: inductor fuses
+those elementwise ops), ``demo`` reached 1.51-1.64x against uncompiled separate runs.
 
 :func:`supports_stacked` says whether a model's architecture is covered; the ensemble falls
 back to ``vmap`` otherwise. ``tests/test_stacked_forward.py`` checks logits and gradients
