@@ -8,7 +8,8 @@ on the stacked weights, no vmap) where :func:`~icl_circuits.models.stacked.suppo
 covers the architecture, else one ``torch.func.vmap`` of ``functional_call``. The per-seed
 losses are summed and backpropagated once: seeds share no parameters, so each seed's
 gradient is exactly its own loss's gradient. Adam, AdamW and SGD
-are elementwise, so one optimiser over the stacked tensors equals S separate ones; gradient
+are elementwise, so one optimiser over the stacked tensors (torch's fused kernel, within a
+float rounding of the single model's foreach one) equals S separate ones; gradient
 clipping is done per seed here because ``clip_grad_norm_`` would take one global norm.
 
 Every seed keeps an ordinary run folder: its checkpoints hold its own unstacked weights and
