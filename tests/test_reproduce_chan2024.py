@@ -10,6 +10,7 @@ import torch
 
 from icl_circuits.data.stylized import StylizedSource
 from icl_circuits.errors import ConfigError
+from icl_circuits.papers.chan2024 import reference
 from icl_circuits.papers.chan2024 import reproduce as chan2024
 from icl_circuits.reproduce import reproduce
 from icl_circuits.reproduce.common import final
@@ -117,6 +118,39 @@ def test_ibd_theory_claim():
     t.loc[(t["N"] == 2**12), "value"] = 0.99
     t.loc[(t["N"] == 2**8), "value"] = 0.89  # 0.025 below f
     assert not chan2024.ibd_theory_claim(t, g, "last")[0].holds
+
+
+def test_reference_claim(tmp_path, monkeypatch):
+    """Ours within REF_TOL of the authors' code at every common N, both read at the same steps."""
+    ns = [2**6, 2**8, 2**10]
+    ref = _table({("IBD", "acc", 0.9): [0.85, 0.91, 0.97], ("OOBD-low", "acc", 0.9): [0.1, 0.5, 0.55]}, ns)
+    ref = ref.assign(steps=10_000, step=10_000)
+    other = ref.assign(steps=50_000, value=0.5)  # another run length: never compared with
+    pd.concat([ref, other]).to_csv(tmp_path / "ref.csv", index=False)
+    monkeypatch.setattr(reference, "REFERENCE_CSV", tmp_path / "ref.csv")
+    t = _table({("IBD", "acc", 0.9): [0.86, 0.92, 0.99], ("OOBD-low", "acc", 0.9): [0.08, 0.37, 0.58]}, ns)
+    ibd, icl = reference.reference_claims(t, "min_train_loss", 10_000)
+    assert ibd.holds and "largest gap 0.020 (at N = 2^10)" in ibd.ours
+    assert "below 0.95 at 2^6, 2^8" in ibd.ours and "10,000 steps" in ibd.claim
+    assert icl.holds and "largest gap 0.130 (at N = 2^8)" in icl.ours
+    ibd_rows = (t["split"] == "IBD") & (t["N"] == 2**8)
+    t.loc[ibd_rows, "value"] = 0.95  # 0.04 above the reference
+    assert not reference.reference_claims(t, "min_train_loss", 10_000)[0].holds
+    icl_rows = (t["split"] == "OOBD-low") & (t["N"] == 2**8)
+    t.loc[icl_rows, "value"] = 0.6  # peaks at 2^8, the reference at 2^10
+    assert not reference.reference_claims(t, "min_train_loss", 10_000)[1].holds
+    assert reference.reference_claims(t, "min_train_loss", 20_000) == []  # not measured at that length
+
+
+def test_reference_measurements_cover_the_cpu_grid():
+    """The committed measurements of chanb/simple_icl: every cpu N, 3 seeds, the splits the claims read."""
+    s = chan2024.settings("cpu")
+    ref = reference.reference_table(chan2024.train_steps(s))
+    assert set(ref["N"]) == set(s["n_train"])
+    assert ref.groupby("N")["seed"].nunique().min() == 3
+    assert {"IBD", "IBD-irr-low", "IBD-irr-high", "OOBD-low", "OOBD-high", "train"} <= set(ref["split"])
+    acc = ref[ref["metric"] == "acc"]["value"]
+    assert acc.between(0, 1).all() and len(ref.drop_duplicates(["N", "seed", "split"])) == len(ref)
 
 
 def test_checkpoint_rules():
