@@ -140,6 +140,8 @@ def test_reference_claim(tmp_path, monkeypatch):
     t.loc[icl_rows, "value"] = 0.6  # peaks at 2^8, the reference at 2^10
     assert not reference.reference_claims(t, "min_train_loss", 10_000)[1].holds
     assert reference.reference_claims(t, "min_train_loss", 20_000) == []  # not measured at that length
+    wider = pd.concat([t, t.assign(N=2**12)])
+    assert reference.reference_claims(wider, "min_train_loss", 10_000) == []  # nor at 2^12
 
 
 def test_reference_measurements_cover_the_cpu_grid():
@@ -215,6 +217,8 @@ CPU_HOLDING = (
     "Gating model, p_rel 0.9: its OOBD-low",
     "Gating model, p_rel 0 (context never relevant)",
     "Transformer and gating model, p_rel 0.9: rare-class ICL falls",
+    "Transformer vs the authors' code (chanb/simple_icl run at the same settings, 10,000 steps), p_rel 0.9: IBD",
+    "Transformer vs the authors' code (10,000 steps), p_rel 0.9: rare-class ICL",
 )
 
 
