@@ -132,7 +132,7 @@ def run(ref: Path, n: int, seed: int, steps: int, every: int, sigma: float, p_re
     for t in range(1, steps + 1):
         params, opt_state, _ = step(params, opt_state, stack([next(stream) for _ in range(32)]))
         if t % every == 0:
-            key = {"N": n, "p_relevant": p_rel, "sigma": sigma, "seed": seed, "step": t}
+            key = {"N": n, "p_relevant": p_rel, "sigma": sigma, "seed": seed, "steps": steps, "step": t}
             rows.append({**key, "split": "train", "metric": "loss", "value": float(train_loss(params, train_batch))})
             rows += [
                 {**key, "split": s, "metric": "acc", "value": float(accuracy(params, b))} for s, b in evals.items()
@@ -140,10 +140,16 @@ def run(ref: Path, n: int, seed: int, steps: int, every: int, sigma: float, p_re
     return rows
 
 
+def with_steps(t):
+    """``t`` with each run's length in ``steps`` (older files lack it: one file, one length per run)."""
+    if "steps" in t.columns:
+        return t
+    return t.assign(steps=t.groupby(["N", "p_relevant", "sigma", "seed"])["step"].transform("max"))
+
+
 def best_rows(t):
-    """Each run's rows at its lowest-training-loss checkpoint (latest of ties), with ``steps`` trained."""
+    """Each run's rows at its lowest-training-loss checkpoint (latest of ties)."""
     keys = ["N", "p_relevant", "sigma", "seed", "steps"]
-    t = t.assign(steps=t.groupby(keys[:-1])["step"].transform("max"))
     loss = t[t["split"] == "train"].sort_values("step")
     best = loss.loc[loss.iloc[::-1].groupby(keys)["value"].idxmin(), keys + ["step"]]
     return t.merge(best, on=keys + ["step"])
@@ -153,7 +159,7 @@ def summary(paths: list[Path], best_out: Path | None = None) -> str:
     """Seed means at each run's lowest-training-loss checkpoint, as a table (N across)."""
     import pandas as pd
 
-    read = best_rows(pd.concat([pd.read_csv(p) for p in paths], ignore_index=True))
+    read = best_rows(pd.concat([with_steps(pd.read_csv(p)) for p in paths], ignore_index=True))
     if best_out is not None:
         read.sort_values(["steps", "N", "seed", "split"]).to_csv(best_out, index=False, float_format="%.4f")
     acc = read[read["metric"] == "acc"]
