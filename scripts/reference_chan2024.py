@@ -119,10 +119,12 @@ def run(ref: Path, n: int, seed: int, steps: int, every: int, sigma: float, p_re
         evals[split] = stack([next(g) for _ in range(EVAL_SEQUENCES)])
     _, g = generator(n, True, p_rel)
     train_set: dict = {}
-    if n <= 4096:  # every training sequence: draw until all N distinct ones are seen
-        while len(train_set) < n:
+    if n <= 4096:  # every distinct training sequence (at sigma 0 many coincide): draw well past N ln N
+        for _ in range(30 * n):
             item = next(g)
-            train_set.setdefault(item["example"].tobytes(), item)
+            train_set.setdefault(item["example"].tobytes() + item["label"].tobytes(), item)
+            if len(train_set) == n:
+                break
     else:
         train_set = {k: next(g) for k in range(4096)}
     train_batch = stack(list(train_set.values()))
