@@ -48,6 +48,10 @@ def chan2024_stylized() -> RunConfig:
 
     Letters: the paper's N is ``data.n_train``, L ``data.n_pairs``, sigma ``data.noise``,
     p_relevant ``data.p_relevant``, |C_H| / |C_L| ``data.n_high`` / ``data.n_low``.
+
+    Checked side by side: the reference code itself, run on the ``chan2024`` reproduction's cpu
+    grid (``scripts/reference_chan2024.py``), gives every accuracy curve this preset gives, IBD
+    within 0.005 at every N (docs/reproductions.md, "Against the authors' code").
     """
     return RunConfig(
         name="chan2024-stylized",
