@@ -50,7 +50,7 @@ def chan2024_stylized() -> RunConfig:
     p_relevant ``data.p_relevant``, |C_H| / |C_L| ``data.n_high`` / ``data.n_low``.
 
     Checked side by side: the reference code itself, run on the ``chan2024`` reproduction's cpu
-    grid (``scripts/reference_chan2024.py``), gives every accuracy curve this preset gives, IBD
+    grid (``scripts/reference_chan2024.py``), gives this preset's accuracy curves within the seed spread, IBD
     within 0.005 at every N (docs/reproductions.md, "Against the authors' code").
     """
     return RunConfig(
