@@ -163,7 +163,9 @@ def summary(paths: list[Path], best_out: Path | None = None) -> str:
 
     read = best_rows(pd.concat([with_steps(pd.read_csv(p)) for p in paths], ignore_index=True))
     if best_out is not None:
-        read.sort_values(["steps", "N", "seed", "split"]).to_csv(best_out, index=False, float_format="%.4f")
+        read.sort_values(["steps", "p_relevant", "sigma", "N", "seed", "split"]).to_csv(
+            best_out, index=False, float_format="%.4f"
+        )
     acc = read[read["metric"] == "acc"]
     return acc.groupby(["steps", "p_relevant", "sigma", "split", "N"])["value"].mean().unstack("N").round(3).to_string()
 
