@@ -65,7 +65,8 @@ def run(ref: Path, n: int, seed: int, steps: int, every: int, sigma: float, p_re
     # src.dataset (not used) imports TensorFlow; the modules used here do not, but keep them importable.
     for name in ("tensorflow", "tensorflow_datasets"):
         sys.modules.setdefault(name, types.ModuleType(name))
-    sys.path.insert(0, str(ref))
+    if str(ref) not in sys.path:
+        sys.path.insert(0, str(ref))
     from types import SimpleNamespace as NS
 
     import jax
