@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
+from scipy.stats import spearmanr
 from torch import Tensor
 
 from icl_circuits.data.batch import Batch
@@ -268,6 +269,6 @@ def rank_agreement(scores: pd.DataFrame, a: str = "eap", b: str = "exact", top: 
     order = wide[b].abs().sort_values(ascending=False).index
     n = len(order) if top is None else min(top, len(order))
     sel = wide.loc[order[:n]]
-    rho = float(sel[a].rank().corr(sel[b].rank())) if n > 1 else float("nan")
+    rho = float(spearmanr(sel[a], sel[b], nan_policy="omit").statistic) if n > 1 else float("nan")
     top_a = set(wide[a].abs().sort_values(ascending=False).index[:n])
     return {"spearman": rho, "n_edges": n, "top_overlap": len(top_a & set(order[:n])) / max(n, 1)}

@@ -142,6 +142,22 @@ def test_eap_is_the_mask_gradient_and_agrees_with_exact_patching(tiny, data):
     assert agree["spearman"] > 0.8
 
 
+def test_rank_correlations_give_ties_their_mean_rank():
+    """Spearman of [1, 1, 2, 3] with [1, 2, 3, 4]: ranks [1.5, 1.5, 3, 4], rho = 4.5 / sqrt(4.5 * 5)."""
+    import pandas as pd
+
+    from icl_circuits.llm.circuit import _spearman
+    from icl_circuits.papers.chan2024.claims import spearman
+
+    rho = 4.5 / (4.5 * 5) ** 0.5
+    assert _spearman(torch.tensor([1.0, 1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])) == pytest.approx(rho)
+    assert spearman(pd.Series([1.0, 1.0, 2.0, 3.0], index=[2, 4, 8, 16])) == pytest.approx(rho)
+    table = pd.DataFrame(
+        {"edge": list("abcd") * 2, "method": ["eap"] * 4 + ["exact"] * 4, "score": [1, 1, 2, 3, 1, 2, 3, 4]}
+    )
+    assert rank_agreement(table, "eap", "exact")["spearman"] == pytest.approx(rho)
+
+
 def test_fast_eap_equals_the_mask_gradient(tiny, data):
     g, batch = build_graph(tiny), data["IC"]
     tokens, metric = batch.tokens(), logit_diff(batch.target)

@@ -83,6 +83,77 @@ def test_fit_sigmoid_recovers_midpoint_and_width():
         kin.fit_sigmoid([2, 2], [0.1, 0.9], lo, hi)
 
 
+def _grid_fit(x, y, lo, hi):
+    """The reference fit: a 121 x 121 grid over the bounds of ``fit_sigmoid``, then two finer
+    grids (41 x 41, each spanning +-2 spacings of the previous), the minimum squared error."""
+    span = float(np.ptp(x))
+    x0_lo, x0_hi, lw_lo, lw_hi = x.min() - 1.0, x.max() + 1.0, math.log(span / 200), math.log(span * 2)
+    best = (0.5 * (x0_lo + x0_hi), 0.5 * (lw_lo + lw_hi))
+    for n_grid, shrink in ((121, None), (41, 1 / 60), (41, 1 / 1200)):
+        if shrink is None:
+            x0s, lws = np.linspace(x0_lo, x0_hi, n_grid), np.linspace(lw_lo, lw_hi, n_grid)
+        else:
+            x0s = np.clip(best[0] + np.linspace(-1, 1, n_grid) * shrink * (x0_hi - x0_lo), x0_lo, x0_hi)
+            lws = np.clip(best[1] + np.linspace(-1, 1, n_grid) * shrink * (lw_hi - lw_lo), lw_lo, lw_hi)
+        pred = lo + (hi - lo) * kin._sigmoid((x[None, None, :] - x0s[:, None, None]) / np.exp(lws)[None, :, None])
+        i, j = np.unravel_index(int(np.argmin(((pred - y) ** 2).sum(-1))), (n_grid, n_grid))
+        best = (float(x0s[i]), float(lws[j]))
+    return best[0], math.exp(best[1])
+
+
+def _sse(x, y, lo, hi, x0, width):
+    return float(((lo + (hi - lo) * kin._sigmoid((x - x0) / width) - y) ** 2).sum())
+
+
+def test_fit_sigmoid_matches_a_fine_grid_search():
+    """curve_fit reaches the grid's least squares or lower: its midpoint on noisy sigmoids, the truth on exact ones."""
+    rng = np.random.default_rng(0)
+    for case in range(40):
+        x = np.repeat(np.linspace(1.0, 3.5, int(rng.integers(4, 9))), int(rng.integers(1, 4)))
+        lo = (0.5, 1 / 32)[case % 2]
+        x0, width = rng.uniform(1.3, 3.2), rng.uniform(0.05, 0.6)
+        noise = (0.0, 0.03)[case % 2]
+        y = np.clip(lo + (1 - lo) * kin._sigmoid((x - x0) / width) + rng.normal(0, noise, x.size), 0, 1)
+        fit, ref = kin.fit_sigmoid(x, y, lo, 1.0), _grid_fit(x, y, lo, 1.0)
+        assert _sse(x, y, lo, 1.0, *fit) <= _sse(x, y, lo, 1.0, *ref) + 1e-9
+        if noise:
+            assert fit[0] == pytest.approx(ref[0], abs=0.02)
+        else:  # the truth, which the grid finds only to within its spacing
+            assert fit[0] == pytest.approx(x0, abs=1e-4) and fit[1] == pytest.approx(width, rel=1e-3)
+
+
+def test_bootstrap_interval_matches_a_resampling_loop():
+    """scipy's bootstrap gives the interval of resampling seeds within each K by hand (500 draws)."""
+    rng = np.random.default_rng(1)
+    rows = [
+        {"N": 8, "K": k, "seed": seed, "icl_acc": 0.5 + 0.5 * kin._sigmoid((math.log10(k) - 1.9) / 0.15 + rng.normal())}
+        for k in (20, 40, 80, 160, 320)
+        for seed in range(3)
+    ]
+    df = pd.DataFrame(rows)
+    th = kin.threshold_table(df, lo=0.5, n_boot=500, seed=0).iloc[0]
+    groups = [g["icl_acc"].to_numpy() for _, g in df.groupby("K")]
+    logk = np.concatenate([np.full(len(g), math.log10(k)) for k, g in df.groupby("K")])
+    draw = np.random.default_rng(7)
+    boot = [
+        kin.fit_sigmoid(logk, np.concatenate([g[draw.integers(0, len(g), len(g))] for g in groups]), 0.5, 1.0)[0]
+        for _ in range(500)
+    ]
+    assert len(th["boot"]) == 500
+    assert th["log10_kstar_lo"] == pytest.approx(np.percentile(boot, 2.5), abs=0.03)
+    assert th["log10_kstar_hi"] == pytest.approx(np.percentile(boot, 97.5), abs=0.03)
+    assert th["log10_kstar_lo"] < th["log10_kstar"] < th["log10_kstar_hi"]
+
+
+def test_bootstrap_keeps_a_single_seed_K_fixed():
+    df = pd.DataFrame({"N": 4, "K": [10, 100, 100, 1000], "seed": [0, 0, 1, 0], "icl_acc": [0.5, 0.6, 0.9, 1.0]})
+    th = kin.threshold_table(df, lo=0.5, n_boot=50).iloc[0]
+    assert th["log10_kstar_lo"] < th["log10_kstar_hi"]  # the K = 100 seeds vary
+    one_seed = df.drop(index=2)
+    th = kin.threshold_table(one_seed, lo=0.5, n_boot=20).iloc[0]
+    assert np.all(th["boot"] == th["log10_kstar"])  # nothing to resample
+
+
 def test_threshold_table_and_power_law_recover_a_known_exponent():
     rows = []
     for N in (2, 4, 8):

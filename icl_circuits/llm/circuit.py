@@ -27,6 +27,7 @@ import json
 import time
 
 import torch
+from scipy.stats import spearmanr
 from torch import Tensor
 
 from probes.discovery import TARGET, prune
@@ -54,8 +55,8 @@ def induction_task(lm, n_seq: int = 4, half: int = 16, seed: int = 0) -> tuple[T
 
 
 def _spearman(a: Tensor, b: Tensor) -> float:
-    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
-    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+    """Spearman's rank correlation (``scipy.stats.spearmanr``: tied scores share their mean rank)."""
+    return float(spearmanr(a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()).statistic)
 
 
 def lm_circuit(

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
 from icl_circuits.reproduce.common import Claim
 
@@ -31,11 +32,11 @@ def by_n(table: pd.DataFrame, split: str, metric: str, p: float, sigma: float = 
 
 
 def spearman(curve: pd.Series) -> float:
-    """Rank correlation of a curve with log2 N (no scipy: Pearson of the ranks)."""
+    """Spearman's rank correlation (``scipy.stats.spearmanr``) of a curve with its index, N;
+    0.0 for a flat curve or one of fewer than two points."""
     if len(curve) < 2 or curve.nunique() < 2:
         return 0.0
-    ranks = curve.rank()
-    return float(np.corrcoef(np.arange(len(curve)), ranks.to_numpy())[0, 1])
+    return float(spearmanr(curve.index.to_numpy(float), curve.to_numpy(float)).statistic)
 
 
 def fmt_curve(curve: pd.Series) -> str:

@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from scipy.stats import spearmanr
 
 from icl_circuits.llm import ablation as A
 from icl_circuits.llm import heads as H
@@ -191,7 +192,7 @@ def make_claims(abl, comps, heads_change, scores, top, base, ts) -> list[Claim]:
     ]
     mem0, mem1 = lo.IWL.iloc[0], lo.IWL.iloc[-1]
     icl0, icl1 = lo.ICL.iloc[0], lo.ICL.iloc[-1]
-    corr = float(lo.ICL.rank().corr(lo.IWL.rank()))  # Spearman without scipy
+    corr = float(spearmanr(lo.ICL, lo.IWL, nan_policy="omit").statistic)
     peak_step = lo.ICL.idxmax()
     peak = lo.ICL.loc[peak_step]
     claims += [

@@ -51,6 +51,8 @@ import math
 import numpy as np
 import pandas as pd
 import torch
+from scipy.optimize import curve_fit
+from scipy.stats import bootstrap
 
 from icl_circuits.configbase import FrozenConfig, require
 
@@ -176,33 +178,34 @@ def fit_sigmoid(log_k, acc, lo: float, hi: float) -> tuple[float, float]:
     """Least-squares ``acc = lo + (hi - lo) sigma((log_k - x0) / width)``; returns ``(x0, width)``.
 
     The asymptotes are fixed (chance and perfect accuracy) so that a few K values suffice;
-    the midpoint ``x0`` is ``log10 K*`` when ``log_k`` is ``log10 K``. A coarse grid search
-    followed by two finer ones keeps it free of optimiser dependencies and local minima.
-    ``x0`` is confined to ``[min - 1, max + 1]`` of ``log_k`` (a transition outside the
-    measured range shows up as a fit at the edge).
+    the midpoint ``x0`` is ``log10 K*`` when ``log_k`` is ``log10 K``. ``x0`` is confined to
+    ``[min - 1, max + 1]`` of ``log_k`` (a transition outside the measured range shows up as a
+    fit at the edge), the width to ``[span / 200, 2 span]``. The squared error has several
+    local minima where the data barely rise, so the best point of a coarse grid over these
+    bounds (61 x 31 in ``x0`` and ``log width``) is the start that ``scipy.optimize.curve_fit``
+    (trust region reflective, bounded) refines.
     """
     x = np.asarray(log_k, dtype=float)
     y = np.asarray(acc, dtype=float)
     if x.size < 2 or np.ptp(x) == 0:
         raise ValueError("fit_sigmoid: needs at least two distinct K values")
     span = float(np.ptp(x))
-    x0_lo, x0_hi = x.min() - 1.0, x.max() + 1.0
-    lw_lo, lw_hi = math.log(span / 200), math.log(span * 2)
-    best = (0.5 * (x0_lo + x0_hi), 0.5 * (lw_lo + lw_hi))
-    # Each finer grid spans +-2 spacings of the previous one.
-    for n_grid, shrink in ((121, None), (41, 1 / 60), (41, 1 / 1200)):
-        if shrink is None:
-            x0s = np.linspace(x0_lo, x0_hi, n_grid)
-            lws = np.linspace(lw_lo, lw_hi, n_grid)
-        else:
-            x0s = np.clip(best[0] + np.linspace(-1, 1, n_grid) * shrink * (x0_hi - x0_lo), x0_lo, x0_hi)
-            lws = np.clip(best[1] + np.linspace(-1, 1, n_grid) * shrink * (lw_hi - lw_lo), lw_lo, lw_hi)
-        # [x0, width, point]
-        pred = lo + (hi - lo) * _sigmoid((x[None, None, :] - x0s[:, None, None]) / np.exp(lws)[None, :, None])
-        sse = ((pred - y[None, None, :]) ** 2).sum(-1)
-        i, j = np.unravel_index(int(np.argmin(sse)), sse.shape)
-        best = (float(x0s[i]), float(lws[j]))
-    return best[0], math.exp(best[1])
+    lower = (float(x.min()) - 1.0, math.log(span / 200))
+    upper = (float(x.max()) + 1.0, math.log(span * 2))
+
+    def curve(x, x0, log_width):
+        return lo + (hi - lo) * _sigmoid((x - x0) / np.exp(log_width))
+
+    x0s = np.linspace(lower[0], upper[0], 61)[:, None, None]
+    lws = np.linspace(lower[1], upper[1], 31)[None, :, None]
+    sse = ((curve(x[None, None, :], x0s, lws) - y) ** 2).sum(-1)  # [x0, log width]
+    i, j = np.unravel_index(int(np.argmin(sse)), sse.shape)
+    start = (float(x0s[i, 0, 0]), float(lws[0, j, 0]))
+    try:
+        params, _ = curve_fit(curve, x, y, p0=start, bounds=(lower, upper), method="trf")
+    except RuntimeError as err:  # no convergence within curve_fit's evaluation budget
+        raise ValueError(f"fit_sigmoid: the least-squares fit did not converge ({err})") from err
+    return float(params[0]), math.exp(float(params[1]))
 
 
 def crossing_bracket(means: pd.Series, level: float) -> tuple[float, float]:
@@ -228,10 +231,11 @@ def threshold_table(
 ) -> pd.DataFrame:
     """``K*`` per ``N`` from per-seed accuracies (columns ``N, K, acc``), with a bootstrap.
 
-    The bootstrap resamples seeds within each ``(N, K)`` and refits; ``lo`` is the chance
-    accuracy. Returns ``N, kstar, log10_kstar, width``, the grid bracket of the midpoint
+    The bootstrap (``scipy.stats.bootstrap``, percentile method) resamples seeds within each
+    ``(N, K)`` and refits (a K with one seed stays as it is); ``lo`` is the chance accuracy.
+    Returns ``N, kstar, log10_kstar, width``, the grid bracket of the midpoint
     (:func:`crossing_bracket`: ``bracket_lo``, ``bracket_hi``) and, with ``n_boot``, the bootstrap
-    ``log10_kstar_lo`` / ``_hi`` (2.5 and 97.5 percentiles) and the replicates in ``boot``.
+    95% interval ``log10_kstar_lo`` / ``_hi`` and the replicates in ``boot``.
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -240,13 +244,7 @@ def threshold_table(
         k_lo, k_hi = crossing_bracket(part.groupby("K")[acc].mean(), 0.5 * (lo + hi))
         row = {"N": int(n), "kstar": 10**x0, "log10_kstar": x0, "width": width, "bracket_lo": k_lo, "bracket_hi": k_hi}
         if n_boot:
-            groups = [g[acc].to_numpy() for _, g in part.groupby("K")]
-            logk = [np.full(len(g), math.log10(k)) for k, g in part.groupby("K")]
-            boot = []
-            for _ in range(n_boot):
-                ys = [g[rng.integers(0, len(g), len(g))] for g in groups]
-                boot.append(fit_sigmoid(np.concatenate(logk), np.concatenate(ys), lo, hi)[0])
-            boot = np.asarray(boot)
+            boot = _bootstrap_midpoint(part, acc, lo, hi, n_boot, rng, x0)
             row |= {
                 "log10_kstar_lo": float(np.percentile(boot, 2.5)),
                 "log10_kstar_hi": float(np.percentile(boot, 97.5)),
@@ -254,6 +252,27 @@ def threshold_table(
             }
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _bootstrap_midpoint(part: pd.DataFrame, acc: str, lo: float, hi: float, n_boot: int, rng, x0: float) -> np.ndarray:
+    """``[n_boot]`` refitted midpoints, the seeds of each K resampled (``scipy.stats.bootstrap``)."""
+    groups = {math.log10(k): g[acc].to_numpy(float) for k, g in part.groupby("K")}
+    # A K with one seed resamples to itself; scipy resamples the others, each on its own.
+    varied = {k: y for k, y in groups.items() if len(y) > 1}
+    fixed = {k: y for k, y in groups.items() if len(y) == 1}
+    if not varied:
+        return np.full(n_boot, x0)
+    fixed_x = np.concatenate([np.full(1, k) for k in fixed]) if fixed else np.empty(0)
+    fixed_y = np.concatenate(list(fixed.values())) if fixed else np.empty(0)
+    varied_x = np.concatenate([np.full(len(y), k) for k, y in varied.items()])
+
+    def midpoint(*ys):
+        return fit_sigmoid(np.concatenate([varied_x, fixed_x]), np.concatenate([*ys, fixed_y]), lo, hi)[0]
+
+    res = bootstrap(
+        tuple(varied.values()), midpoint, n_resamples=n_boot, vectorized=False, method="percentile", rng=rng
+    )
+    return np.asarray(res.bootstrap_distribution, dtype=float)
 
 
 def fit_power_law(N, kstar) -> tuple[float, float]:
