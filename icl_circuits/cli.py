@@ -92,7 +92,8 @@ def _train_seeds(cfg, seeds: list[int], out: Path, args: argparse.Namespace) -> 
     """``train --seeds``: one run folder per seed under ``out``, vectorised where it pays."""
     from icl_circuits.runs.layout import seed_dirname
     from icl_circuits.runs.read import read_metrics
-    from icl_circuits.training.replicates import train_seeds, vectorise_pays
+    from icl_circuits.training import train
+    from icl_circuits.training.replicates import vectorise_pays
 
     runs = [out / seed_dirname(s) for s in seeds]
     vectorise = {"auto": None, "yes": True, "no": False}[args.vectorise]
@@ -101,7 +102,7 @@ def _train_seeds(cfg, seeds: list[int], out: Path, args: argparse.Namespace) -> 
     if args.dry_run:
         print(f"dry run: {len(seeds)} seeds {seeds}, {how}, into {', '.join(map(str, runs))}")
         return
-    train_seeds(cfg, seeds, runs, progress=not args.no_progress, vectorise=chosen)
+    train(cfg, runs, progress=not args.no_progress, seeds=seeds, vectorise=chosen)
     print(f"seeds:      {len(seeds)} ({how})")
     for run in runs:
         print(f"run folder: {run}")

@@ -13,6 +13,7 @@ Patterns are ``[batch, head_index, query_pos, key_pos]`` per layer, as in
 from __future__ import annotations
 
 import html
+import os
 import re
 import uuid
 from collections.abc import Sequence
@@ -66,7 +67,7 @@ def _cv_tokens(tokens: list[str]) -> list[str]:
 
 def _as_model(model, step: int | None):
     """A bridge as given, or checkpoint ``step`` (default: latest) of a run folder."""
-    if isinstance(model, str | Path):
+    if isinstance(model, str | os.PathLike):  # a path or an icl_circuits.Run
         return load_model(Path(model), step)
     return model
 

@@ -23,7 +23,7 @@ def test_readme_python_api_runs(tmp_path, monkeypatch):
     blocks = python_section_blocks()
     assert len(blocks) == 3
     code = "\n".join(blocks)
-    for needed in ("iter_checkpoints", "load_model", "evaluate_split", "ablate_heads", "pd.DataFrame"):
+    for needed in ("import icl_circuits as ic", "iter_checkpoints", "load_model", "evaluate_split", "ablate_heads"):
         assert needed in code, f"the README shows {needed}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(icl_circuits.presets, "demo", lambda: tiny_config(steps=12, n_checkpoints=3, eval_size=32))

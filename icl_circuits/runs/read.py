@@ -76,6 +76,11 @@ def load_native(run: Path, step: int | None = None, device: str = "cpu") -> torc
         step = latest_good_checkpoint(run)
         if step is None:
             raise CheckpointError(f"{run / layout.CHECKPOINTS}: no readable checkpoint")
+    return native_from_checkpoint(run, cfg, step, device)
+
+
+def native_from_checkpoint(run: Path, cfg: RunConfig, step: int, device: str = "cpu") -> torch.nn.Module:
+    """Checkpoint ``step`` of ``run`` (whose config is ``cfg``) as the plain native model, verified."""
     ckpt = load_checkpoint(run, step)
     model = build_native(cfg.model, seed=cfg.seed, **model_shape(cfg))
     try:
@@ -87,6 +92,11 @@ def load_native(run: Path, step: int | None = None, device: str = "cpu") -> torc
             f"{run / layout.CONFIG} ({first})"
         ) from None
     return model.to(device).eval()
+
+
+def bridge_from_checkpoint(run: Path, cfg: RunConfig, step: int, device: str = "cpu"):
+    """Checkpoint ``step`` of ``run`` (whose config is ``cfg``) as a TransformerLens bridge."""
+    return to_bridge(native_from_checkpoint(run, cfg, step, device), copy_module=False)
 
 
 def load_model(run: Path, step: int | None = None, device: str = "cpu"):

@@ -1,5 +1,5 @@
 """Training: optimisers, schedules, evaluation and the resumable training loop."""
 
-from icl_circuits.training.trainer import train
+from icl_circuits.training.entry import train
 
 __all__ = ["train"]

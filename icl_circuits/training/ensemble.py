@@ -17,7 +17,7 @@ its slice of the optimiser state in the single-model format, so ``train()`` resu
 alone, and every reader and probe works on it unchanged.
 
 :class:`VmapEnsemble` is a backend of the one training loop
-(:func:`icl_circuits.training.trainer.train_members`): folder preparation, resume, evaluation,
+(:func:`icl_circuits.training.trainer.train_loop`): folder preparation, resume, evaluation,
 checkpoints, ``train.logger`` and ``train.threads`` are the loop's, as for ``train``.
 """
 
@@ -40,7 +40,7 @@ from icl_circuits.metrics import evaluate, evaluate_stacked
 from icl_circuits.models.build import query_logits
 from icl_circuits.models.stacked import seeds_per_chunk, stacked_query_logits, supports_stacked
 from icl_circuits.training.optim import build_optimizer, l2_penalty, split_params
-from icl_circuits.training.trainer import Member, train_members
+from icl_circuits.training.trainer import Member, train_loop
 
 
 def train_ensemble(
@@ -80,7 +80,8 @@ def train_ensemble(
         )
     if len(set(seeds)) != len(seeds) or len({r.resolve() for r in runs}) != len(runs):
         raise RunFolderError("train_ensemble: seeds and run folders must be distinct")
-    return train_members(cfg, seeds, runs, VmapEnsemble, progress, stop_after)
+    cfgs = [cfg.replace(seed=int(s)) for s in seeds]
+    return train_loop(cfgs, runs, VmapEnsemble, progress=progress, stop_after=stop_after)
 
 
 class VmapEnsemble:

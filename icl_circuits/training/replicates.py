@@ -110,12 +110,19 @@ def train_seeds(
     Returns:
         The run folders, in the order of ``seeds``.
     """
+    return train_group(
+        seed_configs(cfg, seeds, len(runs)), runs, progress=progress, vectorise=vectorise, stop_after=stop_after
+    )
+
+
+def seed_configs(cfg: RunConfig, seeds: Sequence[int], n_runs: int) -> list[RunConfig]:
+    """``cfg`` once per seed; a one-line error unless the seeds are distinct, one per run folder."""
     seeds = [int(s) for s in seeds]
-    if not seeds or len(seeds) != len(runs):
-        raise RunFolderError(f"train: expected one run folder per seed, got {len(seeds)} seeds, {len(runs)} runs")
+    if not seeds or len(seeds) != n_runs:
+        raise RunFolderError(f"train: expected one run folder per seed, got {len(seeds)} seeds, {n_runs} runs")
     if len(set(seeds)) != len(seeds):
         raise RunFolderError(f"train: seeds must be distinct, got {seeds}")
-    return train_group([cfg.replace(seed=s) for s in seeds], runs, progress, vectorise, stop_after)
+    return [cfg.replace(seed=s) for s in seeds]
 
 
 def train_group(
@@ -124,6 +131,7 @@ def train_group(
     progress: bool = True,
     vectorise: bool | None = None,
     stop_after: int | None = None,
+    prefetch: bool | None = None,
 ) -> list[Path]:
     """Train configs that share ``model``, ``train`` and the data's shape (seed replicates, or
     grid points differing only in data settings such as ``data.n_train``), one run folder
@@ -132,20 +140,21 @@ def train_group(
     ``vectorise``: ``None`` lets :func:`vectorise_pays` decide on the group's size.
     """
     from icl_circuits.training.ensemble import VmapEnsemble
-    from icl_circuits.training.trainer import train, train_configs
+    from icl_circuits.training.trainer import SingleModel, train_loop
 
     runs = [Path(r) for r in runs]
     if not cfgs or len(cfgs) != len(runs) or len({r.resolve() for r in runs}) != len(runs):
         raise RunFolderError(
             f"train: expected one distinct run folder per config, got {len(cfgs)} configs, {len(runs)} runs"
         )
+    options = {"progress": progress, "stop_after": stop_after, "prefetch": prefetch}
     if vectorise is None:
         vectorise = vectorise_pays(cfgs[0], len(cfgs))
     if vectorise and len(cfgs) > 1:
         try:
-            return train_configs(cfgs, runs, VmapEnsemble, progress, stop_after)
+            return train_loop(cfgs, runs, VmapEnsemble, **options)
         except RunFolderError as err:
             if "different checkpoints" not in str(err):
                 raise
             # Folders left at different steps (an earlier separate run): resume each alone.
-    return [train(c, r, progress=progress, stop_after=stop_after) for c, r in zip(cfgs, runs, strict=True)]
+    return [train_loop([c], [r], SingleModel, **options)[0] for c, r in zip(cfgs, runs, strict=True)]

@@ -1,6 +1,6 @@
 """What every training backend does with a run folder: prepare, resume, checkpoint.
 
-These are the steps of :func:`icl_circuits.training.trainer.train_members` that do not
+These are the steps of :func:`icl_circuits.training.trainer.train_loop` that do not
 depend on how a step is computed: checking or creating the folder, finding the checkpoint to
 resume from, evaluating and saving a checkpoint, and the one-line errors for a stopped run.
 """

@@ -5,10 +5,11 @@ A run is a pure function of its config: the training batch of step ``t`` depends
 the step. Re-running ``train`` on a stopped run therefore continues from its latest good
 checkpoint and ends with the same metrics and weights as an uninterrupted run.
 
-There is one loop, :func:`train_members`, over one or more *members* (a config, its run
-folder, data source and model). How a step's loss is computed and the optimiser stepped is
-its :class:`Backend`: :class:`SingleModel` here (``train``), or the vectorised seeds of
-:class:`icl_circuits.training.ensemble.VmapEnsemble` (``train_ensemble``). Everything else
+There is one loop, :func:`train_loop`, over one or more *members* (a config, its run
+folder, data source and model); :func:`icl_circuits.training.train` is the public entry
+that runs it. How a step's loss is computed and the optimiser stepped is its
+:class:`Backend`: :class:`SingleModel` here (one run), or the vectorised seeds of
+:class:`icl_circuits.training.ensemble.VmapEnsemble`. Everything else
 (folder preparation, resume, evaluation, checkpoints, divergence checks, progress,
 experiment tracking, threads) is the loop's, through :mod:`icl_circuits.training.runfolder`.
 
@@ -168,6 +169,54 @@ class SingleModel:
         return [evaluate(self.model, evals[0], n_labels)]
 
 
+def train_loop(
+    cfgs: Sequence[RunConfig],
+    runs: Sequence[Path | str],
+    backend: Callable[[Sequence[Member]], Backend],
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+    prefetch: bool | None = None,
+) -> list[Path]:
+    """The one training loop: train each config into its run folder with ``backend``; resumes.
+
+    The public entry is :func:`icl_circuits.training.train` (one run, seed replicates, a group);
+    this is what it runs. Every folder ends as if its config were trained alone by
+    :class:`SingleModel`, up to the backend's floating-point differences. Runs with
+    ``cfg.train.threads`` torch threads (1 by default: bitwise reproducible).
+
+    Args:
+        cfgs: one config per member; several share ``model``, ``train`` and the data's shape
+            (seeds and data settings such as ``data.n_train`` may differ: each member draws from
+            its own source). ConfigError otherwise.
+        runs: one run folder per member (created if missing).
+        backend: builds the backend from the members (their models freshly initialised):
+            :class:`SingleModel` for one, :class:`~icl_circuits.training.ensemble.VmapEnsemble`.
+        progress: a tqdm bar (mean live loss and ICL/IWL accuracy over the members).
+        stop_after: stop (cleanly, as a crash would) once this step is checkpointed; for tests
+            and for splitting a run across jobs.
+        prefetch: make the next step's batches in a background thread: None (default) when they
+            cost over 5% of a step (:class:`Prefetch`), True always, False never (bursts on the
+            loop's thread); same result, bitwise.
+
+    Returns:
+        The run folders.
+
+    Raises:
+        DivergedError: the loss became NaN or infinite; checkpoints before it are kept.
+    """
+    cfgs, runs = list(cfgs), [Path(r) for r in runs]
+    cfg = cfgs[0]
+    for c in cfgs[1:]:
+        if c.model != cfg.model or c.train != cfg.train or c.data.model_shape() != cfg.data.model_shape():
+            raise ConfigError(
+                "train: vectorised members must share model, train and the data's shape; "
+                f"{c.name} (seed {c.seed}) differs from {cfg.name} (seed {cfg.seed})"
+            )
+    with torch_threads(cfg.train.threads):
+        return _train_members(cfgs, runs, backend, progress, stop_after, prefetch)
+
+
 def train(
     cfg: RunConfig,
     run: Path | str,
@@ -175,27 +224,12 @@ def train(
     stop_after: int | None = None,
     prefetch: bool | None = None,
 ) -> Path:
-    """Train ``cfg`` into the run folder ``run``, resuming it if it already exists.
+    """One run with :class:`SingleModel` (:func:`train_loop`); returns the run folder.
 
-    Runs with ``cfg.train.threads`` torch threads (1 by default: bitwise reproducible).
-
-    Args:
-        cfg: the full run config.
-        run: run folder (created if missing).
-        progress: show a tqdm bar with the live loss and ICL/IWL accuracy.
-        stop_after: stop (cleanly, as a crash would) once this step is checkpointed;
-            for tests and for splitting a run across jobs.
-        prefetch: make the next step's batch in a background thread: None (default) when a batch
-            costs over 5% of a step (:class:`Prefetch`), True always, False never (bursts on
-            the loop's thread); same result, bitwise.
-
-    Returns:
-        The run folder.
-
-    Raises:
-        DivergedError: the loss became NaN or infinite; checkpoints before it are kept.
+    :func:`icl_circuits.training.train` does the same and returns a
+    :class:`~icl_circuits.runs.handle.Run`.
     """
-    return train_members(cfg, [cfg.seed], [Path(run)], SingleModel, progress, stop_after, prefetch)[0]
+    return train_loop([cfg], [run], SingleModel, progress=progress, stop_after=stop_after, prefetch=prefetch)[0]
 
 
 def train_members(
@@ -207,25 +241,9 @@ def train_members(
     stop_after: int | None = None,
     prefetch: bool | None = None,
 ) -> list[Path]:
-    """Train ``cfg`` once per seed into ``runs`` (one folder each) with ``backend``; resumes.
-
-    Every folder ends as if its seed were trained alone by :class:`SingleModel`, up to the
-    backend's floating-point differences. Runs with ``cfg.train.threads`` torch threads.
-
-    Args:
-        cfg: the run config; its ``seed`` is replaced by each of ``seeds``.
-        seeds: one seed per member.
-        runs: one run folder per member.
-        backend: builds the backend from the members (their models freshly initialised).
-        progress: a tqdm bar (mean live loss and ICL/IWL accuracy over the members).
-        stop_after: stop once this step is checkpointed.
-        prefetch: make the next step's batches in a background thread (:class:`Prefetch`; None:
-            when they cost over 5% of a step); same result, bitwise.
-
-    Returns:
-        The run folders.
-    """
-    return train_configs([cfg.replace(seed=int(s)) for s in seeds], runs, backend, progress, stop_after, prefetch)
+    """:func:`train_loop` on ``cfg`` once per seed (its ``seed`` replaced), one folder each."""
+    cfgs = [cfg.replace(seed=int(s)) for s in seeds]
+    return train_loop(cfgs, runs, backend, progress=progress, stop_after=stop_after, prefetch=prefetch)
 
 
 def train_configs(
@@ -236,18 +254,8 @@ def train_configs(
     stop_after: int | None = None,
     prefetch: bool | None = None,
 ) -> list[Path]:
-    """:func:`train_members` for members with their own configs, which share ``model`` and
-    ``train`` and the data's shape (seeds and data settings such as ``data.n_train`` may differ:
-    each member draws from its own source). Raises ConfigError otherwise."""
-    cfg = cfgs[0]
-    for c in cfgs[1:]:
-        if c.model != cfg.model or c.train != cfg.train or c.data.model_shape() != cfg.data.model_shape():
-            raise ConfigError(
-                "train: vectorised members must share model, train and the data's shape; "
-                f"{c.name} (seed {c.seed}) differs from {cfg.name} (seed {cfg.seed})"
-            )
-    with torch_threads(cfg.train.threads):
-        return _train_members(list(cfgs), [Path(r) for r in runs], backend, progress, stop_after, prefetch)
+    """:func:`train_loop` with its options given by position."""
+    return train_loop(cfgs, runs, backend, progress=progress, stop_after=stop_after, prefetch=prefetch)
 
 
 def _train_members(cfgs, runs, make_backend, progress, stop_after, prefetch) -> list[Path]:
