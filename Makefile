@@ -59,7 +59,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix icl_circuits probes tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python -m benchmarks.run
 
 clean-venv:
 	rm -rf $(VENV)

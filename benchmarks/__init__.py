@@ -1,1 +1,1 @@
-"""Benchmarks: `python benchmarks/run.py` writes benchmarks/RESULTS.md."""
+"""Benchmarks: `python -m benchmarks.run` writes benchmarks/RESULTS.md."""

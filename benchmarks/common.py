@@ -8,19 +8,15 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from icl_circuits.config import RunConfig, apply_overrides  # noqa: E402
-from icl_circuits.presets import chan2024_stylized, demo  # noqa: E402
-from icl_circuits.training import train  # noqa: E402
-from icl_circuits.training.ensemble import train_ensemble  # noqa: E402
+from icl_circuits.config import RunConfig, apply_overrides
+from icl_circuits.presets import chan2024_stylized, demo
+from icl_circuits.training import train
+from icl_circuits.training.ensemble import train_ensemble
 
 OUT = Path(__file__).with_name("RESULTS.md")
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import DEV  # noqa: E402
-from icl_circuits.config import RunConfig  # noqa: E402
-from icl_circuits.data import build_source  # noqa: E402
-from icl_circuits.models import build_native  # noqa: E402
-from icl_circuits.models.build import query_logits  # noqa: E402
-from icl_circuits.runs.read import model_shape  # noqa: E402
+from benchmarks.common import DEV
+from icl_circuits.config import RunConfig
+from icl_circuits.data import build_source
+from icl_circuits.models import build_native
+from icl_circuits.models.build import query_logits
+from icl_circuits.runs.read import model_shape
 
 
 class HandModel(nn.Module):

@@ -11,19 +11,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import DEV, Goal, Scale, bare_loop, clock, fresh, median, ms, train_step_time
+from benchmarks.handmade import NguyenReddyRef, full_sequence_logits, nr_tokens, readout_positions
+from benchmarks.scaling import _analysis_run
+from benchmarks.training import data_time
+from icl_circuits.config import apply_overrides
+from icl_circuits.data import build_source
+from icl_circuits.models import build_native
+from icl_circuits.models.build import query_logits
+from icl_circuits.presets import nguyen_reddy2024
+from icl_circuits.runs.read import model_shape
 
-from benchmarks.common import DEV, Goal, Scale, bare_loop, clock, fresh, median, ms, train_step_time  # noqa: E402
-from benchmarks.handmade import NguyenReddyRef, full_sequence_logits, nr_tokens, readout_positions  # noqa: E402
-from benchmarks.scaling import _analysis_run  # noqa: E402
-from benchmarks.training import data_time  # noqa: E402
-from icl_circuits.config import apply_overrides  # noqa: E402
-from icl_circuits.data import build_source  # noqa: E402
-from icl_circuits.models import build_native  # noqa: E402
-from icl_circuits.models.build import query_logits  # noqa: E402
-from icl_circuits.presets import nguyen_reddy2024  # noqa: E402
-from icl_circuits.runs.read import model_shape  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_mib(code: str) -> float:

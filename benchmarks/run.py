@@ -1,6 +1,8 @@
-"""Benchmarks, measured in one run on one machine; writes benchmarks/RESULTS.md.
+"""Benchmarks, measured in one run on one machine; the one writer of benchmarks/RESULTS.md.
 
-Usage: ``python benchmarks/run.py [--quick] [--threads N] [--out PATH]``.
+Usage: ``python -m benchmarks.run [--quick] [--threads N] [--out PATH]`` (from the repository
+root, or anywhere with the package installed); ``--section threads`` or ``--section step-rates``
+measures only that section and keeps the rest of the file as it is.
 
 Sections (ratios first in the report, then absolute numbers and the machine):
     training: our step rate for the demo and chan2024-stylized presets against a minimal
@@ -17,6 +19,11 @@ Sections (ratios first in the report, then absolute numbers and the machine):
     reference: Nguyen & Reddy 2024's reference loop rebuilt here, against our preset.
     llm: the pretrained LM (SmolLM2-135M): load time, fine-tune step and sequences/s,
         analysis per checkpoint, peak RSS, bytes per checkpoint (benchmarks/llm.py).
+    threads (``--section threads``): torch threads for training, 1 against 2, speed and
+        reproducibility; sweep workers (benchmarks/threads.py).
+    step-rates (``--section step-rates``): training rate against the hand-written loop with and
+        without the prefetch, the data share of a step in every preset, Nguyen & Reddy against
+        its reference loop, vectorised seeds and the replicate rule (benchmarks/step_rates.py).
 
 Every timing alternates the things it compares and reports the median of its rounds, so a
 noisy neighbour slows both sides of a ratio. Runs on CUDA when available.
@@ -26,25 +33,36 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks import step_rates, threads
+from benchmarks.circuits import bench_circuits
+from benchmarks.common import DEV, FULL, OUT, QUICK, Goal, load, machine
+from benchmarks.llm import bench_llm
+from benchmarks.memory import bench_memory, bench_reference
+from benchmarks.scaling import bench_analysis, bench_ensemble
+from benchmarks.training import bench_overheads, bench_training
 
-from benchmarks.circuits import bench_circuits  # noqa: E402
-from benchmarks.common import DEV, FULL, OUT, QUICK, Goal, load, machine  # noqa: E402
-from benchmarks.llm import bench_llm  # noqa: E402
-from benchmarks.memory import bench_memory, bench_reference  # noqa: E402
-from benchmarks.perf import BEGIN as PERF_BEGIN  # noqa: E402
-from benchmarks.perf import END as PERF_END  # noqa: E402
-from benchmarks.scaling import bench_analysis, bench_ensemble  # noqa: E402
-from benchmarks.threads import keep_section  # noqa: E402
-from benchmarks.training import bench_overheads, bench_training  # noqa: E402
+#: The sections measured apart (``--section``), each kept between its markers when the others are.
+KEPT = {"threads": (threads.BEGIN, threads.END), "step-rates": (step_rates.BEGIN, step_rates.END)}
+
+
+def splice(old: str, begin: str, end: str, section: str) -> str:
+    """``old`` with its section between ``begin`` and ``end`` replaced by ``section`` (appended if none)."""
+    if begin in old and end in old:
+        return old[: old.index(begin)] + section + old[old.index(end) + len(end) :]
+    return old.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def keep_section(new_report: str, old: str, begin: str, end: str) -> str:
+    """``new_report`` with the section between ``begin`` and ``end`` of ``old`` appended, if it has one."""
+    if begin not in old or end not in old:
+        return new_report
+    return new_report.rstrip("\n") + "\n\n" + old[old.index(begin) : old.index(end) + len(end)] + "\n"
 
 
 def report(goals: list[Goal], sections: list[str], header: list[str]) -> str:
@@ -71,7 +89,20 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="a smoke run in under a minute")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the report")
+    parser.add_argument("--section", choices=["main", *KEPT], default="main", help="what to measure")
+    parser.add_argument("--rounds", type=int, default=None, help="threads / step-rates: rounds (2 / 3)")
+    parser.add_argument("--steps", type=int, default=300, help="threads: training steps per run")
+    parser.add_argument("--repro-steps", type=int, default=0, help="step-rates: also time chan2024's cpu grid")
     args = parser.parse_args(argv)
+    old = args.out.read_text() if args.out.exists() else ""
+    if args.section != "main":
+        if args.section == "threads":
+            section = threads.measure(args.steps, max(args.rounds or 2, 2))
+        else:
+            section = step_rates.measure(args.rounds or 3, args.repro_steps, old)
+        args.out.write_text(splice(old, *KEPT[args.section], section))
+        print(section)
+        return section
     if args.threads:
         torch.set_num_threads(args.threads)
     scale = QUICK if args.quick else FULL
@@ -98,7 +129,7 @@ def main(argv: list[str] | None = None) -> str:
             goals += g
             sections += lines
     cmd = (
-        "python benchmarks/run.py"
+        "python -m benchmarks.run"
         + (" --quick" if args.quick else "")
         + (f" --threads {args.threads}" if args.threads else "")
     )
@@ -121,8 +152,9 @@ def main(argv: list[str] | None = None) -> str:
         else "\nNo CUDA device here, so no GPU table; on a CUDA machine the same command measures every "
         "section on the GPU (the analysis probes run on CPU).\n",
     ]
-    text = keep_section(report(goals, sections, header), args.out)  # benchmarks/threads.py's section
-    text = keep_section(text, args.out, PERF_BEGIN, PERF_END)  # benchmarks/perf.py's section (issue #15)
+    text = report(goals, sections, header)
+    for begin, end in KEPT.values():
+        text = keep_section(text, old, begin, end)
     args.out.write_text(text)
     print(text)
     return text

@@ -5,21 +5,17 @@ from __future__ import annotations
 import math
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import DEV, Goal, Scale, clock, median, ms, steady_step  # noqa: E402
-from icl_circuits.config import RunConfig, apply_overrides  # noqa: E402
-from icl_circuits.models.build import query_logits  # noqa: E402
-from icl_circuits.presets import demo  # noqa: E402
-from icl_circuits.runs.store import list_checkpoints  # noqa: E402
-from icl_circuits.training import train  # noqa: E402
+from benchmarks.common import DEV, Goal, Scale, clock, median, ms, steady_step
+from icl_circuits.config import RunConfig, apply_overrides
+from icl_circuits.models.build import query_logits
+from icl_circuits.presets import demo
+from icl_circuits.runs.store import list_checkpoints
+from icl_circuits.training import train
 
 
 def step_flops(cfg: RunConfig, lp: dict) -> int:
@@ -77,7 +73,7 @@ def bench_ensemble(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], li
             f"| {name} | {ms(t_single)} | {ms(t_ens)} | {ms(t_ens / s)} | **{ratio:.2f}x** "
             f"| {rate / 1e9:.1f} GFLOP/s | {bound:.1f}x | {data_share:.0%} |"
         )
-        want = {"chan2024-stylized": 2.0, "demo": 1.5}.get(name, 2.0)  # issue #15's goals
+        want = {"chan2024-stylized": 2.0, "demo": 1.5}.get(name, 2.0)  # the step-rates section's goals
         why = ""
         if ratio < want:
             why = (
@@ -87,7 +83,7 @@ def bench_ensemble(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], li
                 f"stacked as alone on this {DEV.type.upper()}: stacking saves dispatch only, and the stacked "
                 f"forward's smaller work (query at the query only, norms folded); data for {s} seeds is "
                 f"{data_share:.0%} of the ensemble step. Next levers: train.compile (inductor fuses the "
-                "elementwise ops: the issue #15 section below measures it, with demo's CPU bound), a GPU "
+                "elementwise ops: the step-rates section below measures it, with demo's CPU bound), a GPU "
                 "(launch-bound small models)"
                 + ("" if d["query_only"] else ", the query-only readout (less compute per seed)")
                 + "; the replicate rule (icl_circuits/training/replicates.py) trains such models separately."

@@ -1,16 +1,14 @@
 """Torch CPU threads for training: 1 against 2, side by side, speed and reproducibility.
 
-Usage: ``python benchmarks/threads.py [--steps N] [--rounds R]``. Each run is a fresh
-process (as the CLI is) training a shortened ``demo`` with ``train.threads`` set; rounds
-alternate 1 and 2 threads so a noisy neighbour slows both. Reproducibility: the two runs of
-each thread count are compared (metrics.jsonl bytes, final weights). The table replaces the
-section between the ``threads`` markers of ``benchmarks/RESULTS.md`` (``benchmarks/run.py``
-keeps it when it rewrites the file).
+Each run is a fresh process (as the CLI is) training a shortened ``demo`` with
+``train.threads`` set; rounds alternate 1 and 2 threads so a noisy neighbour slows both.
+Reproducibility: the two runs of each thread count are compared (metrics.jsonl bytes, final
+weights). The section between the ``threads`` markers of ``benchmarks/RESULTS.md``:
+``python -m benchmarks.run --section threads [--steps N] [--rounds R]`` measures it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -21,12 +19,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
 BEGIN, END = "<!-- threads:begin -->", "<!-- threads:end -->"
 
 CHILD = """
-import sys, time, json
-sys.path.insert(0, {root!r})
+import time, json
 from icl_circuits.config import apply_overrides
 from icl_circuits.presets import demo
 from icl_circuits.training import train
@@ -40,8 +37,8 @@ print(json.dumps({{"seconds": time.perf_counter() - t}}))
 def run_once(out: Path, threads: int, steps: int) -> float:
     """Train the shortened demo into ``out`` in a fresh process; its training seconds."""
     overrides = [f"train.steps={steps}", "train.n_checkpoints=10", "train.device=cpu", f"train.threads={threads}"]
-    code = CHILD.format(root=str(ROOT), overrides=overrides, out=str(out))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = CHILD.format(overrides=overrides, out=str(out))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
 
@@ -118,7 +115,7 @@ def measure(steps: int, rounds: int) -> str:
             BEGIN,
             "## Torch threads for training (`train.threads`)",
             "",
-            f"`python benchmarks/threads.py --steps {steps} --rounds {rounds}`: `demo` shortened to {steps} steps "
+            f"`python -m benchmarks.run --section threads --steps {steps} --rounds {rounds}`: `demo` shortened to {steps} steps "
             "and 10 checkpoints, each run a fresh process, rounds alternating 1 and 2 threads; the first two "
             f"runs of each thread count are compared. {os.cpu_count()} cores; load average (1, 5, 15 min) "
             f"at start {load0}, at end {load1}: under load, 2 threads per process oversubscribe the cores.",
@@ -135,36 +132,3 @@ def measure(steps: int, rounds: int) -> str:
             END,
         ]
     )
-
-
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace (or append) the threads section of ``path``."""
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
-
-
-def keep_section(new_report: str, path: Path = RESULTS, begin: str = BEGIN, end: str = END) -> str:
-    """``new_report`` with the section between ``begin`` and ``end`` of the current ``path``
-    appended, if it has one (the threads section; ``benchmarks/perf.py``'s with its markers)."""
-    old = path.read_text() if path.exists() else ""
-    if begin not in old or end not in old:
-        return new_report
-    return new_report.rstrip("\n") + "\n\n" + old[old.index(begin) : old.index(end) + len(end)] + "\n"
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args(argv)
-    text = measure(args.steps, max(args.rounds, 2))
-    write_section(text)
-    print(text)
-
-
-if __name__ == "__main__":
-    main()

@@ -5,17 +5,13 @@ from __future__ import annotations
 import cProfile
 import os
 import pstats
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     DEV,
     PRESETS,
     Goal,
@@ -29,16 +25,16 @@ from benchmarks.common import (  # noqa: E402
     ms,
     train_step_time,
 )
-from benchmarks.handmade import check_hand_model, full_sequence_logits, loops, readout_positions  # noqa: E402
-from icl_circuits.config import apply_overrides  # noqa: E402
-from icl_circuits.metrics import eval_sets, evaluate  # noqa: E402
-from icl_circuits.models import build_native  # noqa: E402
-from icl_circuits.models.build import query_logits  # noqa: E402
-from icl_circuits.runs.read import load_native, model_shape, read_metrics  # noqa: E402
-from icl_circuits.training import train  # noqa: E402
-from icl_circuits.training.optim import build_optimizer  # noqa: E402
-from icl_circuits.training.runfolder import checkpoint  # noqa: E402
-from icl_circuits.training.schedule import checkpoint_steps  # noqa: E402
+from benchmarks.handmade import check_hand_model, full_sequence_logits, loops, readout_positions
+from icl_circuits.config import apply_overrides
+from icl_circuits.metrics import eval_sets, evaluate
+from icl_circuits.models import build_native
+from icl_circuits.models.build import query_logits
+from icl_circuits.runs.read import load_native, model_shape, read_metrics
+from icl_circuits.training import train
+from icl_circuits.training.optim import build_optimizer
+from icl_circuits.training.runfolder import checkpoint
+from icl_circuits.training.schedule import checkpoint_steps
 
 
 def bench_training(root: Path, scale: Scale) -> tuple[list[Goal], list[str], dict]:
@@ -118,7 +114,7 @@ def bench_training(root: Path, scale: Scale) -> tuple[list[Goal], list[str], dic
                     (
                         "the training forward already has fused QKV and `scaled_dot_product_attention` "
                         "(`models/fast.py`); what remains is per-step Python work (module calls, unpacking the "
-                        "bit-cast tokens) on a step of a few milliseconds, and the load: compare the issue #15 "
+                        "bit-cast tokens) on a step of a few milliseconds, and the load: compare the step-rates "
                         "section's per-round ratios, measured in another run."
                         if query_only
                         else "compute the final norm and readout at the query position only in "
@@ -294,7 +290,7 @@ def bench_overheads(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], l
             f"{ms(t_data)} per batch of {bs} made alone against a {ms(d['ours'])} step; cProfile's top function "
             f"is `{top}` ({top_share:.0%} of the generator's own time). `train()` makes batches ahead "
             "(trainer.Prefetch: bursts, or a thread where a batch is costly), so the goal (data ≤ 5% of a step, "
-            "every preset) is measured on the loop's own wait in the issue #15 section below."
+            "every preset) is measured on the loop's own wait in the step-rates section below."
         )
         goals.append(Goal(f"data generation {name}, generator alone, share of the step", f"{share:.1%}", None, why))
         ck_why = ""

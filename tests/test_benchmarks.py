@@ -1,8 +1,11 @@
-"""The benchmark script's pieces, run minimally so that ``benchmarks/run.py`` cannot rot."""
+"""The benchmarks package's pieces, run minimally so that ``python -m benchmarks.run`` cannot rot."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,8 @@ from icl_circuits.data import build_source
 from icl_circuits.models.build import query_logits
 from icl_circuits.presets import chan2024_stylized, demo, nguyen_reddy2024
 from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +67,25 @@ def test_loop_timers_and_helpers(bench, tmp_path):
     goals = [bench.Goal("g", "1x", False, "because"), bench.Goal("h", "2x", True)]
     text = bench.report(goals, ["## s"], ["# t"])
     assert "**missed**" in text and "because" in text and text.index("Summary") < text.index("## s")
+
+
+def test_benchmarks_run_as_a_package_with_no_path_edits():
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--section" in done.stdout
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        text = path.read_text()
+        assert "sys.path" not in text and "noqa: E402" not in text, path.name
+
+
+def test_results_has_one_writer_and_sections_are_spliced(bench):
+    writers = [p.name for p in (ROOT / "benchmarks").glob("*.py") if "write_text(" in p.read_text()]
+    assert writers == ["run.py"]
+    begin, end = bench.KEPT["threads"]
+    old = f"# head\n\n{begin}\nold threads\n{end}\n\ntail\n"
+    assert bench.splice(old, begin, end, f"{begin}\nnew\n{end}") == f"# head\n\n{begin}\nnew\n{end}\n\ntail\n"
+    assert bench.splice("# head\n", begin, end, "S") == "# head\n\nS\n"
+    assert bench.keep_section("# new\n", old, begin, end) == f"# new\n\n{begin}\nold threads\n{end}\n"
+    assert bench.keep_section("# new\n", "# no section\n", begin, end) == "# new\n"

@@ -8,7 +8,7 @@ them); otherwise one ``train()`` after another. Either way
 each folder equals ``train(cfg.replace(seed=s), run)`` within float tolerance (vectorised)
 or bit for bit (separate), and resumes with either.
 
-The rule is measured (``benchmarks/replicates.py``, in ``benchmarks/RESULTS.md``; one torch
+The rule is measured (``benchmarks/seed_replicates.py``, in ``benchmarks/RESULTS.md``; one torch
 thread, 2 CPU cores shared with other jobs, load 5-7): per-seed throughput of the ensemble
 over separate runs was, at S = 16 seeds, 2.65x for chan2024-stylized (0.043 GFLOP per seed
 step), 1.80x for singh2024-induction (0.031), 0.80-1.19x for demo (0.435) and 0.61x for
@@ -28,7 +28,7 @@ one thread, 3 interleaved rounds at load 2.7-3.4, against 4.9-6.3 (chan2024-styl
 The FLOP cap is vmap's: the stacked forward also pays on the big presets, since it computes
 less than one model's training forward (the last layer's query at the query only, a norm's
 affine folded into the next linear) and never splits a linear. Per-seed throughput over
-separate runs, ``benchmarks/perf.py``'s loop timing (between first and last checkpoint, 3
+separate runs, ``benchmarks/step_rates.py``'s loop timing (between first and last checkpoint, 3
 interleaved rounds, load 4.0-4.4), S = 16: demo (0.435 GFLOP) 1.13x (1.06-1.17; vmapped
 0.91x), nguyen-reddy2024 (1.31 GFLOP, 2 rounds) 1.32x (1.29-1.35; vmapped 0.59x),
 chan2024-stylized 1.48x (vmapped 1.49x); the step alone in CPU time at S = 4: demo

@@ -1,16 +1,14 @@
-"""Issue #15's measurements, side by side in one run: training rate against the hand-written
-loop (with and without the data prefetch), the data share of a step in every preset, the
-Nguyen & Reddy model against its reference loop, and vectorised seeds (the replicate rule).
+"""Step rates, side by side in one run: training rate against the hand-written loop (with and
+without the data prefetch), the data share of a step in every preset, the Nguyen & Reddy model
+against its reference loop, and vectorised seeds (the replicate rule). One torch thread.
 
-Usage: ``python benchmarks/perf.py [--rounds R]``. Writes the section between the ``perf``
-markers of ``benchmarks/RESULTS.md`` (``benchmarks/run.py`` keeps it). One torch thread.
+The section between the ``step-rates`` markers of ``benchmarks/RESULTS.md``:
+``python -m benchmarks.run --section step-rates [--rounds R] [--repro-steps S]`` measures it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,10 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     bare_loop,
     clock,
     load,
@@ -29,18 +24,17 @@ from benchmarks.common import (  # noqa: E402
     ms,
     train_step_time,
 )
-from benchmarks.handmade import NguyenReddyRef, loops, nr_tokens  # noqa: E402
-from benchmarks.perf_seeds import cpu_bound, ensemble  # noqa: E402
-from icl_circuits.config import apply_overrides  # noqa: E402
-from icl_circuits.presets import get_preset  # noqa: E402
-from icl_circuits.training import trainer  # noqa: E402
-from icl_circuits.training.replicates import (  # noqa: E402
+from benchmarks.handmade import NguyenReddyRef, loops, nr_tokens
+from benchmarks.seed_replicates import cpu_bound, ensemble
+from icl_circuits.config import apply_overrides
+from icl_circuits.presets import get_preset
+from icl_circuits.training import trainer
+from icl_circuits.training.replicates import (
     VECTORISE_MAX_FLOPS,
     VECTORISE_MIN_SEEDS,
 )
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
+BEGIN, END = "<!-- step-rates:begin -->", "<!-- step-rates:end -->"
 PRESETS = ["demo", "chan2024-stylized", "chan2024-omniglot", "nguyen-reddy2024", "singh2024-induction", "reddy2023"]
 
 
@@ -183,9 +177,8 @@ def repro_subset(root: Path, steps: int, workers: int = 2) -> tuple[list, list]:
     return rows, [(f"chan2024 cpu grid subset ({n} runs, {steps} steps): ≥ 1.5x sooner", f"{r:.2f}x", r >= 1.5)]
 
 
-#: Wall times of the cpu-scale reproductions as recorded in docs/reproductions.md (2026-11-29,
-#: updated in its second session): (name, on shared cores, on free cores from one `make test-repro` run, what ran).
-#: Collected, not measured by this script; each was timed by the session that ran it.
+#: Wall times of the cpu-scale reproductions as recorded in docs/reproductions.md: (name, on shared
+#: cores, on free cores from one `make test-repro` run, what ran). Collected, not measured here.
 REPRO_TIMES = [
     (
         "chan2024",
@@ -235,10 +228,9 @@ def reproduction_times() -> list[str]:
     return [
         "### Reproductions: wall time per reproduction (collected)",
         "",
-        "From `docs/reproductions.md` (2026-11-29; chan2024, its Omniglot variant and singh2023 re-timed in its second session): each reproduction's `cpu` run as timed by the "
-        "session that ran it (`time icl-circuits reproduce NAME`, or its slow test), not re-measured here; "
-        "`free cores` is one earlier `make test-repro` run, one reproduction after another. The Singh and "
-        "Nguyen & Reddy reproductions were being changed by other sessions while this was written.",
+        "From `docs/reproductions.md`: each reproduction's `cpu` run as timed there "
+        "(`time icl-circuits reproduce NAME`, or its slow test), not re-measured here; "
+        "`free cores` is one `make test-repro` run, one reproduction after another.",
         "",
         "| reproduction | cpu scale, shared cores | free cores | what runs |",
         "| --- | --- | --- | --- |",
@@ -249,9 +241,9 @@ def reproduction_times() -> list[str]:
 REPRO_HEAD = "### A reproduction's grid: alone against the rule"
 
 
-def kept_repro() -> tuple[list, list]:
-    """Without ``--repro-steps``: the grid timing of the last run that measured it, kept as it was."""
-    old = RESULTS.read_text() if RESULTS.exists() else ""
+def kept_repro(old: str) -> tuple[list, list]:
+    """Without ``--repro-steps``: the grid timing of the last run that measured it (in the report
+    text ``old``), kept as it was."""
     if REPRO_HEAD not in old or BEGIN not in old:
         return [], []
     section = old[old.index(REPRO_HEAD) : old.index(END)].split("\n### ")[0]
@@ -261,7 +253,7 @@ def kept_repro() -> tuple[list, list]:
     if goal is None:
         return [], []
     name, measured, status = (c.strip() for c in goal.strip("|").split("|"))
-    note = "(kept from the previous `--repro-steps` run of this script; not re-measured in this one)"
+    note = "(kept from the last run with `--repro-steps`; not re-measured by this one)"
     return [*rows, "", note], [(name, measured, status == "met")]
 
 
@@ -304,28 +296,26 @@ def missed_notes(goals: list) -> list[str]:
     return ["Missed goals: measured reason, next lever", "", *notes, ""] if notes else []
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--repro-steps", type=int, default=0, help="also time chan2024's cpu grid at this many steps")
-    args = parser.parse_args(argv)
+def measure(rounds: int = 3, repro_steps: int = 0, previous: str = "") -> str:
+    """The step-rates section (between its markers); ``previous``: the report it replaces, whose
+    reproduction-grid timing is kept unless ``repro_steps`` re-measures it."""
     torch.set_num_threads(1)
     t0, load0 = time.perf_counter(), load()
     root = Path(tempfile.mkdtemp())
-    r_rows, r_goals = rate(args.rounds, root)
+    r_rows, r_goals = rate(rounds, root)
     d_rows, d_goals = data_shares(root)
-    n_rows, n_goals = nguyen_reddy(args.rounds, root)
+    n_rows, n_goals = nguyen_reddy(rounds, root)
     e_rows, e_goals, demo = ensemble(root)
     bound = cpu_bound(demo, root)
-    p_rows, p_goals = repro_subset(root, args.repro_steps) if args.repro_steps else kept_repro()
+    p_rows, p_goals = repro_subset(root, repro_steps) if repro_steps else kept_repro(previous)
     goals = r_goals + n_goals + e_goals + p_goals + d_goals
     mark = {True: "met", False: "**missed**"}
     text = "\n".join(
         [
             BEGIN,
-            "## Issue #15: training rate, data off the critical path, Nguyen & Reddy, seed replicates",
+            "## Step rates: training against the hand-written loop, data off the critical path, Nguyen & Reddy, seed replicates",
             "",
-            f"`python benchmarks/perf.py --rounds {args.rounds}`, one torch thread, {os.cpu_count()} cores shared "
+            f"`python -m benchmarks.run --section step-rates --rounds {rounds}`, one torch thread, {os.cpu_count()} cores shared "
             f"with other jobs; took {time.perf_counter() - t0:.0f} s; load average (1, 5, 15 min) at start "
             f"{load0}, at end {load()}. Every ratio compares interleaved measurements (median of the rounds; "
             "each round's ratio listed), so a noisy neighbour slows both sides; under this load single "
@@ -401,14 +391,4 @@ def main(argv=None) -> None:
             END,
         ]
     )
-    old = RESULTS.read_text() if RESULTS.exists() else ""
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    RESULTS.write_text(new)
-    print(text)
-
-
-if __name__ == "__main__":
-    main()
+    return text

@@ -1,22 +1,18 @@
-"""Issue #15's seed-replicate measurements (part of ``benchmarks/perf.py``): the vectorised
-ensemble's per-seed steady-state step against separate ``train()`` runs, and ``demo``'s CPU bound.
+"""Seed replicates (part of :mod:`benchmarks.step_rates`): the vectorised ensemble's per-seed
+steady-state step against separate ``train()`` runs, and ``demo``'s CPU bound.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import median, ms, steady_step  # noqa: E402
-from icl_circuits.config import apply_overrides  # noqa: E402
-from icl_circuits.presets import get_preset  # noqa: E402
-from icl_circuits.training.replicates import step_flops, vectorise_pays  # noqa: E402
+from benchmarks.common import median, ms, steady_step
+from icl_circuits.config import apply_overrides
+from icl_circuits.presets import get_preset
+from icl_circuits.training.replicates import step_flops, vectorise_pays
 
 #: (preset, S, per-seed goal, the ensemble's extra overrides): the goals' rows, then reported ones.
 ENSEMBLE_CASES = (
