@@ -89,3 +89,29 @@ def test_results_has_one_writer_and_sections_are_spliced(bench):
     assert bench.splice("# head\n", begin, end, "S") == "# head\n\nS\n"
     assert bench.keep_section("# new\n", old, begin, end) == f"# new\n\n{begin}\nold threads\n{end}\n"
     assert bench.keep_section("# new\n", "# no section\n", begin, end) == "# new\n"
+
+
+def test_run_writes_the_report_and_keeps_or_replaces_the_measured_apart_sections(tmp_path, monkeypatch):
+    """The writer's paths, with every measurement replaced by a fixed result."""
+    from benchmarks import run
+
+    out = tmp_path / "RESULTS.md"
+    (t_begin, t_end), (s_begin, s_end) = run.KEPT["threads"], run.KEPT["step-rates"]
+    out.write_text(f"# old\n\n{t_begin}\nthreads v1\n{t_end}\n\n{s_begin}\nrates v1\n{s_end}\n")
+    goal = run.Goal("g", "1x", True)
+    monkeypatch.setattr(run, "bench_training", lambda root, scale: ([goal], ["## training"], {}))
+    for name in ("bench_overheads", "bench_ensemble"):
+        monkeypatch.setattr(run, name, lambda root, scale, info: ([], []))
+    for name in ("bench_analysis", "bench_circuits", "bench_memory", "bench_reference", "bench_llm"):
+        monkeypatch.setattr(run, name, lambda root, scale: ([], []))
+    text = run.main(["--quick", "--out", str(out)])
+    assert out.read_text() == text and text.startswith("# Benchmark results (quick smoke run)")
+    assert "`python -m benchmarks.run --quick`" in text and "## training" in text and "# old" not in text
+    assert "threads v1" in text and "rates v1" in text
+    monkeypatch.setattr(
+        run.threads, "measure", lambda steps, rounds: f"{t_begin}\nthreads v2 {steps} {rounds}\n{t_end}"
+    )
+    run.main(["--section", "threads", "--steps", "7", "--out", str(out)])
+    after = out.read_text()
+    assert "threads v2 7 2" in after and "threads v1" not in after
+    assert after.replace("threads v2 7 2", "threads v1") == text
