@@ -171,6 +171,12 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
         )
     if args.eval_size < 1:
         raise ICLError(f"--eval-size: expected a positive number of sequences, got {args.eval_size}")
+    probes = None
+    extra = [n for n in (getattr(args, "with_probes", None) or "").split(",") if n]
+    if extra:
+        from probes import registry
+
+        probes = [p.name for p in registry.select(None)] + [registry.get(n).name for n in extra]
     out = write_report(
         args.run,
         progress=not args.no_progress,
@@ -178,6 +184,7 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
         circuit=circuit,
         eval_size=args.eval_size,
         ablation=args.ablation,
+        probes=probes,
     )
     print(f"analysis:   {out}")
     print((out / SUMMARY).read_text(), end="")
@@ -330,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prev-token-heads", help="its previous-token heads, e.g. 0.1 (with --induction-heads)")
     p.add_argument(
         "--out", help="folder for the analysis cache and report (default RUN/analysis; e.g. for a read-only run)"
+    )
+    p.add_argument(
+        "--with",
+        dest="with_probes",
+        metavar="PROBES",
+        help="also run these opt-in probes, comma-separated: llc, llc_components, stages (docs/development.md)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_analyze)

@@ -57,6 +57,10 @@ def require_devinterp():
 class LLCConfig:
     """SGLD settings of one LLC estimate.
 
+    The defaults are those :func:`calibrate` recommends on the demo run's checkpoints
+    (steps 434 and 2069: a step of 1e-3 keeps the traces' drift within 0.5 of an LLC of
+    about 60 at the default nbeta of a batch of 64; docs/development.md).
+
     Attributes:
         lr: SGLD step size epsilon.
         nbeta: inverse temperature n*beta; None: devinterp's default ``m / log m`` for the
@@ -73,11 +77,11 @@ class LLCConfig:
     lr: float = 1e-3
     nbeta: float | None = None
     localization: float = 100.0
-    chains: int = 4
-    draws: int = 200
+    chains: int = 2
+    draws: int = 100
     burnin: int = 0
-    batch_size: int = 128
-    n_data: int = 2048
+    batch_size: int = 64
+    n_data: int = 1024
     seed: int = 0
 
     def __post_init__(self) -> None:
