@@ -190,6 +190,13 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
     print((out / SUMMARY).read_text(), end="")
 
 
+def _cmd_refine(args: argparse.Namespace) -> None:
+    from icl_circuits.training.refine import refine
+
+    added = refine(args.run, args.between[0], args.between[1], args.checkpoints, progress=not args.no_progress)
+    print(f"refined:    {args.run}: {len(added)} checkpoint(s) added at steps {', '.join(map(str, added))}")
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from icl_circuits.sweeps.backends import make_backend
     from icl_circuits.sweeps.spec import SweepSpec, load_spec, parse_axis_arg
@@ -321,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel training processes (default: one per core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser(
+        "refine", allow_abbrev=False, help="add checkpoints between two steps of a finished run by exact replay"
+    )
+    p.add_argument("run")
+    p.add_argument("--between", nargs=2, type=int, required=True, metavar=("A", "B"), help="steps A < B of the run")
+    p.add_argument("--checkpoints", type=int, default=10, help="checkpoints to add in (A, B] (default 10)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_refine)
 
     p = sub.add_parser("show", allow_abbrev=False, help="config, checkpoints and last metrics of a run")
     p.add_argument("run")
