@@ -19,6 +19,7 @@ import pandas as pd
 
 from icl_circuits.runs.read import read_metrics
 from probes import essential_dynamics as ed
+from probes import llc_over_training as lot
 from probes import stages as st
 from probes.llc_over_training import FIG, TRAIN, llc_over_training
 from probes.registry import Probe, ReportContext, register
@@ -80,9 +81,7 @@ def llc_figure(df: pd.DataFrame, acc: pd.DataFrame, icl_split: str, iwl_split: s
 
 
 def _components(ctx: ReportContext) -> list[str]:
-    df = llc_over_training(
-        ctx.run, ctx.steps, ("components",), circuit=ctx.circuit, cache=ctx.cache, progress=ctx.progress
-    )
+    df = llc_over_training(ctx.run, ctx.steps, ("components",), lot.DEFAULT, ctx.circuit, ctx.cache, ctx.progress)
     last = df[(df.step == df.step.max()) & (df.metric == "llc")].set_index("condition").value
     heads = ", ".join(f"{c} {v:.1f}" for c, v in last.items() if c.startswith("L") and "H" in c)
     lines = [f"weight-refined LLC at the last checkpoint: {heads}"]
@@ -112,9 +111,9 @@ def report(ctx: ReportContext) -> list[str]:
     """``llc.csv``, ``llc.png`` and the LLC summary lines."""
     from probes import figures
 
-    df = llc_over_training(ctx.run, ctx.steps, ("model", "data"), cache=ctx.cache, progress=ctx.progress)
+    df = llc_over_training(ctx.run, ctx.steps, ("model", "data"), lot.DEFAULT, cache=ctx.cache, progress=ctx.progress)
     comps = llc_over_training(
-        ctx.run, ctx.steps, ("components",), circuit=ctx.circuit, cache=ctx.cache, progress=False, compute=False
+        ctx.run, ctx.steps, ("components",), lot.DEFAULT, ctx.circuit, ctx.cache, progress=False, compute=False
     )
     full = pd.concat([df, comps], ignore_index=True)
     full.to_csv(ctx.out / TABLE, index=False)
@@ -132,7 +131,7 @@ def stages_report(ctx: ReportContext) -> list[str]:
     table.to_csv(ctx.out / ED_TABLE, index=False)
     figures.save(ed.figure(table), ctx.out / ed.FIG)
     found = [st.ed_boundaries(table)]
-    llc = llc_over_training(ctx.run, ctx.steps, ("model", "data"), cache=ctx.cache, progress=False, compute=False)
+    llc = llc_over_training(ctx.run, ctx.steps, ("model",), lot.DEFAULT, cache=ctx.cache, progress=False, compute=False)
     if not llc.empty:
         curve = _healthy(llc, "clean", TRAIN)
         found.append(st.llc_boundaries(curve.index, curve.values))
