@@ -45,29 +45,34 @@ def pca(vectors: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
     return u[:, :k] * s[:k], var[:k] / max(var.sum(), 1e-30)
 
 
-def turning_points(points: np.ndarray, min_angle: float = 60.0, smooth: int = 1) -> list[int]:
+def turning_points(points: np.ndarray, min_angle: float = 60.0, smooth: int = 3, straight: float = 0.6) -> list[int]:
     """Indices where the trajectory ``points [T, k]`` turns by at least ``min_angle`` degrees.
 
     The turning angle at ``t`` is the angle between the displacements ``t - smooth -> t`` and
-    ``t -> t + smooth``; a turning point is a local maximum of it (over ``t - 1 .. t + 1``)
-    at or above ``min_angle``. Steps too small to measure a direction (displacement below
-    1e-3 of the trajectory's extent) are skipped.
+    ``t -> t + smooth`` (fewer checkpoints at the ends). Both must be directed motion, not
+    wandering: each displacement at least ``straight`` of the path length it spans (a random
+    walk, as late in training when the outputs only sharpen, turns at random). A turning
+    point is a local maximum of the angle (over ``t - 1 .. t + 1``) at or above ``min_angle``.
     """
     n = len(points)
-    if n < 2 * smooth + 1:
+    if n < 3:
         return []
-    extent = np.linalg.norm(points.max(0) - points.min(0))
+    seg = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
+    extent = max(seg[-1], 1e-30)
     angles = np.zeros(n)
-    for t in range(smooth, n - smooth):
-        a, b = points[t] - points[t - smooth], points[t + smooth] - points[t]
+    for t in range(1, n - 1):
+        lo, hi = max(0, t - smooth), min(n - 1, t + smooth)
+        a, b = points[t] - points[lo], points[hi] - points[t]
         na, nb = np.linalg.norm(a), np.linalg.norm(b)
-        if na < 1e-3 * extent or nb < 1e-3 * extent:
+        if min(na, nb) < 1e-3 * extent:
+            continue
+        if na < straight * (seg[t] - seg[lo]) or nb < straight * (seg[hi] - seg[t]):
             continue
         angles[t] = np.degrees(np.arccos(np.clip(a @ b / (na * nb), -1.0, 1.0)))
     return [
         t
-        for t in range(smooth, n - smooth)
-        if angles[t] >= min_angle and angles[t] >= angles[max(t - 1, 0)] and angles[t] >= angles[min(t + 1, n - 1)]
+        for t in range(1, n - 1)
+        if angles[t] >= min_angle and angles[t] >= angles[t - 1] and angles[t] >= angles[t + 1]
     ]
 
 
