@@ -66,7 +66,7 @@ def test_turning_points_find_the_corner():
 def test_llc_boundaries_and_stages():
     steps = [0, 10, 20, 40, 80, 160, 320, 640, 1280]
     llc = [1, 2, 6, 10, 6, 5, 5, 5, 5]
-    b = st.llc_boundaries(steps, llc, smooth=1)
+    b = st.llc_boundaries(steps, llc)
     assert "LLC peak" in set(b.kind) and 40 in set(b.step)
     merged = st.merge_boundaries(
         [b, pd.DataFrame({"step": [41], "source": ["essential dynamics"], "kind": ["ED turning point"]})]
