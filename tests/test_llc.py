@@ -7,8 +7,9 @@
 
 Tolerance: 15 % of the true lambda (it separates 2 from the regular 2.5 of 5 weights), with
 8 chains of 300 draws at nbeta = 30, localization 1: measured 1.95-2.10 on these seeds.
-Per head, on the hand-wired induction model: the two working heads have LLC > 0.5 and the
-two inert heads (they write nothing) |LLC| < 0.2 (measured 2.2 and 1.0 against 0.02 and -0.01).
+Per head, on the hand-wired induction model (1 chain of 60 draws at step 3e-4): the two
+working heads have LLC > 0.3 and the two inert heads (they write nothing) |LLC| < 0.1
+(measured 3.9 and 0.56 against 0.03 and 0.004).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def test_per_head_llc_of_handwired_model():
     model = induction_circuit_model(16, 8, 4, sharpness=10.0)
     masks = component_masks(model)
     assert set(masks) == {"L0H0", "L0H1", "L1H0", "L1H1", "readout"}
-    cfg = LLCConfig(lr=1e-4, localization=100.0, chains=2, draws=100, burnin=50, batch_size=64, n_data=256)
+    cfg = LLCConfig(lr=3e-4, localization=100.0, chains=1, draws=60, burnin=20, batch_size=64, n_data=256)
     llc = {
         name: estimate_llc(model, (batch.tokens(), batch.target), cfg, mask=masks[name]).llc
         for name in masks
@@ -119,8 +120,8 @@ def test_per_head_llc_of_handwired_model():
     used = [f"L{layer}H{head}" for layer, head in (PREV_TOKEN_HEAD, INDUCTION_HEAD)]
     for name, value in llc.items():
         if name in used:
-            assert value > 0.5, llc
+            assert value > 0.3, llc
         else:
-            assert abs(value) < 0.2, llc
+            assert abs(value) < 0.1, llc
     both = union([masks["L0H0"], masks["L0H1"]])
     assert both["layers.0.attn.q.weight"].all() and "layers.1.attn.q.weight" not in both
