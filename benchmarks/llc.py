@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from icl_circuits.runs.store import list_checkpoints
-from probes.llc_over_training import llc_over_training
+from probes import llc_over_training as lot
 
 GOALS = {"model": 600.0, "components": 900.0}
 GIB = 2**30
@@ -49,7 +49,7 @@ def measure(run: Path, cache: Path, n_model: int = 60, n_components: int = 20) -
         chosen = spread(steps, n)
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
-        df = llc_over_training(run, chosen, (part,), cache=cache, progress=True)
+        df = lot.llc_over_training(run, chosen, (part,), lot.DEFAULT, cache=cache, progress=False)
         took = time.perf_counter() - t0
         load1 = os.getloadavg()[0]
         healthy = df[df.metric == "llc_healthy"].value.mean()

@@ -88,3 +88,13 @@ def test_analyze_with_the_opt_in_probes(run, monkeypatch, capsys):
     for name in ("llc.csv", "llc.png", "essential_dynamics.png", "stages.csv"):
         assert (report / name).exists(), name
     assert main(["analyze", str(run), "--no-progress", "--with", "nope"]) == 2
+
+
+def test_benchmark_rows(run, monkeypatch, tmp_path):
+    from benchmarks import llc as bench
+
+    assert bench.spread(list(range(10)), 3) == [0, 4, 9] and bench.spread([0, 5], 20) == [0, 5]
+    monkeypatch.setattr(lot, "DEFAULT", SMALL)
+    rows = bench.measure(run, tmp_path / "cache", n_model=2, n_components=1)
+    assert [r[0].split(" at ")[0] for r in rows[:2]] == ["LLC model", "LLC components"]
+    assert all(r[2] in ("met", "**missed**") for r in rows) and "MiB" in rows[2][1]
