@@ -70,7 +70,7 @@ def llc_figure(df: pd.DataFrame, acc: pd.DataFrame, icl_split: str, iwl_split: s
         ax = axes[2]
         for (layer, head), g in heads.groupby(["layer", "head_index"]):
             g = g.sort_values("step")
-            ax.plot(g.step + 1, g.value, marker=".", label=f"L{layer}H{head}")
+            ax.plot(g.step + 1, g.value, marker=".", label=f"L{int(layer)}H{int(head)}")
         ax.set_title("weight-refined LLC per head")
     for ax in axes:
         ax.set_xscale("log")
