@@ -11,8 +11,9 @@ SGLD (``devinterp.optim.sgmcmc.SGMCMC.sgld``; nothing here re-implements the sam
 * :func:`query_loss`: this toolkit's loss, cross-entropy of the query's label.
 * :func:`component_masks`: a mask per attention head (its rows of ``W_Q, W_K, W_V`` and
   their biases, its columns of ``W_O``), per MLP and for the readout of a native model.
-* :func:`diagnose` (chain health) and :func:`calibrate` (a grid of step sizes and inverse
-  temperatures, with the largest healthy step recommended).
+* :func:`diagnose` (chain health), :func:`trace_figure` (the chains' loss traces) and
+  :func:`calibrate` (a grid of step sizes and inverse temperatures, with the largest healthy
+  step recommended).
 
 Why devinterp 1.x (1.3.2) and not 2.x: 1.x takes any ``evaluate(model, batch) -> loss`` and a
 plain ``DataLoader``, so the query-position loss and the bit-cast token tensors go in as
@@ -263,6 +264,27 @@ def diagnose(est: LLCEstimate, max_drift: float = 0.2) -> dict[str, float | bool
     spread = float(est.std / scale) if finite else math.inf
     healthy = finite and est.llc > 0 and abs(drift) <= max_drift * scale
     return {"finite": finite, "drift": drift, "spread": spread, "healthy": bool(healthy)}
+
+
+def trace_figure(est: LLCEstimate, title: str = "SGLD loss traces"):
+    """Each chain's loss at every draw, the mean dashed, the loss at the trained weights dotted.
+
+    A healthy trace rises from the trained loss and levels off; one still rising needs more
+    draws or a larger step, one that runs away a smaller step.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, chain in enumerate(est.loss_trace):
+        ax.plot(chain, lw=0.8, label=f"chain {i}")
+    ax.plot(est.loss_trace.mean(0), "k--", lw=1.5, label="mean")
+    ax.axhline(est.init_loss, color="0.4", ls=":", label="trained weights")
+    ax.set_xlabel("draw")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{title} (LLC {est.llc:.2f} +- {est.std:.2f})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def calibrate(

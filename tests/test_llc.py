@@ -6,7 +6,9 @@
 * A product reparametrisation (``y = a b x_3 + c . x_{0:3}`` at ``ab != 0``): lambda = 2 of 5 weights.
 
 Tolerance: 15 % of the true lambda (it separates 2 from the regular 2.5 of 5 weights), with
-8 chains of 300 draws at nbeta = 30, localization 1: measured 1.95-2.10 on these seeds.
+8 chains of 300 draws after 100 burn-in steps, step 3e-3, nbeta = 30, localization 1; the
+seeded estimates are 2.10, 2.12 and 2.19 (chain std 0.54, 0.37, 0.33), and 1.58 for the
+3 weights of the masked test (lambda 1.5): SGLD's finite step biases them up by 5-10 %.
 Per head, on the hand-wired induction model (1 chain of 60 draws at step 3e-4): the two
 working heads have LLC > 0.3 and the two inert heads (they write nothing) |LLC| < 0.1
 (measured 3.9 and 0.56 against 0.03 and 0.004).
@@ -23,7 +25,15 @@ pytest.importorskip("devinterp")
 from icl_circuits.data.gaussian import GaussianConfig, GaussianSource  # noqa: E402
 from icl_circuits.errors import ICLError  # noqa: E402
 from probes.handwired import INDUCTION_HEAD, PREV_TOKEN_HEAD, induction_circuit_model  # noqa: E402
-from probes.llc import LLCConfig, calibrate, component_masks, diagnose, estimate_llc, union  # noqa: E402
+from probes.llc import (  # noqa: E402
+    LLCConfig,
+    calibrate,
+    component_masks,
+    diagnose,
+    estimate_llc,
+    trace_figure,
+    union,
+)
 
 N, D = 1000, 4
 GEN = torch.Generator().manual_seed(0)
@@ -78,15 +88,19 @@ def test_llc_of_known_models(model, lam):
     assert abs(est.llc - lam) <= 0.15 * lam, f"{model.__name__}: {est.llc:.3f} vs lambda {lam}"
     assert diagnose(est)["healthy"]
     assert est.loss_trace.shape == (CFG.chains, CFG.draws)
+    assert (est.loss_trace.mean(1) > est.init_loss).all(), "every chain samples above the minimum"
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items()), "the model is left unchanged"
 
 
-def test_mask_freezes_the_rest():
+def test_mask_freezes_the_rest(tmp_path):
     """Sampling only ``c`` of the redundant model: lambda of 3 regular weights = 1.5."""
     m = Redundant()
     mask = {"c": torch.ones(3, dtype=torch.bool)}
     est = estimate_llc(m, (X, Y), CFG, nll, mask=mask)
     assert abs(est.llc - 1.5) <= 0.15 * 1.5, est.llc
+    fig = trace_figure(est)
+    assert len(fig.axes[0].lines) == CFG.chains + 2
+    fig.savefig(tmp_path / "trace.png")
 
 
 def test_calibrate_flags_a_diverging_step():
