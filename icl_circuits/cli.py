@@ -172,6 +172,12 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
         )
     if args.eval_size < 1:
         raise ICLError(f"--eval-size: expected a positive number of sequences, got {args.eval_size}")
+    probes = None
+    extra = [n for n in (getattr(args, "with_probes", None) or "").split(",") if n]
+    if extra:
+        from probes import registry
+
+        probes = [p.name for p in registry.select(None)] + [registry.get(n).name for n in extra]
     out = write_report(
         args.run,
         progress=not args.no_progress,
@@ -179,9 +185,17 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
         circuit=circuit,
         eval_size=args.eval_size,
         ablation=args.ablation,
+        probes=probes,
     )
     print(f"analysis:   {out}")
     print((out / SUMMARY).read_text(), end="")
+
+
+def _cmd_refine(args: argparse.Namespace) -> None:
+    from icl_circuits.training.refine import refine
+
+    added = refine(args.run, args.between[0], args.between[1], args.checkpoints, progress=not args.no_progress)
+    print(f"refined:    {args.run}: {len(added)} checkpoint(s) added at steps {', '.join(map(str, added))}")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -316,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_reproduce)
 
+    p = sub.add_parser(
+        "refine", allow_abbrev=False, help="add checkpoints between two steps of a finished run by exact replay"
+    )
+    p.add_argument("run")
+    p.add_argument("--between", nargs=2, type=int, required=True, metavar=("A", "B"), help="steps A < B of the run")
+    p.add_argument("--checkpoints", type=int, default=10, help="checkpoints to add in (A, B] (default 10)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_refine)
+
     p = sub.add_parser("show", allow_abbrev=False, help="config, checkpoints and last metrics of a run")
     p.add_argument("run")
     p.add_argument("--config", action="store_true", help="also print the full config")
@@ -331,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prev-token-heads", help="its previous-token heads, e.g. 0.1 (with --induction-heads)")
     p.add_argument(
         "--out", help="folder for the analysis cache and report (default RUN/analysis; e.g. for a read-only run)"
+    )
+    p.add_argument(
+        "--with",
+        dest="with_probes",
+        metavar="PROBES",
+        help="also run these opt-in probes, comma-separated: llc, llc_components, stages (docs/development.md)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_analyze)

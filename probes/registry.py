@@ -103,6 +103,8 @@ class Probe:
         report_rank: where its summary lines go among the other sections (lower first; ties
             in registration order). The built-ins use 10, 20 and 30.
         description: one line for listings and docs.
+        opt_in: run only when named (``analyze --with NAME``, ``probes=[...]``), never by
+            default: for a costly probe (the LLC samples thousands of SGLD steps per checkpoint).
     """
 
     name: str
@@ -112,6 +114,7 @@ class Probe:
     report: Report | None = None
     report_rank: int = 100
     description: str = ""
+    opt_in: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -187,9 +190,9 @@ def all_probes() -> list[Probe]:
 
 
 def select(names: Sequence[str] | None = None) -> list[Probe]:
-    """The probes named ``names`` (default: all), in registration order; unknown names are an error."""
+    """The probes named ``names`` (default: all but the opt-in ones), in registration order; unknown names are an error."""
     if names is None:
-        return all_probes()
+        return [p for p in all_probes() if not p.opt_in]
     if isinstance(names, str):
         names = [names]
     wanted = set(names)
@@ -199,8 +202,9 @@ def select(names: Sequence[str] | None = None) -> list[Probe]:
 
 
 def metric_names(names: Sequence[str] | None = None) -> dict[str, str]:
-    """``{metric: probe name}`` of every metric the probes (default: all) produce."""
-    return {metric: p.name for p in select(names) for metric in p.metrics}
+    """``{metric: probe name}`` of every metric the probes (default: all, opt-in ones included) produce."""
+    chosen = all_probes() if names is None else select(names)
+    return {metric: p.name for p in chosen for metric in p.metrics}
 
 
 def versions(names: Sequence[str] | None = None) -> list[tuple[str, int]]:

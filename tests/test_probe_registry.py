@@ -115,7 +115,7 @@ def test_a_probe_version_keys_the_cache(tiny_run, tmp_path, monkeypatch):
 
     bumped = dataclasses.replace(registry.get("head_scores"), version=registry.get("head_scores").version + 1)
     with registered(bumped, replace=True):
-        assert [p.name for p in registry.all_probes()] == ["ablations", "head_scores", "circuits"], "keeps its place"
+        assert [p.name for p in registry.select()] == ["ablations", "head_scores", "circuits"], "keeps its place"
         again = analyze_run(run, **kwargs)
         assert len(calls) == 2, "a bumped probe version recomputes"
         assert again.attrs["params"].key() != key
@@ -176,3 +176,10 @@ def test_report_refuses_a_selection_without_the_metrics_it_reads(tiny_run, tmp_p
 
     with pytest.raises(ICLError, match=r"the report needs metric\(s\) \['acc'\]; add probe\(s\) \['ablations'\]"):
         write_report(tiny_run, progress=False, out=tmp_path / "ana", probes=["head_scores"])
+
+
+def test_opt_in_probes_run_only_when_named():
+    assert {"llc", "llc_components", "stages"} <= {p.name for p in registry.all_probes()}
+    assert not {"llc", "llc_components", "stages"} & {p.name for p in registry.select()}
+    assert [p.name for p in registry.select(["stages"])] == ["stages"]
+    assert registry.metric_names()["llc"] == "llc", "opt-in probes' metrics are documented too"
