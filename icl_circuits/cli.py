@@ -183,6 +183,35 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
     print((out / SUMMARY).read_text(), end="")
 
 
+def _cmd_circuits(args: argparse.Namespace) -> None:
+    from probes.circuit_study import MAX_STEPS, find_circuits, study_lines
+
+    steps: list[int] | str = args.steps
+    if args.steps not in ("last", "all"):
+        items = [s.strip() for s in args.steps.split(",") if s.strip()]
+        if not items or len(items) > MAX_STEPS or not all(s.isdigit() and len(s) <= 12 for s in items):
+            raise ICLError(
+                f"--steps: expected last, all or step numbers like 100,3000 (at most {MAX_STEPS}), got {args.steps!r}"
+            )
+        steps = [int(s) for s in items]
+    if args.out:
+        check_writable(Path(args.out), "the circuit tables", "give --out a folder you can write")
+    study = find_circuits(
+        args.run,
+        split=args.split,
+        method=args.method,
+        steps=steps,
+        target=args.target,
+        counterfactual=args.counterfactual,
+        n=args.n,
+        ig_steps=args.ig_steps,
+        out=args.out,
+        min_effect=args.min_effect,
+    )
+    print(f"circuits:   {study.out} ({', '.join(f.name for f in study.files)})")
+    print("\n".join(study_lines(study)))
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from icl_circuits.sweeps.backends import make_backend
     from icl_circuits.sweeps.spec import SweepSpec, load_spec, parse_axis_arg
@@ -333,6 +362,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser(
+        "circuits",
+        allow_abbrev=False,
+        help="discover one split's circuit at chosen checkpoints (method, target, counterfactual): table, figure, edges",
+    )
+    p.add_argument("run")
+    p.add_argument("--split", help="the split whose logit difference the circuit explains (default: the ICL split)")
+    p.add_argument("--method", default="eap-ig", help="edge scores: exact, eap, eap-ig (default) or atp*")
+    p.add_argument("--steps", default="last", help="checkpoints: last (default), all, or steps like 100,3000")
+    p.add_argument(
+        "--target", type=float, default=0.9, help="faithfulness the circuit must reach, in (0, 1] (default 0.9)"
+    )
+    p.add_argument(
+        "--counterfactual",
+        default="mean",
+        help="what a patched edge carries: mean (default, over the split's sequences), zero, or a split's name",
+    )
+    p.add_argument("--n", type=int, default=64, help="sequences of the split (default 64)")
+    p.add_argument("--ig-steps", type=int, default=5, help="EAP-IG integration steps (default 5)")
+    p.add_argument(
+        "--min-effect",
+        type=float,
+        default=1.0,
+        help="least logit difference for a circuit to be looked for (default 1)",
+    )
+    p.add_argument("--out", help="folder for the tables and figure (default RUN/analysis/circuits-SPLIT-METHOD-...)")
+    p.set_defaults(func=_cmd_circuits)
 
     p = sub.add_parser(
         "sweep",
