@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from icl_circuits.errors import ICLError
+from icl_circuits.limits import check_flags
 
 DEFAULT_ROOT = Path("checkpoints")
 
@@ -46,6 +47,8 @@ def _load_config(args: argparse.Namespace):
             raise ICLError(f"{path}: no such config file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ICLError(f"{path}: not valid JSON ({err})") from None
+        except RecursionError:
+            raise ICLError(f"{path}: not a config: nested too deeply to parse") from None
         raw.pop("format_version", None) if isinstance(raw, dict) else None
         cfg = RunConfig.from_dict(raw)
     else:
@@ -194,8 +197,6 @@ def _cmd_circuits(args: argparse.Namespace) -> None:
                 f"--steps: expected last, all or step numbers like 100,3000 (at most {MAX_STEPS}), got {args.steps!r}"
             )
         steps = [int(s) for s in items]
-    if args.out:
-        check_writable(Path(args.out), "the circuit tables", "give --out a folder you can write")
     study = find_circuits(
         args.run,
         split=args.split,
@@ -442,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for any error the user caused)."""
     try:
         args = build_parser().parse_args(argv)
+        check_flags(vars(args))
         args.func(args)
     except ICLError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
@@ -453,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except RecursionError:  # a structure nested past Python's recursion limit, wherever it was read
+        print("error: input nested too deeply to parse (past Python's recursion limit)", file=sys.stderr)
+        return 2
     except MemoryError:
         print("error: out of memory; lower the sizes in the config (data, model, train.batch_size)", file=sys.stderr)
         return 2

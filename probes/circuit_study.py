@@ -160,6 +160,16 @@ def find_circuits(
             f"--counterfactual: {counterfactual}'s sequences have shape {tuple(reference.tokens().shape)}, "
             f"{split}'s {tuple(batch.tokens().shape)}; a counterfactual split must match"
         )
+    folder = (
+        Path(out) if out is not None else run / layout.ANALYSIS / folder_name(split, method, target, counterfactual, n)
+    )
+    if write:
+        try:  # before any compute: an unwritable folder fails now, not after the checkpoints
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ICLError(
+                f"{folder}: cannot write the circuit tables here ({err.strerror or err}); use --out"
+            ) from None
     rows, edge_tables, graph = [], [], None
     for step in chosen:
         model = load_model(run, step)
