@@ -121,10 +121,17 @@ def _print_last(metrics) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
+    from icl_circuits.llm.report import is_llm_run, load_finetune_config, show_lines
     from icl_circuits.runs.read import load_config, read_metrics
     from icl_circuits.runs.store import list_checkpoints, stopped_early
 
     run = Path(args.run)
+    if is_llm_run(run):
+        print("\n".join(show_lines(run)))
+        if args.config:
+            print(json.dumps(load_finetune_config(run).to_dict(), indent=1))
+        _print_last(read_metrics(run))
+        return
     cfg = load_config(run)
     steps = list_checkpoints(run)
     print(f"run folder:  {run}")
@@ -153,10 +160,13 @@ def _cmd_show(args: argparse.Namespace) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> None:
+    from icl_circuits.llm.report import is_llm_run
     from icl_circuits.runs.read import load_config
     from probes.circuits import FoundCircuit
     from probes.report import SUMMARY, write_report
 
+    if is_llm_run(args.run):
+        return _analyze_llm(args)
     cfg = load_config(Path(args.run))
     given = getattr(args, "out", None) if args.command == "analyze" else None
     check_writable(
@@ -182,6 +192,25 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
         eval_size=args.eval_size,
         ablation=args.ablation,
     )
+    print(f"analysis:   {out}")
+    print((out / SUMMARY).read_text(), end="")
+
+
+def _analyze_llm(args: argparse.Namespace) -> None:
+    """``analyze`` of a language-model fine-tuning run (icl_circuits.llm.report)."""
+    from icl_circuits.llm.report import SUMMARY, write_llm_report
+
+    if args.induction_heads or args.prev_token_heads:
+        raise ICLError("--induction-heads: a fine-tuning run ablates its own top induction heads (see --llm-heads)")
+    given = getattr(args, "out", None) if args.command == "analyze" else None
+    check_writable(Path(given) if given else Path(args.run) / "analysis", "the analysis", "use --out FOLDER")
+    steps = None
+    if getattr(args, "llm_steps", None):
+        items = [s.strip() for s in args.llm_steps.split(",") if s.strip()]
+        if not items or len(items) > 64 or not all(s.isdigit() and len(s) <= 12 for s in items):
+            raise ICLError(f"--llm-steps: expected up to 64 step numbers like 0,150, got {args.llm_steps!r}")
+        steps = [int(s) for s in items]
+    out = write_llm_report(args.run, out=given, steps=steps, k=getattr(args, "llm_heads", 3))
     print(f"analysis:   {out}")
     print((out / SUMMARY).read_text(), end="")
 
@@ -360,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prev-token-heads", help="its previous-token heads, e.g. 0.1 (with --induction-heads)")
     p.add_argument(
         "--out", help="folder for the analysis cache and report (default RUN/analysis; e.g. for a read-only run)"
+    )
+    p.add_argument(
+        "--llm-steps", help="a fine-tuning run: checkpoints at which its top heads are ablated (default: first,last)"
+    )
+    p.add_argument(
+        "--llm-heads", type=int, default=3, help="a fine-tuning run: top induction heads ablated (default 3)"
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_analyze)

@@ -75,6 +75,7 @@ FLAG_LIMITS: dict[str, tuple[str, float, float]] = {
     "gpus_per_run": ("--gpus-per-run", 0, 1024),
     "n": ("--n", 1, 4096),
     "ig_steps": ("--ig-steps", 1, 256),
+    "llm_heads": ("--llm-heads", 1, 64),
 }
 
 

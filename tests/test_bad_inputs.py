@@ -232,6 +232,7 @@ FLAG_COMMANDS = {
     "--gpus-per-run": lambda run, out: ["sweep", "--base", "demo", "seed=[0]", "--out", out, "--backend", "ray"],
     "--n": lambda run, out: ["circuits", run, "--out", out],
     "--ig-steps": lambda run, out: ["circuits", run, "--out", out],
+    "--llm-heads": lambda run, out: ["analyze", run, "--no-progress", "--out", out],
 }
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -85,6 +85,7 @@ STUDY_FIG_EDGES = "circuit_edges.png"
 
 # ---------------------------------------------------------------------------- language-model fine-tuning run
 LLM_HEADS = "heads.csv"
+REPORT_LLM_ABLATION = "ablations.csv"  # analyze's report of a fine-tuning run: the top-k heads ablated
 
 
 def seed_dirname(seed: int) -> str:
