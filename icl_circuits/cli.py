@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from icl_circuits.errors import ICLError
+from icl_circuits.limits import check_flags
 
 DEFAULT_ROOT = Path("checkpoints")
 
@@ -46,6 +47,8 @@ def _load_config(args: argparse.Namespace):
             raise ICLError(f"{path}: no such config file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ICLError(f"{path}: not valid JSON ({err})") from None
+        except RecursionError:
+            raise ICLError(f"{path}: not a config: nested too deeply to parse") from None
         raw.pop("format_version", None) if isinstance(raw, dict) else None
         cfg = RunConfig.from_dict(raw)
     else:
@@ -119,10 +122,17 @@ def _print_last(metrics) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
+    from icl_circuits.llm.report import is_llm_run, load_finetune_config, show_lines
     from icl_circuits.runs.read import load_config, read_metrics
     from icl_circuits.runs.store import list_checkpoints, stopped_early
 
     run = Path(args.run)
+    if is_llm_run(run):
+        print("\n".join(show_lines(run)))
+        if args.config:
+            print(json.dumps(load_finetune_config(run).to_dict(), indent=1))
+        _print_last(read_metrics(run))
+        return
     cfg = load_config(run)
     steps = list_checkpoints(run)
     print(f"run folder:  {run}")
@@ -151,10 +161,13 @@ def _cmd_show(args: argparse.Namespace) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> None:
+    from icl_circuits.llm.report import is_llm_run
     from icl_circuits.runs.read import load_config
     from probes.circuits import FoundCircuit
     from probes.report import SUMMARY, write_report
 
+    if is_llm_run(args.run):
+        return _analyze_llm(args)
     cfg = load_config(Path(args.run))
     given = getattr(args, "out", None) if args.command == "analyze" else None
     check_writable(
@@ -196,6 +209,52 @@ def _cmd_refine(args: argparse.Namespace) -> None:
 
     added = refine(args.run, args.between[0], args.between[1], args.checkpoints, progress=not args.no_progress)
     print(f"refined:    {args.run}: {len(added)} checkpoint(s) added at steps {', '.join(map(str, added))}")
+
+
+def _analyze_llm(args: argparse.Namespace) -> None:
+    """``analyze`` of a language-model fine-tuning run (icl_circuits.llm.report)."""
+    from icl_circuits.llm.report import SUMMARY, write_llm_report
+
+    if args.induction_heads or args.prev_token_heads:
+        raise ICLError("--induction-heads: a fine-tuning run ablates its own top induction heads (see --llm-heads)")
+    given = getattr(args, "out", None) if args.command == "analyze" else None
+    check_writable(Path(given) if given else Path(args.run) / "analysis", "the analysis", "use --out FOLDER")
+    steps = None
+    if getattr(args, "llm_steps", None):
+        items = [s.strip() for s in args.llm_steps.split(",") if s.strip()]
+        if not items or len(items) > 64 or not all(s.isdigit() and len(s) <= 12 for s in items):
+            raise ICLError(f"--llm-steps: expected up to 64 step numbers like 0,150, got {args.llm_steps!r}")
+        steps = [int(s) for s in items]
+    out = write_llm_report(args.run, out=given, steps=steps, k=getattr(args, "llm_heads", 3))
+    print(f"analysis:   {out}")
+    print((out / SUMMARY).read_text(), end="")
+
+
+def _cmd_circuits(args: argparse.Namespace) -> None:
+    from probes.circuit_study import MAX_STEPS, find_circuits, study_lines
+
+    steps: list[int] | str = args.steps
+    if args.steps not in ("last", "all"):
+        items = [s.strip() for s in args.steps.split(",") if s.strip()]
+        if not items or len(items) > MAX_STEPS or not all(s.isdigit() and len(s) <= 12 for s in items):
+            raise ICLError(
+                f"--steps: expected last, all or step numbers like 100,3000 (at most {MAX_STEPS}), got {args.steps!r}"
+            )
+        steps = [int(s) for s in items]
+    study = find_circuits(
+        args.run,
+        split=args.split,
+        method=args.method,
+        steps=steps,
+        target=args.target,
+        counterfactual=args.counterfactual,
+        n=args.n,
+        ig_steps=args.ig_steps,
+        out=args.out,
+        min_effect=args.min_effect,
+    )
+    print(f"circuits:   {study.out} ({', '.join(f.name for f in study.files)})")
+    print("\n".join(study_lines(study)))
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -361,8 +420,42 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PROBES",
         help="also run these opt-in probes, comma-separated: llc, llc_components, stages (docs/development.md)",
     )
+    p.add_argument(
+        "--llm-steps", help="a fine-tuning run: checkpoints at which its top heads are ablated (default: first,last)"
+    )
+    p.add_argument(
+        "--llm-heads", type=int, default=3, help="a fine-tuning run: top induction heads ablated (default 3)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser(
+        "circuits",
+        allow_abbrev=False,
+        help="discover one split's circuit at chosen checkpoints (method, target, counterfactual): table, figure, edges",
+    )
+    p.add_argument("run")
+    p.add_argument("--split", help="the split whose logit difference the circuit explains (default: the ICL split)")
+    p.add_argument("--method", default="eap-ig", help="edge scores: exact, eap, eap-ig (default) or atp*")
+    p.add_argument("--steps", default="last", help="checkpoints: last (default), all, or steps like 100,3000")
+    p.add_argument(
+        "--target", type=float, default=0.9, help="faithfulness the circuit must reach, in (0, 1] (default 0.9)"
+    )
+    p.add_argument(
+        "--counterfactual",
+        default="mean",
+        help="what a patched edge carries: mean (default, over the split's sequences), zero, or a split's name",
+    )
+    p.add_argument("--n", type=int, default=64, help="sequences of the split (default 64)")
+    p.add_argument("--ig-steps", type=int, default=5, help="EAP-IG integration steps (default 5)")
+    p.add_argument(
+        "--min-effect",
+        type=float,
+        default=1.0,
+        help="least logit difference for a circuit to be looked for (default 1)",
+    )
+    p.add_argument("--out", help="folder for the tables and figure (default RUN/analysis/circuits-SPLIT-METHOD-...)")
+    p.set_defaults(func=_cmd_circuits)
 
     p = sub.add_parser(
         "sweep",
@@ -415,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for any error the user caused)."""
     try:
         args = build_parser().parse_args(argv)
+        check_flags(vars(args))
         args.func(args)
     except ICLError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
@@ -426,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except RecursionError:  # a structure nested past Python's recursion limit, wherever it was read
+        print("error: input nested too deeply to parse (past Python's recursion limit)", file=sys.stderr)
+        return 2
     except MemoryError:
         print("error: out of memory; lower the sizes in the config (data, model, train.batch_size)", file=sys.stderr)
         return 2

@@ -218,6 +218,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        except RecursionError:
+            raise ConfigError(f"{key}: value nested too deeply to parse") from None
         node = tree
         parts = key.split(".")
         if len(parts) == 2 and parts[0] == "data" and isinstance(tree.get("data"), dict):

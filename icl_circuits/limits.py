@@ -21,6 +21,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from icl_circuits.configbase import FrozenConfig, require
+from icl_circuits.errors import ConfigError
 
 if TYPE_CHECKING:
     from icl_circuits.config import RunConfig
@@ -63,6 +64,29 @@ MAX_TUPLE = 64
 MAX_CHECKPOINTS = SIZE_LIMITS["train.n_checkpoints"]
 #: Bytes per float (float32 everywhere).
 FLOAT = 4
+#: Bounds (inclusive) of the command line's number options, by argparse ``dest``: the flag and
+#: its range. Analysis sequences are capped well below ``train.eval_size``'s bound because an
+#: analysis holds every split's activations and attention patterns at once.
+FLAG_LIMITS: dict[str, tuple[str, float, float]] = {
+    "eval_size": ("--eval-size", 1, 2**16),
+    "probe_eval_size": ("--probe-eval-size", 1, 2**16),
+    "workers": ("--workers", 1, 1024),
+    "max_retries": ("--max-retries", 0, 100),
+    "gpus_per_run": ("--gpus-per-run", 0, 1024),
+    "n": ("--n", 1, 4096),
+    "ig_steps": ("--ig-steps", 1, 256),
+    "llm_heads": ("--llm-heads", 1, 64),
+}
+
+
+def check_flags(values: dict[str, Any]) -> None:
+    """Refuse a command-line number outside ``FLAG_LIMITS`` (None: not given), naming the flag."""
+    for dest, (flag, lo, hi) in FLAG_LIMITS.items():
+        value = values.get(dest)
+        if value is None or isinstance(value, bool):
+            continue
+        if not (isinstance(value, int | float) and math.isfinite(value) and lo <= value <= hi):
+            raise ConfigError(f"{flag}: expected {lo:g}..{hi:g}, got {value!r}")
 
 
 def check_sizes(cfg: FrozenConfig, prefix: str = "") -> None:

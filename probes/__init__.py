@@ -4,7 +4,8 @@ Scores (:mod:`probes.scores`), interventions (:mod:`probes.ablation`, :mod:`prob
 :mod:`probes.paths`, :mod:`probes.subcircuits`), circuit finding (:mod:`probes.circuits`),
 circuit discovery by edge patching, EAP and EAP-IG (:mod:`probes.graph`,
 :mod:`probes.edge_patching`, :mod:`probes.eap`, :mod:`probes.discovery`,
-:mod:`probes.circuits_over_training`), evaluation over training (:mod:`probes.over_training`),
+:mod:`probes.circuits_over_training`; one split's circuit at chosen checkpoints:
+:mod:`probes.circuit_study`), evaluation over training (:mod:`probes.over_training`),
 competition and transition detection (:mod:`probes.competition`), figures
 (:mod:`probes.figures`) and the report of ``icl-circuits analyze`` (:mod:`probes.report`).
 
@@ -14,6 +15,7 @@ importing this package registers the built-in probes (:mod:`probes.builtin`).
 
 from probes import builtin  # noqa: F401 - registers the built-in probes
 from probes.ablation import ablate_heads, all_heads_ablation
+from probes.circuit_study import CircuitStudy, find_circuits
 from probes.circuits import FoundCircuit, find_icl_circuit
 from probes.circuits_over_training import circuit_overlay, discover_run, edge_entry_steps
 from probes.competition import competition_table, detect_transition, summarize
@@ -30,6 +32,7 @@ from probes.subcircuits import Subcircuit, ablate_subcircuit, icl_circuit, iwl_p
 
 __all__ = [
     "Circuit",
+    "CircuitStudy",
     "FoundCircuit",
     "Graph",
     "Probe",
@@ -51,6 +54,7 @@ __all__ = [
     "discover",
     "edge_entry_steps",
     "edge_scores",
+    "find_circuits",
     "find_icl_circuit",
     "head_scores",
     "icl_circuit",

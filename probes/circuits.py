@@ -2,8 +2,9 @@
 
 A head joins the circuit only if its score passes a stated absolute threshold (and is within
 ``rel`` of the best head): a model at chance, or one without induction heads, has *no*
-circuit, and says why. :func:`random_heads` draws the control: as many random heads, whose
-ablation the report compares with the circuit's.
+circuit, and says why. :func:`random_heads` draws the control: as many random heads outside
+the circuit, whose ablation the report compares with the circuit's; where no such draw exists
+(the circuit is half the model or more), :func:`complement` and each head alone stand in.
 """
 
 from __future__ import annotations
@@ -106,19 +107,30 @@ def find_icl_circuit(scores: pd.DataFrame, rel: float = 0.5, threshold: float = 
 
 
 def random_heads(
-    n_layers: int, n_heads: int, k: int, n_draws: int = 3, seed: int = 0
+    n_layers: int,
+    n_heads: int,
+    k: int,
+    n_draws: int = 3,
+    seed: int = 0,
+    exclude: tuple[tuple[int, int], ...] = (),
 ) -> list[tuple[tuple[int, int], ...]]:
-    """``n_draws`` sets of ``k`` heads drawn uniformly without replacement from every head.
+    """``n_draws`` sets of ``k`` heads drawn uniformly without replacement, outside ``exclude``.
 
-    The control for a circuit of ``k`` heads: the same draws for every checkpoint (seeded).
-    Empty if ``k`` is 0 or at least the number of heads (then "random" is the whole model).
+    The control for a circuit of ``k`` heads (``exclude``: the circuit's heads): the same draws
+    for every checkpoint (seeded). Empty if ``k`` is 0 or at least the number of heads left
+    to draw from: then no draw is random (it is every head left, or none exists).
     """
-    total = n_layers * n_heads
-    if not 0 < k < total:
+    banned = set(exclude)
+    pool = [(layer, h) for layer in range(n_layers) for h in range(n_heads) if (layer, h) not in banned]
+    if not 0 < k < len(pool):
         return []
     rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_draws):
-        idx = sorted(rng.choice(total, size=k, replace=False).tolist())
-        draws.append(tuple((i // n_heads, i % n_heads) for i in idx))
-    return draws
+    return [
+        tuple(pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False).tolist())) for _ in range(n_draws)
+    ]
+
+
+def complement(n_layers: int, n_heads: int, heads) -> tuple[tuple[int, int], ...]:
+    """Every head of the model outside ``heads``, in layer order."""
+    inside = set(heads)
+    return tuple((layer, h) for layer in range(n_layers) for h in range(n_heads) if (layer, h) not in inside)

@@ -23,6 +23,9 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+#: Least rise of a curve (initial -> peak) that counts as emergence (accuracy units).
+MIN_RISE = 0.2
+
 
 @dataclasses.dataclass(frozen=True)
 class Transition:
@@ -56,7 +59,7 @@ def detect_transition(
     curve: pd.Series,
     train_loss: pd.Series | None = None,
     name: str = "curve",
-    min_rise: float = 0.2,
+    min_rise: float = MIN_RISE,
     min_drop: float = 0.1,
     window: float = 0.25,
 ) -> Transition:

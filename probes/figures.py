@@ -18,7 +18,8 @@ COLORS = {"ICL": "tab:blue", "IWL": "tab:orange", "CIWL": "tab:green"}
 CONDITION_STYLE = {
     "clean": ("black", "-", "clean (nothing ablated)"),
     "ICL circuit": ("tab:blue", "-", "ICL circuit ablated"),
-    "random heads": ("tab:gray", "--", "as many random heads ablated (mean)"),
+    "random heads": ("tab:gray", "--", "as many random heads outside the circuit ablated (mean)"),
+    "complement": ("tab:gray", ":", "every head outside the circuit ablated"),
     "IWL path": ("tab:orange", "-", "IWL path ablated"),
 }
 #: Colour range of per-head scores that are attention masses (shared by every heatmap).
@@ -124,14 +125,14 @@ def ablation_figure(df: pd.DataFrame, splits: list[str], metric: str = "acc"):
     if circuit is not None and getattr(circuit, "heads", ()):
         heads = ", ".join(f"L{layer}H{h}" for layer, h in circuit.heads)
         names["ICL circuit"] = f"ICL circuit ablated ({heads})"
-        names["random heads"] = f"{len(circuit.heads)} random heads ablated (mean)"
+        names["random heads"] = f"{len(circuit.heads)} random heads outside it ablated (mean)"
     fig, axes = plt.subplots(1, len(splits), figsize=(4 * len(splits), 3.8), squeeze=False)
     rows = df[(df.metric == metric) & df.layer.isna()]
     for ax, split in zip(axes[0], splits, strict=True):
         here = rows[rows.split == split]
         order = [c for c in CONDITION_STYLE if c in set(here.condition)]
         for cond in order + sorted(set(here.condition) - set(order)):
-            color, ls, _ = CONDITION_STYLE.get(cond, (None, "-", cond))
+            color, ls, _ = CONDITION_STYLE.get(cond, (None, "-." if cond.startswith("head ") else "-", cond))
             sub = here[here.condition == cond].sort_values("step")
             ax.plot(sub.step, sub.value, label=names.get(cond, f"{cond} ablated"), color=color, ls=ls, marker=".", ms=3)
         ax.set_title(split)

@@ -25,9 +25,10 @@ from probes.circuits import FoundCircuit
 from probes.competition import competition_table, summarize
 from probes.over_training import analyze_run
 
-#: Bump when the report's own part changes (not a probe's section: the probes' versions are
-#: part of the report folder's key). 4: discovered circuits.
-REPORT_VERSION = 4
+#: Bump when the report's own part changes, or a section's text without its probe's
+#: computation (a probe's version is part of the report folder's key and would also discard
+#: its cached tables). 4: discovered circuits. 5: no circuit for a behaviour not learned.
+REPORT_VERSION = 5
 TABLE = layout.REPORT_TABLE
 COMPETITION = layout.REPORT_COMPETITION
 SUMMARY = layout.REPORT_SUMMARY

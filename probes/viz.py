@@ -204,6 +204,92 @@ def heads_across_checkpoints_html(
     return _build([panels])
 
 
+def _frame_panels(model, batch: Batch, index: int, layer: int | None, head: int | None, step: int):
+    """The raw circuitsvis render of one checkpoint and its title (as :func:`attention_html`)."""
+    rendered = attention_html(model, batch, index, layer, head, step)
+    return rendered.rows[0][0]
+
+
+#: The scrubber's script: shows the chosen frame, rendering it the first time it is shown (a
+#: circuitsvis view measures its container, so it is drawn only once visible). ``#frame=K`` in
+#: the address moves the slider to frame K through the same input event a drag sends.
+_SCRUB_JS = """
+const root = document.getElementById("%(uid)s");
+const slider = root.querySelector("input[type=range]");
+const label = root.querySelector(".icl-scrub-step");
+const frames = root.querySelectorAll(".icl-scrub-frame");
+const drawn = new Set();
+function showFrame(k) {
+  frames.forEach((f, i) => { f.style.display = i === k ? "" : "none"; });
+  label.textContent = "step " + frames[k].dataset.step;
+  if (!drawn.has(k)) { drawn.add(k); draws[k](); }
+}
+slider.addEventListener("input", () => showFrame(Number(slider.value)));
+const wanted = /frame=(\\d+)/.exec(location.hash);
+if (wanted) { slider.value = Math.min(Number(wanted[1]), frames.length - 1); }
+slider.dispatchEvent(new Event("input"));
+"""
+
+
+def scrub_html(
+    run: Path | str,
+    steps: Sequence[int],
+    batch: Batch,
+    index: int = 0,
+    layer: int | None = None,
+    head: int | None = None,
+) -> RenderedHTML:
+    """Attention over training with a slider: one head (or a layer's, or every head) per checkpoint.
+
+    Every checkpoint's circuitsvis view is inlined (the bundle once) with a range slider and a
+    small script that shows the chosen one, so a saved file (:func:`save_html`) keeps the
+    slider and works offline. In a notebook, ``show(scrub_html(...))`` displays it too.
+
+    Args:
+        run: a run folder.
+        steps: checkpoint steps, in slider order.
+        batch: evaluation batch; only sequence ``index`` is shown.
+        index: which sequence.
+        layer, head: one head (both), a layer's heads (``layer``) or every head (neither).
+
+    Returns:
+        A RenderedHTML (inlined; ``local_src`` and ``cdn_src`` are the same).
+    """
+    if not steps:
+        raise ValueError("steps: give at least one checkpoint step")
+    uid = f"icl-scrub-{uuid.uuid4().hex[:12]}"
+    frames, draws, bundle = [], [], None
+    for k, step in enumerate(steps):
+        title, rendered = _frame_panels(Path(run), batch, index, layer, head, int(step))
+        m = _LOCAL.match(rendered.local_src)
+        if m is None:
+            raise ValueError("circuitsvis: unknown render layout; cannot inline the frames")
+        bundle = bundle or re.sub(r"//# sourceMappingURL=\S+", "", m["js"])
+        target = f"{uid}-{k}"
+        style = "" if k == 0 else ' style="display: none"'
+        frames.append(
+            f'<div class="icl-scrub-frame" data-step="{int(step)}"{style}><h3>{html.escape(title)}</h3>'
+            f'<div id="{target}"></div></div>'
+        )
+        draws.append(f"() => CircuitsVis.render({m['call'].replace(m['id'], target, 1)})")
+    control = (
+        f'<label>checkpoint <input type="range" min="0" max="{len(steps) - 1}" value="0" step="1" '
+        f'style="width: 60%; vertical-align: middle;"> <b class="icl-scrub-step">step {int(steps[0])}</b></label>'
+    )
+    out = (
+        f'<div id="{uid}" style="font-family: sans-serif;">\n{control}\n'
+        + "\n".join(frames)
+        + '\n</div>\n<script crossorigin type="module">\n'
+        + bundle
+        + "\nconst draws = [\n"
+        + ",\n".join(draws)
+        + "\n];\n"
+        + _SCRUB_JS % {"uid": uid}
+        + "</script>\n"
+    )
+    return RenderedHTML(out, out)
+
+
 def save_html(
     rendered: RenderedHTML | Sequence[RenderedHTML] | str, path: Path | str, title: str = "icl-circuits attention"
 ) -> Path:

@@ -214,3 +214,112 @@ def test_read_only_folders_give_one_line():
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ fuzz: sizes and nesting
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from icl_circuits.limits import FLAG_LIMITS  # noqa: E402
+
+#: Every number option of the command line, with a command that takes it (the bound is checked
+#: before the command runs, so nothing trains).
+FLAG_COMMANDS = {
+    "--eval-size": lambda run, out: ["analyze", run, "--no-progress", "--out", out],
+    "--probe-eval-size": lambda run, out: ["sweep", "--base", "demo", "seed=[0]", "--out", out, "--probes"],
+    "--workers": lambda run, out: ["sweep", "--base", "demo", "seed=[0]", "--out", out],
+    "--max-retries": lambda run, out: ["sweep", "--base", "demo", "seed=[0]", "--out", out],
+    "--gpus-per-run": lambda run, out: ["sweep", "--base", "demo", "seed=[0]", "--out", out, "--backend", "ray"],
+    "--n": lambda run, out: ["circuits", run, "--out", out],
+    "--ig-steps": lambda run, out: ["circuits", run, "--out", out],
+    "--llm-heads": lambda run, out: ["analyze", run, "--no-progress", "--out", out],
+}
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def test_every_number_option_is_bounded():
+    flags = {flag for flag, _, _ in FLAG_LIMITS.values()}
+    assert flags == set(FLAG_COMMANDS), "each bounded option is fuzzed below"
+    numbers = {
+        a.option_strings[0]
+        for sub in main_parser_subcommands()
+        for a in sub._actions
+        if a.type in (int, float) and a.option_strings
+    }
+    assert numbers <= flags | {"--target", "--min-effect"}, "a number option without a bound"
+
+
+def main_parser_subcommands():
+    from icl_circuits.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
+    return list(sub.choices.values())
+
+
+def _outside(flag: str):
+    lo, hi = next((lo, hi) for f, lo, hi in FLAG_LIMITS.values() if f == flag)
+    ints = st.one_of(
+        st.integers(max_value=int(lo) - 1, min_value=-(2**80)), st.integers(min_value=int(hi) + 1, max_value=2**80)
+    )
+    if flag == "--gpus-per-run":
+        floats = st.one_of(st.floats(max_value=lo, exclude_max=True), st.floats(min_value=hi, exclude_min=True))
+        return st.one_of(ints, floats).map(lambda v: repr(float(v)) if isinstance(v, float) else str(v))
+    return ints.map(str)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_sizes_out_of_bounds_are_one_line(work, data):
+    root, run = work
+    flag = data.draw(st.sampled_from(sorted(FLAG_COMMANDS)), label="flag")
+    value = data.draw(_outside(flag), label="value")
+    out = str(root / "fuzz-out")
+    argv = [*FLAG_COMMANDS[flag](str(run), out), f"{flag}={value}"]
+    if flag == "--workers" and data.draw(st.booleans(), label="reproduce"):
+        argv = ["reproduce", "reddy2023", "--out", out, f"--workers={value}"]
+    outcome, _, err = run_case(argv)
+    assert outcome == "one-line" and flag in err, (argv, outcome, err)
+    assert not Path(out).exists(), "nothing is written on bad input"
+
+
+def _nested(depth: int, kind: str) -> str:
+    if kind == "list":
+        return "[" * depth + "]" * depth
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+@FUZZ
+@given(
+    depth=st.one_of(st.integers(1, 50), st.integers(500, 5000), st.integers(50_000, 300_000)),
+    kind=st.sampled_from(["list", "object"]),
+    where=st.sampled_from(["train --config", "sweep json", "sweep toml", "run config.json", "override"]),
+    command=st.sampled_from(["show", "analyze", "circuits"]),
+)
+def test_fuzzed_nested_configs_are_one_line(work, depth, kind, where, command):
+    """A config nested at any depth (past the recursion limit included): one line, never a traceback."""
+    root, run = work
+    base = Path(tempfile.mkdtemp(dir=root))
+    text = _nested(depth, kind)
+    out = str(base / "out")
+    if where == "train --config":
+        (base / "c.json").write_text(text)
+        argv = ["train", "--config", str(base / "c.json"), "--out", out]
+    elif where == "sweep json":
+        (base / "s.json").write_text(text)
+        argv = ["sweep", str(base / "s.json"), "--out", out]
+    elif where == "sweep toml":
+        inline = "[" * depth + "]" * depth if kind == "list" else "{a=" * depth + "1" + "}" * depth
+        (base / "s.toml").write_text(f"base = {inline}\n")
+        argv = ["sweep", str(base / "s.toml"), "--out", out]
+    elif where == "run config.json":
+        (base / "run").mkdir()
+        (base / "run" / "config.json").write_text(text)
+        argv = [command, str(base / "run"), *(["--out", out] if command != "show" else [])]
+    else:
+        argv = ["train", "demo", f"model.readout_hidden={text}", "--dry-run", "--out", out]
+    outcome, _, err = run_case(argv)
+    assert outcome in ("one-line", "ok") and "Traceback" not in err, (where, depth, outcome, err[-300:])
+    if where != "override":
+        assert outcome == "one-line", (where, depth, err)
+    assert not Path(out).exists()

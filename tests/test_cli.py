@@ -91,7 +91,7 @@ def test_analyze_bad_input_is_one_line(tmp_path, capsys, tiny_run):
         (["analyze", str(empty)], "no checkpoints to analyse"),
         (["analyze", str(tiny_run), "--induction-heads", "5.0"], "heads: 5.0 is out of range"),
         (["analyze", str(tiny_run), "--induction-heads", "x"], "heads: expected LAYER.HEAD"),
-        (["analyze", str(tiny_run), "--eval-size", "0"], "--eval-size: expected a positive"),
+        (["analyze", str(tiny_run), "--eval-size", "0"], "--eval-size: expected 1..65536"),
         (["analyze", str(tiny_run), "--ablation", "nope"], "invalid choice"),
     ]
     before = sorted(p.name for p in (tiny_run / layout.CHECKPOINTS).iterdir())

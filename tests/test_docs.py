@@ -9,14 +9,14 @@ from icl_circuits.data.classbank import ClassBankSource
 from icl_circuits.data.gaussian import GaussianSource
 from icl_circuits.data.stylized import StylizedSource
 from icl_circuits.metrics import METRICS
-from probes.builtin.ablations import RANDOM_HEADS
+from probes.builtin.ablations import COMPLEMENT, RANDOM_HEADS
 
 DOCS = Path(__file__).parents[1] / "docs"
 
 
 def test_metrics_page_explains_every_name():
     text = (DOCS / "metrics.md").read_text()
-    names = [*METRICS, "train", "head_index", RANDOM_HEADS, "ICL circuit", "IWL path"]
+    names = [*METRICS, "train", "head_index", RANDOM_HEADS, COMPLEMENT, "head LlHh", "ICL circuit", "IWL path"]
     for source in (GaussianSource, ClassBankSource, StylizedSource):
         names += list(source.splits)
     assert len(StylizedSource.splits) == 18

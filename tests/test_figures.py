@@ -29,7 +29,9 @@ def test_ablation_figure_axes_and_legend(table):
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels[0] == "clean (nothing ablated)"
     assert all("ablated" in label for label in labels)
-    assert "ICL circuit ablated (L0H0, L1H0)" in labels and "2 random heads ablated (mean)" in labels
+    assert "ICL circuit ablated (L0H0, L1H0)" in labels
+    # 2 of 4 heads: no random draw of 2 avoids the circuit, so the complement and each head stand in
+    assert "every head outside the circuit ablated" in labels and "head L0H1 ablated" in labels
 
 
 def test_head_heatmaps_real_steps_shared_range(table):

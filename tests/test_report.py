@@ -14,7 +14,7 @@ from icl_circuits.runs import layout
 from icl_circuits.runs.read import load_model
 from icl_circuits.runs.store import list_checkpoints
 from probes import over_training
-from probes.builtin.ablations import RANDOM_HEADS
+from probes.builtin.ablations import COMPLEMENT, RANDOM_HEADS, controls
 from probes.circuits import THRESHOLD, FoundCircuit, find_icl_circuit, random_heads
 from probes.over_training import COLUMNS, analyze_run
 from probes.report import SUMMARY, write_report
@@ -53,14 +53,35 @@ def test_random_heads_control():
     assert all(0 <= layer < 2 and 0 <= h < 4 for d in draws for layer, h in d)
     assert draws == random_heads(2, 4, 3, n_draws=3), "seeded: the same heads at every checkpoint"
     assert random_heads(2, 2, 4) == [] and random_heads(2, 2, 0) == []
+    inside = ((0, 1), (1, 0))
+    outside = random_heads(2, 4, 2, n_draws=5, exclude=inside)
+    assert len(outside) == 5 and not {h for d in outside for h in d} & set(inside)
+    # 3 of 4 heads: every draw of 3 holds 2 of the circuit's, so there is no draw outside it
+    assert random_heads(2, 2, 3, exclude=((0, 1), (1, 0), (1, 1))) == []
+    assert random_heads(2, 2, 2, exclude=((0, 0), (1, 0))) == [], "the only draw is the complement: not random"
+
+
+def test_controls_where_no_random_draw_avoids_the_circuit():
+    three = ((0, 1), (1, 0), (1, 1))
+    names = [c.name for c in controls(2, 2, three)]
+    assert names == [COMPLEMENT, "head L0H0", "head L0H1", "head L1H0", "head L1H1"]
+    assert controls(2, 2, three)[0].heads == ((0, 0),)
+    every = ((0, 0), (0, 1), (1, 0), (1, 1))
+    assert [c.name for c in controls(2, 2, every)] == ["head L0H0", "head L0H1", "head L1H0", "head L1H1"]
+    one = controls(2, 2, ((1, 0),), n_random=3)
+    assert [c.name for c in one] == [f"{RANDOM_HEADS} {i}" for i in range(3)]
+    assert all(len(c.heads) == 1 and c.heads[0] != (1, 0) for c in one)
+    assert controls(2, 2, ()) == []
 
 
 def test_random_heads_condition_is_the_mean_over_draws(tiny_run):
     step = list_checkpoints(tiny_run)[-1]
-    df = analyze_run(tiny_run, steps=[step], circuit=GIVEN, eval_size=32, progress=False)
+    one = FoundCircuit((), ((1, 0),))
+    df = analyze_run(tiny_run, steps=[step], circuit=one, eval_size=32, progress=False)
     assert {"clean", "ICL circuit", RANDOM_HEADS, "IWL path"} <= set(df.condition)
+    assert COMPLEMENT not in set(df.condition)
     got = df[(df.condition == RANDOM_HEADS) & (df.split == "IC") & (df.metric == "acc")].value.item()
-    # recompute by hand: each draw ablated on its own, then averaged
+    # recompute by hand: each draw (outside the circuit) ablated on its own, then averaged
     from icl_circuits.data import build_source
     from icl_circuits.runs.read import load_config
 
@@ -68,28 +89,46 @@ def test_random_heads_condition_is_the_mean_over_draws(tiny_run):
     source = build_source(cfg.data, cfg.seed, "cpu")
     evals = eval_sets(source, 32)
     model = load_model(tiny_run, step)
-    subs = [Subcircuit(f"d{i}", heads=h) for i, h in enumerate(random_heads(2, 2, 2, 3))]
+    subs = [Subcircuit(f"d{i}", heads=h) for i, h in enumerate(random_heads(2, 2, 1, 3, exclude=((1, 0),)))]
     eff = subcircuit_effects(model, evals, source.n_labels, subs, reference=evals["IC"])
     want = eff[(eff.condition != "clean") & (eff.split == "IC") & (eff.metric == "acc")].value.mean()
     assert got == pytest.approx(want)
 
+    df = analyze_run(tiny_run, steps=[step], circuit=GIVEN, eval_size=32, progress=False)
+    assert RANDOM_HEADS not in set(df.condition), "2 of 4 heads: no random draw outside the circuit"
+    assert {COMPLEMENT, "head L0H0", "head L1H1"} <= set(df.condition)
     every = FoundCircuit(((0, 0), (0, 1)), ((1, 0), (1, 1)))
     df = analyze_run(tiny_run, steps=[step], circuit=every, eval_size=32, progress=False)
-    assert RANDOM_HEADS not in set(df.condition), "no control when the circuit is every head"
+    assert RANDOM_HEADS not in set(df.condition) and COMPLEMENT not in set(df.condition)
+    # each head alone ablated equals ablating that one head by hand
+    sub = [Subcircuit("L0H1", heads=((0, 1),))]
+    eff = subcircuit_effects(model, evals, source.n_labels, sub, reference=evals["IC"])
+    want = eff[(eff.condition == "L0H1") & (eff.split == "IC") & (eff.metric == "acc")].value.item()
+    got = df[(df.condition == "head L0H1") & (df.split == "IC") & (df.metric == "acc")].value.item()
+    assert got == pytest.approx(want)
 
 
 def test_summary_names_what_was_ablated(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path / "run")
-    out = write_report(run, progress=False, out=tmp_path / "ana", circuit=GIVEN, eval_size=32)
+    one = FoundCircuit((), ((1, 0),))
+    out = write_report(run, progress=False, out=tmp_path / "ana", circuit=one, eval_size=32)
     text = (out / SUMMARY).read_text()
-    assert "ICL circuit, 2 of 4 heads (L0H0, L1H0):" in text
-    assert "2 random heads (control, mean of 3 draws): IC " in text
+    assert "ICL circuit, 1 of 4 heads (L1H0):" in text
+    assert "1 random heads outside the circuit (control, mean of 3 draws): IC " in text
     assert "final step 40 of 40" in text and "incomplete" not in text
     assert not (run / layout.ANALYSIS).exists(), "--out leaves the run folder untouched"
+
+    text = (write_report(run, progress=False, out=tmp_path / "ana", circuit=GIVEN, eval_size=32) / SUMMARY).read_text()
+    assert "ICL circuit, 2 of 4 heads (L0H0, L1H0):" in text
+    assert "random heads" not in text
+    assert "control: no random draw of 2 heads avoids the circuit (2 head(s) outside it)" in text
+    assert "complement, every head outside the circuit (L0H1, L1H1): IC " in text
+    assert "L0H1 alone (outside the circuit): IC " in text and "L1H0 alone (in the circuit): IC " in text
 
     every = FoundCircuit(((0, 0), (0, 1)), ((1, 0), (1, 1)))
     text = (write_report(run, progress=False, out=tmp_path / "ana", circuit=every, eval_size=32) / SUMMARY).read_text()
     assert "4 of 4 heads (L0H0, L0H1, L1H0, L1H1) = every head of the model" in text
+    assert "complement" not in text and "L1H1 alone (in the circuit): IC " in text
 
 
 def test_untrained_incomplete_run_reports_no_circuit(tiny_run, tmp_path):

@@ -22,8 +22,9 @@ Run folder (the toolkit's layout, :mod:`icl_circuits.runs.layout`)::
     RUN/analysis/heads.csv   per-head scores at every checkpoint (step, metric, layer, head_index, value)
 
 ``read_metrics``, ``list_checkpoints`` and ``load_checkpoint`` of :mod:`icl_circuits.runs`
-read it as they read any run; ``icl-circuits show/analyze`` refuse it with one line (their
-config reader names the format below), since they rebuild native toolkit models.
+read it as they read any run; ``icl-circuits show`` and ``analyze`` recognise it by its
+``llm_finetune`` section (:mod:`icl_circuits.llm.report`); the native config reader
+(:func:`icl_circuits.runs.read.load_config`) refuses it with one line naming the format below.
 """
 
 from __future__ import annotations
@@ -45,9 +46,7 @@ from icl_circuits.runs import layout
 from icl_circuits.runs.store import append_lines, list_checkpoints, load_checkpoint, run_lock, save_checkpoint
 
 #: config.json's format_version for these runs: the one line ``show``/``analyze`` print.
-LLM_FORMAT = (
-    "llm-finetune-1 (a language-model fine-tuning run: read it with icl_circuits.llm.study; show/analyze do not apply)"
-)
+LLM_FORMAT = "llm-finetune-1 (a language-model fine-tuning run: icl-circuits show/analyze read it, icl_circuits.llm.study in Python)"
 HEADS_FILE = layout.LLM_HEADS
 
 
@@ -151,7 +150,8 @@ def _prepare(run: Path, cfg: FinetuneConfig) -> None:
     body = {"format_version": LLM_FORMAT, "llm_finetune": cfg.to_dict()}
     if path.exists():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(body)):
+        # The settings decide whether it is the same run (format_version's wording may differ).
+        if not isinstance(old, dict) or old.get("llm_finetune") != json.loads(json.dumps(body["llm_finetune"])):
             raise ValueError(f"{path}: holds a different fine-tuning config; use another folder")
         return
     path.write_text(json.dumps(body, indent=1) + "\n")

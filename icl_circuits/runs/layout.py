@@ -77,8 +77,15 @@ REPORT_CIRCUIT_OVERLAY = "circuit_overlay.csv"
 REPORT_FIG_CIRCUIT = "circuit_{role}.png"
 REPORT_FIG_CIRCUIT_EDGES = "circuit_edges_{role}.png"
 
+# ---------------------------------------------------------------------------- `icl-circuits circuits` (RUN/analysis/circuits-*)
+STUDY_CIRCUITS = "circuits.csv"
+STUDY_EDGES = "circuit_edges.csv"
+STUDY_FIG_CIRCUIT = "circuit.png"
+STUDY_FIG_EDGES = "circuit_edges.png"
+
 # ---------------------------------------------------------------------------- language-model fine-tuning run
 LLM_HEADS = "heads.csv"
+REPORT_LLM_ABLATION = "ablations.csv"  # analyze's report of a fine-tuning run: the top-k heads ablated
 
 
 def seed_dirname(seed: int) -> str:

@@ -95,6 +95,8 @@ def read_json(path: Path) -> Any:
         raise RunFolderError(f"{path}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RunFolderError(f"{path}: not valid JSON (corrupt?)") from None
+    except RecursionError:
+        raise RunFolderError(f"{path}: nested too deeply to parse (corrupt?)") from None
 
 
 # ---------------------------------------------------------------------------- lock

@@ -165,6 +165,8 @@ def parse_values(text: str, key: str = "axis") -> list:
         value = json.loads(text)
     except json.JSONDecodeError:
         pass
+    except RecursionError:
+        raise ConfigError(f"{key}: values nested too deeply to parse") from None
     else:
         if isinstance(value, list):
             return value
@@ -334,11 +336,15 @@ def load_spec(path: Path | str) -> SweepSpec:
         except tomllib.TOMLDecodeError as err:
             if path.suffix.lower() == ".toml":
                 raise ConfigError(f"{path}: not valid TOML ({err})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not a sweep spec: nested too deeply to parse") from None
     if raw is None:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}: not valid JSON or TOML ({err})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not a sweep spec: nested too deeply to parse") from None
     return SweepSpec.from_dict(raw, where=str(path))
 
 
