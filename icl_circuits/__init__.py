@@ -7,6 +7,8 @@ The everyday names, in one import::
     run = ic.train(ic.presets.demo(), "checkpoints/demo")   # a Run; resumes if the folder exists
     model = run.load_model()                               # TransformerBridge, latest good checkpoint
     ic.evaluate_split(model, run.source, "IC", n=256)
+    table = ic.analyze_run(run)                            # probes at every checkpoint, tidy
+    study = ic.find_circuits(run, split="IC", method="eap-ig")
 
 Names are imported on first use, so ``import icl_circuits`` itself loads no torch.
 """
@@ -27,16 +29,22 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "train": ("icl_circuits.training.entry", "train"),
     "Run": ("icl_circuits.runs.handle", "Run"),
     "evaluate_split": ("icl_circuits.metrics", "evaluate_split"),
+    "analyze_run": ("probes.over_training", "analyze_run"),
+    "find_circuits": ("probes.circuit_study", "find_circuits"),
+    "scrub_html": ("probes.viz", "scrub_html"),
 }
 
 __all__ = [
     "Run",
     "RunConfig",
     "__version__",
+    "analyze_run",
     "apply_overrides",
     "evaluate_split",
+    "find_circuits",
     "get_preset",
     "presets",
+    "scrub_html",
     "train",
 ]
 
@@ -47,6 +55,9 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time, __getattr__ imp
     from icl_circuits.presets import get_preset
     from icl_circuits.runs.handle import Run
     from icl_circuits.training.entry import train
+    from probes.circuit_study import find_circuits
+    from probes.over_training import analyze_run
+    from probes.viz import scrub_html
 
 
 def __getattr__(name: str) -> Any:
