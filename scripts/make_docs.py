@@ -18,6 +18,8 @@ The parts:
 * ``runtime NAME``: NAME's measured cpu run time (``docs/reproductions/run_times.csv``)
   and whether it fits the 30-minute budget on 2 cores.
 * ``runtimes``: every reproduction's run time, as one table.
+* ``verdicts``: the index's verdict table, ``docs/reproductions/verdicts.csv`` with each
+  paper's run times from ``run_times.csv``.
 
 Usage::
 
@@ -48,6 +50,7 @@ from icl_circuits.registry import presets, reproductions  # noqa: E402
 DOCS = ROOT / "docs" / "reproductions"
 CLAIMS = DOCS / "claims"
 RUN_TIMES = DOCS / "run_times.csv"
+VERDICTS = DOCS / "verdicts.csv"
 #: The cpu scale's budget: a reproduction "fits" when its measured run time is at most this.
 BUDGET_S = 30 * 60
 BLOCK = re.compile(r"(<!-- make_docs: (\w+)(?: ([\w-]+))? -->\n)(.*?)(<!-- /make_docs -->)", re.S)
@@ -243,6 +246,21 @@ def runtime_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def verdict_table() -> str:
+    """The verdict table: paper | what reproduces | what does not | cpu run time."""
+    times = run_times()
+    lines = ["| paper | what reproduces at cpu scale | what does not | cpu run time |", "| --- | --- | --- | --- |"]
+    with VERDICTS.open(newline="") as f:
+        for row in csv.DictReader(f):
+            runs = []
+            for name in row["reproductions"].split():
+                s = float(times[name]["seconds"])
+                runs.append(f"`{name}` {_duration(s)}" + ("" if s <= BUDGET_S else " (over 30 min)"))
+            cells = [f"[{row['paper']}]({row['page']})", row["reproduces"], row["does_not"], "; ".join(runs)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- pages
 def claims_table(name: str) -> str:
     path = CLAIMS / f"{name}.md"
@@ -255,6 +273,8 @@ def block(kind: str, arg: str | None) -> str:
     makers = {"setup": setup_table, "claims": claims_table, "runtime": runtime_line}
     if kind == "runtimes":
         return runtime_table()
+    if kind == "verdicts":
+        return verdict_table()
     if kind not in makers or arg is None:
         raise ConfigError(f"make_docs block: expected setup/claims/runtime NAME or runtimes, got {kind} {arg}")
     return makers[kind](arg)
