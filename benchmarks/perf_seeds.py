@@ -1,4 +1,4 @@
-"""Issue #15's seed-replicate measurements (part of ``benchmarks/perf.py``): the vectorised
+"""The seed-replicate measurements (part of ``benchmarks/perf.py``): the vectorised
 ensemble's per-seed steady-state step against separate ``train()`` runs, and ``demo``'s CPU bound.
 """
 

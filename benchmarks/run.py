@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> str:
         "section on the GPU (the analysis probes run on CPU).\n",
     ]
     text = keep_section(report(goals, sections, header), args.out)  # benchmarks/threads.py's section
-    text = keep_section(text, args.out, PERF_BEGIN, PERF_END)  # benchmarks/perf.py's section (issue #15)
+    text = keep_section(text, args.out, PERF_BEGIN, PERF_END)  # benchmarks/perf.py's section
     args.out.write_text(text)
     print(text)
     return text

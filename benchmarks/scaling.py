@@ -77,7 +77,7 @@ def bench_ensemble(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], li
             f"| {name} | {ms(t_single)} | {ms(t_ens)} | {ms(t_ens / s)} | **{ratio:.2f}x** "
             f"| {rate / 1e9:.1f} GFLOP/s | {bound:.1f}x | {data_share:.0%} |"
         )
-        want = {"chan2024-stylized": 2.0, "demo": 1.5}.get(name, 2.0)  # issue #15's goals
+        want = {"chan2024-stylized": 2.0, "demo": 1.5}.get(name, 2.0)  # the training-rate goals
         why = ""
         if ratio < want:
             why = (
@@ -87,7 +87,7 @@ def bench_ensemble(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], li
                 f"stacked as alone on this {DEV.type.upper()}: stacking saves dispatch only, and the stacked "
                 f"forward's smaller work (query at the query only, norms folded); data for {s} seeds is "
                 f"{data_share:.0%} of the ensemble step. Next levers: train.compile (inductor fuses the "
-                "elementwise ops: the issue #15 section below measures it, with demo's CPU bound), a GPU "
+                "elementwise ops: the training-rate section below measures it, with demo's CPU bound), a GPU "
                 "(launch-bound small models)"
                 + ("" if d["query_only"] else ", the query-only readout (less compute per seed)")
                 + "; the replicate rule (icl_circuits/training/replicates.py) trains such models separately."

@@ -118,7 +118,7 @@ def bench_training(root: Path, scale: Scale) -> tuple[list[Goal], list[str], dic
                     (
                         "the training forward already has fused QKV and `scaled_dot_product_attention` "
                         "(`models/fast.py`); what remains is per-step Python work (module calls, unpacking the "
-                        "bit-cast tokens) on a step of a few milliseconds, and the load: compare the issue #15 "
+                        "bit-cast tokens) on a step of a few milliseconds, and the load: compare the training-rate "
                         "section's per-round ratios, measured in another run."
                         if query_only
                         else "compute the final norm and readout at the query position only in "
@@ -294,7 +294,7 @@ def bench_overheads(root: Path, scale: Scale, info: dict) -> tuple[list[Goal], l
             f"{ms(t_data)} per batch of {bs} made alone against a {ms(d['ours'])} step; cProfile's top function "
             f"is `{top}` ({top_share:.0%} of the generator's own time). `train()` makes batches ahead "
             "(trainer.Prefetch: bursts, or a thread where a batch is costly), so the goal (data ≤ 5% of a step, "
-            "every preset) is measured on the loop's own wait in the issue #15 section below."
+            "every preset) is measured on the loop's own wait in the training-rate section below."
         )
         goals.append(Goal(f"data generation {name}, generator alone, share of the step", f"{share:.1%}", None, why))
         ck_why = ""

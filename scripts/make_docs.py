@@ -294,7 +294,9 @@ def copy_claims(spec: str) -> None:
     name, _, folder = spec.partition("=")
     summary = json.loads((Path(folder) / "summary.json").read_text())
     if summary.get("name") != name or summary.get("scale") != "cpu":
-        raise ConfigError(f"--claims {spec}: summary.json is {summary.get('name')} at {summary.get('scale')}, not {name} at cpu")
+        raise ConfigError(
+            f"--claims {spec}: summary.json is {summary.get('name')} at {summary.get('scale')}, not {name} at cpu"
+        )
     CLAIMS.mkdir(parents=True, exist_ok=True)
     (CLAIMS / f"{name}.md").write_text((Path(folder) / "claims.md").read_text())
 
@@ -311,11 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         old = page.read_text()
         new = render(old)
         if new != old:
-            stale.append(page.relative_to(ROOT))
+            stale.append(page)
             if not args.check:
                 page.write_text(new)
     if args.check and stale:
-        print(f"stale: {', '.join(map(str, stale))}; run `make docs`", file=sys.stderr)
+        print(f"stale: {', '.join(p.name for p in stale)}; run `make docs`", file=sys.stderr)
         return 1
     return 0
 

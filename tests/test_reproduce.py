@@ -101,7 +101,7 @@ def test_cpu_scale_claims_hold(tmp_path, name):
     assert not failed, failed
 
 
-#: Claims that do not reproduce at the cpu scale (documented in docs/reproductions.md).
+#: Claims that do not reproduce at the cpu scale (documented in docs/reproductions/).
 EXPECTED_MISSES: dict[str, set[str]] = {
     "reddy2023": set(),
     "singh2024": set(),
