@@ -243,7 +243,7 @@ def test_preset_matches_the_reference_settings():
 
 #: Claims (by their opening words) that hold at the cpu scale, as docs/reproductions/chan2024.md reports.
 CPU_HOLDING = (
-    "Transformer, p_rel 0.9: rare-class ICL (OOBD-low) reaches",
+    "Transformer, p_rel 0.9: rare-class ICL (OOBD-low) rises with N to a peak",
     "Transformer, p_rel 0.9: in-weight accuracy on low-frequency classes",
     "Transformer, p_rel 0.9: IWL takes over first for frequent classes",
     "Transformer, p_rel 0 (context never relevant)",
