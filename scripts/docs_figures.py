@@ -168,10 +168,33 @@ def chan2024_llm() -> Path:
     return _save(fig, "chan2024_llm_curves.png")
 
 
-def reddy2023(run: Path) -> Path:
-    phase = pd.read_csv(run / "phase.csv")
-    mean = phase.groupby(["split", "data.burst", "data.n_classes"])["value"].mean()
-    ks, bs = sorted(phase["data.n_classes"].unique()), sorted(phase["data.burst"].unique())
+#: docs/reproductions/reddy2023.md, the results table: split -> B -> IC/IW accuracy over K = 32 ... 8192.
+REDDY2023_K = [32, 128, 512, 2048, 8192]
+REDDY2023 = {
+    "IC": {
+        0: (0.03, 0.03, 0.03, 0.02, 0.04),
+        1: (0.04, 0.08, 0.08, 1.00, 0.19),
+        2: (0.02, 0.10, 0.93, 0.99, 0.28),
+        4: (0.05, 0.31, 0.95, 1.00, 0.97),
+    },
+    "IW": {
+        0: (1.00, 1.00, 1.00, 1.00, 0.36),
+        1: (1.00, 0.98, 0.90, 0.05, 0.04),
+        2: (1.00, 0.84, 0.17, 0.06, 0.04),
+        4: (1.00, 0.70, 0.07, 0.03, 0.04),
+    },
+}
+
+
+def reddy2023(run: Path | None = None) -> Path:
+    """The phase diagram from a run's ``phase.csv``, or from the page's results table."""
+    if run is not None:
+        phase = pd.read_csv(run / "phase.csv")
+        mean = phase.groupby(["split", "data.burst", "data.n_classes"])["value"].mean()
+        ks, bs = sorted(phase["data.n_classes"].unique()), sorted(phase["data.burst"].unique())
+    else:
+        ks, bs = REDDY2023_K, sorted(REDDY2023["IC"])
+        mean = {(sp, b, k): REDDY2023[sp][b][i] for sp in REDDY2023 for b in bs for i, k in enumerate(ks)}
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     for ax, split in zip(axes, ("IC", "IW"), strict=True):
         grid = np.array([[mean[(split, b, k)] for k in ks] for b in bs])
@@ -219,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--singh2024", type=Path, help="a singh2024 cpu run folder")
     args = p.parse_args(argv)
     made = [nguyen_reddy2024(), singh2023(), chan2024_llm()]
+    if not args.reddy2023:
+        made.append(reddy2023())
     if args.chan2024:
         made += chan2024(args.chan2024)
     if args.reddy2023:
