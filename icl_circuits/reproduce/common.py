@@ -16,9 +16,9 @@ Scales: ``smoke`` (seconds; checks the plumbing in the default test suite, no sc
 ``cpu`` (the documented numbers, sized for 2 CPU cores; docs/reproductions/README.md gives each
 one's measured run time and which fit 30 minutes) and ``full`` (the papers' scale, for a GPU).
 
-Each claim says where it was read: ``[checkpoint: RULE]`` (a :data:`CHECKPOINT_RULES` rule,
-``last`` when nothing else is said) or ``[every checkpoint]`` for a claim about a curve over
-training.
+A claim names where it was read as ``[checkpoint: RULE]`` (a :data:`CHECKPOINT_RULES` rule) or
+``[every checkpoint]`` (a claim about a curve over training); one that names neither was read
+at the last checkpoint or over the whole curve.
 """
 
 from __future__ import annotations
