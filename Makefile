@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # pyproject.toml gives ranges; constraints.txt pins what is installed here (torch's CPU wheel).
 PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints.txt
 
-.PHONY: demo test test-slow test-repro test-repro-ci reproduce lint format bench clean-venv
+.PHONY: demo test test-slow test-repro test-repro-ci reproduce docs lint format bench clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,17 +35,22 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# The reproductions at their cpu scale, checking the claims docs/reproductions.md reports as holding.
+# The reproductions at their cpu scale, checking the claims docs/reproductions/ report as holding.
 test-repro: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_reproduce*.py
 
-# The part of test-repro that fits CI's 45 minutes next to `make test` (docs/reproductions.md: run
+# The part of test-repro that fits CI's 45 minutes next to `make test` (docs/reproductions/README.md: run
 # times); the others (chan2024-ablation, singh2023, reddy2023, nguyen-reddy2024, chan2024-llm) run in
 # `make test-repro`, which is run before a reproduction's issue is resolved.
 REPRO_CI := tests/test_reproduce_chan2024.py "tests/test_reproduce_chan2024_variants.py::test_omniglot_cpu_scale_claims" \
 	"tests/test_reproduce.py::test_cpu_scale_claims_hold[singh2024]"
 test-repro-ci: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow $(REPRO_CI)
+
+# The generated parts of docs/reproductions/ (setup tables, claims tables, run times);
+# tests/test_docs_generated.py fails when a page differs from this output.
+docs: $(STAMP)
+	$(BIN)/python scripts/make_docs.py
 
 # lint-imports: the layer contracts of pyproject.toml (docs/architecture.md); `make test` checks
 # them too, in tests/test_architecture.py.

@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> str:
     text = report(goals, sections, header)
     for begin, end in KEPT.values():
         text = keep_section(text, old, begin, end)
+    text = keep_section(text, old, "<!-- rules:begin -->", "<!-- rules:end -->")  # written by hand, kept
     args.out.write_text(text)
     print(text)
     return text

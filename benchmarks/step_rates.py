@@ -8,6 +8,7 @@ The section between the ``step-rates`` markers of ``benchmarks/RESULTS.md``:
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 import time
@@ -177,64 +178,29 @@ def repro_subset(root: Path, steps: int, workers: int = 2) -> tuple[list, list]:
     return rows, [(f"chan2024 cpu grid subset ({n} runs, {steps} steps): ≥ 1.5x sooner", f"{r:.2f}x", r >= 1.5)]
 
 
-#: Wall times of the cpu-scale reproductions as recorded in docs/reproductions.md: (name, on shared
-#: cores, on free cores from one `make test-repro` run, what ran). Collected, not measured here.
-REPRO_TIMES = [
-    (
-        "chan2024",
-        "5 min 17 s (`make test-repro-ci` on a clean clone, 2 workers, free cores; the stacked ensemble's "
-        "fused optimiser kernel and unfolded norm affines; 12 min 0 s before them at load ≈ 4 with stacked "
-        "vectorised seeds and pooled grids; 25 min 42 s before those, load 3–9; 38 min 43 s earlier)",
-        "20 min 17 s (`pytest -m slow`, 2 workers)",
-        "34 runs x 10,000 steps + gating model",
-    ),
-    ("chan2024-ablation", "53 min 40 s (2 workers, load 8–11)", "–", "24 runs x 4,000 steps"),
-    (
-        "chan2024-omniglot",
-        "1 min 2 s (`make test-repro-ci`, clean clone, free cores; 2 min 51 s at load ≈ 4 before; "
-        "32 min 19 s at the old settings)",
-        "–",
-        "12 runs x 4,000 steps",
-    ),
-    ("chan2024-llm", "13 min 20 s (load 8–11)", "–", "2 fine-tuning runs of SmolLM2-135M, 150 steps"),
-    (
-        "nguyen-reddy2024",
-        "32 min 55 s (2 workers, load median 6.1)",
-        "11 min 25 s (the earlier interleaved stand-in)",
-        "main pass 27 min 30 s + memorisation rerun",
-    ),
-    (
-        "reddy2023",
-        "3 min 56 s (`pytest -m slow`, clean clone, free cores, vectorised members; 25 min 8 s at load 6–9 before)",
-        "5 min 39 s",
-        "21 runs of 1,500–2,000 steps",
-    ),
-    (
-        "singh2023",
-        "18 min 45 s (2 workers, clean clone, load ≈ 4)",
-        "4 min 47 s (6 runs, before)",
-        "11 runs, 2 of them 40,000 steps",
-    ),
-    (
-        "singh2024",
-        "47 s (`make test-repro-ci`, clean clone, free cores; 3 min 27 s shared)",
-        "48 s",
-        "2 runs x 6,000 steps",
-    ),
-]
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The cpu-scale reproductions' measured run times: one row each (docs/reproductions/README.md).
+RUN_TIMES = ROOT / "docs" / "reproductions" / "run_times.csv"
+
+
+def _min_s(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
 def reproduction_times() -> list[str]:
+    with RUN_TIMES.open(newline="") as f:
+        rows = list(csv.DictReader(f))
     return [
         "### Reproductions: wall time per reproduction (collected)",
         "",
-        "From `docs/reproductions.md`: each reproduction's `cpu` run as timed there "
-        "(`time icl-circuits reproduce NAME`, or its slow test), not re-measured here; "
-        "`free cores` is one `make test-repro` run, one reproduction after another.",
+        "Collected from `docs/reproductions/run_times.csv`, not measured by this script: each reproduction's "
+        "cpu run from scratch, with the conditions it was timed under.",
         "",
-        "| reproduction | cpu scale, shared cores | free cores | what runs |",
-        "| --- | --- | --- | --- |",
-        *[f"| `{n}` | {a} | {b} | {c} |" for n, a, b, c in REPRO_TIMES],
+        "| reproduction | cpu run time | conditions |",
+        "| --- | --- | --- |",
+        *[f"| `{r['reproduction']}` | {_min_s(float(r['seconds']))} | {r['conditions']} |" for r in rows],
     ]
 
 

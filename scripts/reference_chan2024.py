@@ -33,7 +33,7 @@ Usage::
     python scripts/reference_chan2024.py --summary ref.csv --best-out best.csv
 
 ``icl_circuits/papers/chan2024/reference_code.csv`` holds such ``--best-out`` rows (see
-``docs/reproductions.md``); the reproduction's claims compare our transformer with them.
+``docs/reproductions/chan2024_appendix.md``); the reproduction's claims compare our transformer with them.
 
 One run of 10,000 steps takes about 1.5 minutes on one core.
 """

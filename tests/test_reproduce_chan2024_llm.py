@@ -10,7 +10,7 @@ import pytest
 from icl_circuits.reproduce import REPRODUCTIONS, reproduce
 from icl_circuits.reproduce.common import CLAIMS, SUMMARY
 
-#: Claims docs/reproductions.md reports as not holding at cpu scale (measured).
+#: Claims docs/reproductions/chan2024_llm.md reports as not holding at cpu scale (measured).
 EXPECTED_MISSES: set[str] = set()
 
 

@@ -66,7 +66,7 @@ def test_omniglot_preset_and_smoke(tmp_path):
     assert len(rep.claims) == 2 and all(c.holds in (True, False) for c in rep.claims)
 
 
-#: Ablation claims (by their opening words) that hold at the cpu scale, as docs/reproductions.md reports.
+#: Ablation claims (by their opening words) that hold at the cpu scale, as docs/reproductions/chan2024.md reports.
 ABLATION_HOLDING = (
     "Ablation at N = 2^10, p_rel 0.9: the label-embedding scale carries",
     "Ablation: with TransformerLens's label embedding",

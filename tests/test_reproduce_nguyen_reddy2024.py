@@ -125,7 +125,7 @@ def test_transience_summary_finds_the_peak_and_the_fade():
     assert (t["final_icl"], t["final_iwl"], t["final_step"]) == (0.6, 0.98, 300)
 
 
-#: The claims docs/reproductions.md reports as holding at the cpu scale (the claim text up to
+#: The claims docs/reproductions/nguyen_reddy2024.md reports as holding at the cpu scale (the claim text up to
 #: its first parenthesis). Not reproduced there: b = 1.43 (ours 1.15 [0.93, 1.35]), nu = 0.7
 #: (ours 0.88), bimodality (runs near K* end in between), transience at decay 3e-3 within
 #: 6,000 steps, and at 3e-2 one seed's peak (0.949) misses the 0.95 bar.

@@ -165,7 +165,7 @@ def _desc(name: str) -> str:
     return sg.CONDITIONS["cpu"][name][0]
 
 
-#: Claims that do not reproduce at the cpu scale (docs/reproductions.md: measured, with the pilots).
+#: Claims that do not reproduce at the cpu scale (docs/reproductions/singh2023.md: measured, with the pilots).
 EXPECTED_MISSES = {
     f"{_desc('none')}: ICL emerges, then fades while the training loss keeps falling",
     f"{_desc('none')}: ICL gives way to IWL",

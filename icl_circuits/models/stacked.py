@@ -12,13 +12,10 @@ with elementwise products (one query against ``pos`` keys). Unlike ``torch.func.
 the single-model forward, no biased linear is split into a matmul and an add and no batching
 copies are made. Gradients land on the stacked tensors themselves.
 
-Measured (``benchmarks/RESULTS.md``, perf section: one thread, the steady-state step, free
-cores, two runs): per-seed throughput over one model's ``train()`` step at S = 16 was 2.2-2.6x on
-``chan2024-stylized``, 2.2x on ``singh2024-induction`` and 1.17-1.24x on ``demo``. ``demo``'s
-single step already runs its matmuls near this CPU's rate (about 80 of 98 GFLOP/s at
-``d_model`` 64), and its elementwise ops and attention cost as much per seed stacked as alone:
-the stated CPU bound for eager stacking is 1.3x. Compiled (``train.compile``: inductor fuses
-those elementwise ops), ``demo`` reached 1.51-1.64x against uncompiled separate runs.
+It pays most on small models: a model whose single step already runs its matmuls near the
+CPU's rate (``demo``) gains little, since its elementwise ops and attention cost as much per
+seed stacked as alone (``benchmarks/RESULTS.md``, "Seed replicates: vectorised against
+separate runs, and the rule", which states that CPU bound).
 
 :func:`supports_stacked` says whether a model's architecture is covered; the ensemble falls
 back to ``vmap`` otherwise. ``tests/test_stacked_forward.py`` checks logits and gradients
@@ -259,10 +256,9 @@ def _readout(head: nn.Module, params: dict[str, Tensor], x: Tensor, affine: Affi
     return torch.cat([torch.zeros_like(z), z], dim=-1) if head.binary_logit else z
 
 
-#: Bytes of one residual-stream activation ``[seeds, batch, pos, d_model]`` per chunk of seeds:
-#: past the core's cache, bigger chunks ran slower per seed (demo at S = 16, 1 MiB L2 per core,
-#: CPU ms per seed-step against 13.0 alone: 16 seeds at once 13.0-13.8, chunks of 8 12.6, of 2
-#: 11.8-12.6, of 1 11.7; chan2024-stylized, all 16 within 0.4 MiB: 1.8 at once, 2.0 in 8s, 2.2 in 4s).
+#: Bytes of one residual-stream activation ``[seeds, batch, pos, d_model]`` per chunk of seeds.
+#: Rule: chunks stay within a core's L2 cache (1 MiB here); reason: past it, bigger chunks ran
+#: slower per seed (``benchmarks/RESULTS.md``, "Seeds per chunk of the stacked forward").
 CHUNK_BYTES = 2**20
 
 
@@ -288,8 +284,9 @@ def stacked_query_logits(
             dimension: ``{name: [S, *shape]}`` with the model's state-dict names.
         tokens: ``[S, batch, pos, d_in + 1]`` int32 tokens of :meth:`icl_circuits.data.Batch.tokens`,
             seed ``s``'s batch at index ``s``.
-        kernel: the causal layers' attention as ``math`` (matmuls and a softmax; measured
-            1.04-1.07x faster per seed on demo's chunks of 2) or ``sdpa`` (``scaled_dot_product_attention``).
+        kernel: the causal layers' attention as ``math`` (matmuls and a softmax; the faster on
+            small chunks, ``benchmarks/RESULTS.md``, "Seeds per chunk of the stacked forward") or
+            ``sdpa`` (``scaled_dot_product_attention``).
         chunk: seeds computed together (one graph per chunk); ``None``: :func:`seeds_per_chunk`.
 
     Returns:

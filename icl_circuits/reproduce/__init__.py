@@ -2,8 +2,8 @@
 
 Each reproduction lives in its paper's folder (``icl_circuits/papers/NAME/``, found by
 :mod:`icl_circuits.registry`) and runs at three scales (see :mod:`.common`): ``smoke`` for
-the tests, ``cpu`` (default; at most 30 minutes on 2 cores) and ``full`` (the paper's
-scale). This package is the framework they share. ``docs/reproductions.md`` puts their
+the tests, ``cpu`` (default; sized for 2 cores, run times in docs/reproductions/) and ``full`` (the paper's
+scale). This package is the framework they share. ``docs/reproductions/`` puts their
 numbers next to the papers'.
 
 >>> from icl_circuits.reproduce import REPRODUCTIONS, reproduce

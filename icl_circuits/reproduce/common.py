@@ -7,14 +7,18 @@ command line then writes them next to the runs::
 
     OUT/
       summary.json     name, scale, settings, seconds, claims (paper vs ours, holds)
-      claims.md        the same claims as a Markdown table (pasted into docs/reproductions.md)
+      claims.md        the same claims as a Markdown table (docs/reproductions/claims/ keeps the cpu runs')
       <table>.csv      tidy tables (one per measurement)
       <figure>.png     figures
       sweeps/<name>/   the sweeps' folders (ordinary run folders under runs/)
 
 Scales: ``smoke`` (seconds; checks the plumbing in the default test suite, no science),
-``cpu`` (the documented numbers; at most 30 minutes on 2 cores) and ``full`` (the papers'
-scale, for a GPU).
+``cpu`` (the documented numbers, sized for 2 CPU cores; docs/reproductions/README.md gives each
+one's measured run time and which fit 30 minutes) and ``full`` (the papers' scale, for a GPU).
+
+A claim names where it was read as ``[checkpoint: RULE]`` (a :data:`CHECKPOINT_RULES` rule) or
+``[every checkpoint]`` (a claim about a curve over training); one that names neither was read
+at the last checkpoint or over the whole curve.
 """
 
 from __future__ import annotations
@@ -145,6 +149,18 @@ def run_grids(
     for result in results:
         check_ok(result)
     return {name: result.results for name, result in zip(grids, results, strict=True)}
+
+
+#: "Abrupt": a change whose 10% -> 90% span (``probes.competition.Transition``'s onset and
+#: completion steps) ends within this factor of the step where it starts (one doubling).
+ABRUPT_SPAN = 2.0
+
+
+def abrupt(onset_step: float | None, completion_step: float | None) -> bool:
+    """Whether a change from ``onset_step`` (10%) to ``completion_step`` (90%) is abrupt (:data:`ABRUPT_SPAN`)."""
+    if onset_step is None or completion_step is None or pd.isna(onset_step) or pd.isna(completion_step):
+        return False
+    return float(completion_step) <= ABRUPT_SPAN * max(float(onset_step), 1.0)
 
 
 #: Checkpoint-selection rules of :func:`final`.

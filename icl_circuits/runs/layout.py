@@ -31,7 +31,7 @@ from pathlib import Path
 #: Bump when the run-folder layout changes incompatibly. 2: data fields renamed to one name
 #: per concept (``K`` -> ``n_classes`` ...; ``icl_circuits.data.family``).
 FORMAT_VERSION = 2
-#: Older formats this version still reads (their config.json is migrated on load).
+#: Formats the current code reads (an older config.json is migrated on load).
 READABLE_FORMATS = (1, 2)
 
 CONFIG = "config.json"

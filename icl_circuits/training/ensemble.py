@@ -204,10 +204,9 @@ class VmapEnsemble:
         return stacked_query_logits(self.models[0], params, tokens)
 
     #: Evaluate the members in one stacked forward per split (True), each alone (False), or
-    #: stacked off the CPU only (None). On the CPU the evaluation is compute-bound (batches of
-    #: 512) and stacking lost, measured on 9 chan2024-stylized members, 18 splits x 512, one
-    #: thread, CPU seconds per checkpoint over 6 interleaved rounds: 1.16-1.58 each alone,
-    #: 1.34-2.00 with the stacked forward (vmapped: slower still, 3.9-4.2 s wall against 2.5-3.1).
+    #: stacked off the CPU only (None). Reason: on the CPU the evaluation is compute-bound
+    #: (batches of 512) and stacking lost (``benchmarks/RESULTS.md``, "Evaluating vectorised
+    #: members on the CPU").
     STACKED_EVAL: bool | None = None
 
     def evaluate(self, evals: list[dict[str, Batch]], n_labels: int) -> list[list[dict]]:

@@ -24,8 +24,8 @@ class Prefetch:
     - **Bursts** on the loop's own thread: when a step's input is missing, the inputs of up to
       :data:`CHUNK_STEPS` steps (at most :data:`CHUNK_BYTES` of them) are made at once. One
       batch made between two training steps finds cold caches and costs several times what it
-      costs in a run of batches (measured on chan2024-stylized: 170 µs alone, 48 µs in bursts of
-      32, 5.5% and 1.6% of a step), and no thread contends with the step for the GIL.
+      costs in a run of batches (``benchmarks/RESULTS.md``, "Making batches ahead"), and no
+      thread contends with the step for the GIL.
     - **A thread** making the next step's input while the step computes, for batches that cost
       a real share of a step even in bursts.
 

@@ -8,33 +8,14 @@ them); otherwise one ``train()`` after another. Either way
 each folder equals ``train(cfg.replace(seed=s), run)`` within float tolerance (vectorised)
 or bit for bit (separate), and resumes with either.
 
-The rule is measured (``benchmarks/seed_replicates.py``, in ``benchmarks/RESULTS.md``; one torch
-thread, 2 CPU cores shared with other jobs, load 5-7): per-seed throughput of the ensemble
-over separate runs was, at S = 16 seeds, 2.65x for chan2024-stylized (0.043 GFLOP per seed
-step), 1.80x for singh2024-induction (0.031), 0.80-1.19x for demo (0.435) and 0.61x for
-nguyen-reddy2024 (1.31); at S = 3 it was 0.96-1.10x for the small ones and 0.72-0.75x for
-the big ones. A big single-seed step already keeps the core's matrix units busy, and a few
-seeds do not amortise vmap's extra copies. Hence: at least :data:`VECTORISE_MIN_SEEDS`
-seeds and at most :data:`VECTORISE_MAX_FLOPS` forward + backward FLOPs per seed and step.
-
-Re-measured for the small presets with the attention as matmuls under vmap and with the
-stacked forward (:mod:`icl_circuits.models.stacked`): CPU milliseconds per seed and step,
-one thread, 3 interleaved rounds at load 2.7-3.4, against 4.9-6.3 (chan2024-stylized) and
-4.3-6.2 (singh2024-induction) for one seed alone: S = 4 took 2.2-3.5 and 2.5-3.3 stacked,
-3.0-4.7 and 3.4-4.7 vmapped; S = 3 took 2.7-3.6 and 3.0-3.8 stacked; S = 2 3.6-4.9 stacked,
-4.6-7.2 vmapped. So 4 seeds pay (about 2x stacked, 1.3-1.5x vmapped); a reproduction's
-8-run grids then vectorise in two chunks of 4 on 2 workers.
-
-The FLOP cap is vmap's: the stacked forward also pays on the big presets, since it computes
-less than one model's training forward (the last layer's query at the query only, a norm's
-affine folded into the next linear) and never splits a linear. Per-seed throughput over
-separate runs, ``benchmarks/step_rates.py``'s loop timing (between first and last checkpoint, 3
-interleaved rounds, load 4.0-4.4), S = 16: demo (0.435 GFLOP) 1.13x (1.06-1.17; vmapped
-0.91x), nguyen-reddy2024 (1.31 GFLOP, 2 rounds) 1.32x (1.29-1.35; vmapped 0.59x),
-chan2024-stylized 1.48x (vmapped 1.49x); the step alone in CPU time at S = 4: demo
-1.03-1.09x, nguyen-reddy2024 1.24-1.36x. Hence the cap applies only where the ensemble
-falls back to vmap (:func:`icl_circuits.models.stacked.supports_stacked` false: the CNN
-encoder, soft caps).
+Rule: vectorise with at least :data:`VECTORISE_MIN_SEEDS` seeds, and, where the ensemble
+falls back to ``vmap`` (:func:`icl_circuits.models.stacked.supports_stacked` false: the CNN
+encoder, soft caps), only up to :data:`VECTORISE_MAX_FLOPS` forward + backward FLOPs per seed
+and step. Reason: a big single-seed step already keeps the core's matrix units busy, and a few
+seeds do not amortise vmap's extra copies; the stacked forward computes less than one model's
+training forward and never splits a linear, so it pays on the big presets too. Measurements:
+``benchmarks/RESULTS.md``, "Vectorised seeds: how many, and how big" and "Seed replicates:
+vectorised against separate runs, and the rule".
 """
 
 from __future__ import annotations
@@ -50,10 +31,10 @@ from icl_circuits.data.batch import Batch
 from icl_circuits.errors import RunFolderError
 
 #: Largest per-seed step (forward + backward FLOPs, :func:`step_flops`) the vmapped ensemble
-#: takes (the stacked forward has no cap). Measured on 2 shared CPU cores (module docstring).
+#: takes (the stacked forward has no cap): above it vmap lost to separate runs (module docstring).
 VECTORISE_MAX_FLOPS = 1e8
 
-#: Fewest seeds worth a vectorised step (measured: 4 seeds gain 1.3-2x per seed; see the module docstring).
+#: Fewest seeds worth a vectorised step: fewer did not amortise the batching (module docstring).
 VECTORISE_MIN_SEEDS = 4
 
 

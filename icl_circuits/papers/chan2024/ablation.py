@@ -122,7 +122,7 @@ def claims(table: pd.DataFrame, effects: pd.DataFrame, rule: str) -> list[Claim]
         Claim(
             "Ablation at N = 2^10, p_rel 0.9: the label-embedding scale carries rare-class ICL "
             f"(its main effect on OOBD-low is the largest of the three and >= {EFFECT}){at}",
-            "the issue's reading of the reference: label embeddings ~16x smaller suppress ICL",
+            "the reference's label embedding is ~16x larger than TransformerLens's; smaller ones suppress ICL",
             f"main effects on OOBD-low: {fmt}",
             bool(icl.idxmax() == "label" and icl["label"] >= EFFECT),
         ),
@@ -136,7 +136,7 @@ def claims(table: pd.DataFrame, effects: pd.DataFrame, rule: str) -> list[Claim]
         Claim(
             "Ablation: with TransformerLens's label embedding (std 0.02), no combination reaches "
             f"rare-class ICL (OOBD-low < 0.5 in all four){at}",
-            "no ICL at TransformerLens's scale (the shipped preset before this change)",
+            "no ICL at TransformerLens's label scale",
             ", ".join(f"{i}/{p}: {low[('tl', i, p)]:.2f}" for i in FACTORS["init"] for p in POSITIONS),
             bool(all(low[("tl", i, p)] < 0.5 for i in FACTORS["init"] for p in POSITIONS)),
         ),

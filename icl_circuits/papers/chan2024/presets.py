@@ -39,7 +39,7 @@ def chan2024_stylized() -> RunConfig:
     readout             linear, query only    Dense(10) with bias              linear, no bias (TL's
                                                                                unembedding has none)
     optimiser           Adam 3e-4, batch 32   constant lr, no clipping         same
-    steps               100k (Fig. 2)         50k (most configs), 500k         50k
+    steps               50k unless stated     50k (most configs), 500k         50k
     reported ckpt       -                     lowest training loss             reproduction's
                                                                                ``checkpoint`` rule
     evaluation          3k sequences          seq. i seeded by i: overlaps     fresh (``eval_sets=
@@ -51,7 +51,7 @@ def chan2024_stylized() -> RunConfig:
 
     Checked side by side: the reference code itself, run on the ``chan2024`` reproduction's cpu
     grid (``scripts/reference_chan2024.py``), gives this preset's accuracy curves within the seed spread, IBD
-    within 0.005 at every N (docs/reproductions.md, "Against the authors' code").
+    within 0.005 at every N (docs/reproductions/chan2024.md, "Against the authors' code").
     """
     return RunConfig(
         name="chan2024-stylized",

@@ -23,7 +23,7 @@ import pandas as pd
 from icl_circuits.papers.chan2024.claims import MAIN_P, _n, by_n, fmt_curve
 from icl_circuits.reproduce.common import Claim
 
-#: The measured rows (see the module docstring and docs/reproductions.md).
+#: The measured rows (see the module docstring and docs/reproductions/chan2024_appendix.md).
 REFERENCE_CSV = Path(__file__).with_name("reference_code.csv")
 #: How far our seed-mean IBD accuracy may be from the reference's at the same N and still "match" it.
 REF_TOL = 0.03

@@ -33,7 +33,8 @@ Scales: ``cpu`` trains N = 2^6 .. 2^16 (6 values) at p_relevant 0.9 with 3 seeds
 0 and 1 at N = 2^6, 2^10, 2^12, 2^16 with one seed, and the noise sweep sigma in {0, 0.4}
 at N = 2^10 and 2^16 with 2 seeds (sigma 0.2 is the main grid): 34 runs of 10,000 steps at
 the paper's lr (rare-class ICL at N = 2^10 is still rising at 5,000); ``full`` is the
-paper's 15 N values x 5 seeds x 50k steps for every grid.
+paper's N = 2^6, 2^8, ..., 2^20 (8 values; the sweep configs of ``chanb/simple_icl`` list the
+same) x 5 seeds x 50k steps for every grid.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ from icl_circuits.papers.chan2024.claims import (  # noqa: F401 (re-exported for
     fmt_curve,
     gating_claims,
     ibd_theory_claim,
+    parallel_claim,
     spearman,
     together_claim,
     transformer_claims,
+    trend,
 )
 from icl_circuits.papers.chan2024.gating import GatingConfig, train_gating
 from icl_circuits.papers.chan2024.reference import reference_claims
@@ -80,7 +83,7 @@ _SMOKE = [
 
 def settings(scale: str) -> dict:
     """What is trained at ``scale`` (the transformer grids and the gating model)."""
-    log2_n = pick(scale, [6, 8], list(range(6, 17, 2)), list(range(6, 21)))
+    log2_n = pick(scale, [6, 8], list(range(6, 17, 2)), list(range(6, 21, 2)))
     n_train = [2**k for k in log2_n]
     return {
         "preset": PRESET,
@@ -223,6 +226,7 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
         claims=transformer_claims(t_table, rule)
         + gating_claims(g_table)
         + together_claim(t_table, g_table, rule)
+        + parallel_claim(t_table, g_table, rule)
         + ibd_theory_claim(t_table, g_table, rule)
         + reference_claims(t_table, rule, train_steps(s)),
         tables={

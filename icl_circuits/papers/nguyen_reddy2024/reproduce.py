@@ -11,7 +11,7 @@ learning at different rates on a shared loss (:mod:`.kinetics`).
 
 What we train: the ``nguyen-reddy2024`` preset, i.e. their model exactly (its docstring's
 table), with these **stated deviations at the cpu scale**, chosen by pilots on 2 shared cores
-(docs/reproductions.md): N = 4..32 (the paper: 50..250); **lr 0.1** instead of 0.01 (at 0.01
+(docs/reproductions/nguyen_reddy2024.md): N = 4..32 (the paper: 50..250); **lr 0.1** instead of 0.01 (at 0.01
 no ICL within 3k steps even at K = inf and N = 16; at 0.1 ICL by ~750 steps); **batch 64**
 instead of 128 (half the step cost; t_ICL at N = 32, K = inf: 2,300 steps in a pilot); the
 run length ``max(1500, 110 N)`` steps instead of up to 1000 epochs; evaluation on 256

@@ -42,7 +42,7 @@ labels), 2 seeds, and:
   ===============  ============================================  ============================================  ==========================================================
 
 Copying one of the two context labels at random gives 0.5 on ``IC``, so a real ICL peak is
-``REAL_ICL`` (0.8). What the pilots behind these choices measured is in docs/reproductions.md.
+``REAL_ICL`` (0.8). What the pilots behind these choices measured is in docs/reproductions/singh2023_appendix.md.
 """
 
 from __future__ import annotations
