@@ -34,8 +34,11 @@ import torch
 from torch import Tensor
 
 from icl_circuits.data.batch import Batch
+from icl_circuits.fileio import write_atomic
 from icl_circuits.models.build import query_logits
+from icl_circuits.runs import layout
 from icl_circuits.runs.read import iter_checkpoints, load_source
+from icl_circuits.runs.store import list_checkpoints
 from probes.ablation import ablate_heads, reference_cache
 
 CONDITIONS = ("clean", "no_attention", "no_memory", "neither")
@@ -132,11 +135,21 @@ def path_rows(model, batches: dict[str, Batch]) -> list[dict]:
 
 def paths_over_training(run: Path, n: int, steps: list[int] | None = None) -> pd.DataFrame:
     """:func:`path_rows` at every checkpoint of ``run`` (or ``steps``), on ``n`` sequences of
-    its ICL and IWL evaluation splits; columns ``step, split, condition, ...``."""
+    its ICL and IWL evaluation splits; columns ``step, split, condition, ...``.
+
+    Each checkpoint's rows are cached in the run's analysis folder (``paths-n{n}-step{step}.csv``),
+    so a rerun (or a resumed reproduction) reads them instead of recomputing.
+    """
     source = load_source(run)
     batches = {s: source.eval_batch(s, n) for s in (source.icl_split, source.iwl_split)}
-    rows = []
-    for step, model in iter_checkpoints(run, steps):
+    cache = Path(run) / layout.ANALYSIS
+    parts, todo = [], []
+    for step in list_checkpoints(run) if steps is None else steps:
+        path = cache / f"paths-n{n}-step{step}.csv"
+        (parts.append(pd.read_csv(path)) if path.exists() else todo.append(step))
+    for step, model in iter_checkpoints(run, todo) if todo else ():
         model.eval()
-        rows += [r | {"step": step} for r in path_rows(model, batches)]
-    return pd.DataFrame(rows)
+        table = pd.DataFrame([r | {"step": step} for r in path_rows(model, batches)])
+        write_atomic(cache / f"paths-n{n}-step{step}.csv", table.to_csv(index=False), overwrite=True)
+        parts.append(table)
+    return pd.concat(parts, ignore_index=True).sort_values(["step", "split"], kind="stable", ignore_index=True)

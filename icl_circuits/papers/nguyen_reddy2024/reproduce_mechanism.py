@@ -59,12 +59,16 @@ def settings(scale: str) -> dict:
         "seeds": pick(scale, [0], [0, 1], [0, 1, 2]),
         "steps": pick(scale, 40, 1500, 20_000),
         "ablation_n": pick(scale, 64, 512, 2000),
+        # The checkpoints the paths are ablated at (None: every checkpoint).
+        "path_steps": pick(scale, None, [0, 100, 200, 400, 700, 1000, 1500], None),
         # Rates against capacity: one N, a K grid per setting, one seed per K.
         "rate_N": pick(scale, 4, 4, 100),
-        "rate_Ks": pick(scale, [8, 64], [32, 64, 128, 256, 512, 1024, 2048, 4096], [2**i for i in range(9, 18)]),
+        "rate_Ks": pick(scale, [8, 64], [64, 128, 256, 512, 1024, 2048], [2**i for i in range(9, 18)]),
         "rate_seeds": pick(scale, [0], [0], [0, 1]),
         "rate_steps": pick(scale, 40, 1500, 20_000),
         "widths": pick(scale, [8, 16], [32, 64, 128, 256, 512], [32, 64, 128, 256, 512]),
+        # The rate-ratio sweep's MLP width (128 at the cpu scale: a smaller step than the preset's 512).
+        "ratio_width": pick(scale, 16, 128, 512),
         "ratios": pick(scale, [0.5, 2.0], [0.25, 0.5, 1.0, 2.0, 4.0], [0.25, 0.5, 1.0, 2.0, 4.0]),
         "common": [
             f"train.lr={pick(scale, 0.1, 0.1, 0.01)}",
@@ -79,12 +83,10 @@ def settings(scale: str) -> dict:
     }
 
 
-def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
-    s = settings(scale)
-    N = s["N"]
-    base = [*s["common"], f"data.n_pairs={N - 1}", "train.stop_above=0.0"]
-    ks = list(s["regimes"].values())
-    grids = {"paths": (s["preset"], [*base, f"train.steps={s['steps']}"], {"data.n_classes": ks, "seed": s["seeds"]})}
+def grids(s: dict) -> dict[str, tuple[str, list[str], dict[str, list]]]:
+    """The reproduction's sweeps: name -> (preset, overrides, grid)."""
+    base = [*s["common"], f"data.n_pairs={s['N'] - 1}", "train.stop_above=0.0", f"train.steps={s['steps']}"]
+    out = {"paths": (s["preset"], base, {"data.n_classes": list(s["regimes"].values()), "seed": s["seeds"]})}
     rate_base = [
         *s["common"],
         f"data.n_pairs={s['rate_N'] - 1}",
@@ -93,12 +95,19 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
     ]
     rate_grid = {"data.n_classes": s["rate_Ks"], "seed": s["rate_seeds"]}
     for w in s["widths"]:
-        grids[f"width-{w}"] = (s["preset"], [*rate_base, f"model.readout_hidden=[{w},{w}]"], rate_grid)
-    top = f"model.readout_hidden=[{max(s['widths'])},{max(s['widths'])}]"
+        out[f"width-{w}"] = (s["preset"], [*rate_base, f"model.readout_hidden=[{w},{w}]"], rate_grid)
+    w = s["ratio_width"]
     for r in s["ratios"]:
         if r != 1.0:
-            grids[f"ratio-{r:g}"] = (s["preset"], [*rate_base, top, rates.lr_scale_override(r)], rate_grid)
-    results = run_grids(out, grids, workers, progress)
+            over = [*rate_base, f"model.readout_hidden=[{w},{w}]", rates.lr_scale_override(r)]
+            out[f"ratio-{r:g}"] = (s["preset"], over, rate_grid)
+    return out
+
+
+def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
+    s = settings(scale)
+    N = s["N"]
+    results = run_grids(out, grids(s), workers, progress)
 
     # Independence: every checkpoint of every run, each path ablated alone and together.
     res = results["paths"]
@@ -107,7 +116,7 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
     for point, g in res.groupby("point"):
         k, seed = int(g["data.n_classes"].iloc[0]), int(g["seed"].iloc[0])
         regime = next(name for name, v in s["regimes"].items() if v == k)
-        table = paths_over_training(run_path(sweep, point), s["ablation_n"])
+        table = paths_over_training(run_path(sweep, point), s["ablation_n"], s["path_steps"])
         parts.append(table.assign(regime=regime, K=k, seed=seed, N=N))
     paths = pd.concat(parts, ignore_index=True)
 
@@ -118,11 +127,11 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
     )
     ratio_runs = pd.concat(
         [
-            per_run(results[f"ratio-{r:g}"], s["rate_N"]).assign(mlp_width=max(s["widths"]), ratio=r)
+            per_run(results[f"ratio-{r:g}"], s["rate_N"]).assign(mlp_width=s["ratio_width"], ratio=r)
             for r in s["ratios"]
             if r != 1.0
         ]
-        + [widths_runs[widths_runs["mlp_width"] == max(s["widths"])]],
+        + [widths_runs[widths_runs["mlp_width"] == s["ratio_width"]]],
         ignore_index=True,
     )
     d_model = 17 if s["small"] else 65
