@@ -33,7 +33,7 @@ Usage::
 
     /tmp/nrref/bin/python scripts/reference_nguyen_reddy2024.py --icl-kinetics /tmp/icl-kinetics \\
         --Ns 32 16 12 8 4 --seeds 0 1 --out ref_nr.csv
-    python scripts/reference_nguyen_reddy2024.py --summary ref_nr.csv --runs-out runs.csv
+    python scripts/reference_nguyen_reddy2024.py --summary ref_nr.csv [more.csv ...] --runs-out runs.csv
 
 ``icl_circuits/papers/nguyen_reddy2024/reference_code.csv`` holds such ``--runs-out`` rows
 (each run's final accuracies); ``reference.py`` there fits K* per N and the exponent from
@@ -211,12 +211,13 @@ def grid(Ns: list[int], k_center: int, factors: list[float]) -> list[tuple[int, 
     return [(N, 2 * int(round(k_center * N * f / 2))) for N in Ns for f in factors]
 
 
-def summary(path: Path, out: Path) -> None:
-    """Each run's last row (its final accuracies, at the stop or the last step) into ``out``."""
+def summary(paths: list[Path], out: Path) -> None:
+    """Each finished run's last row (its final accuracies, at the stop or the last step) into ``out``."""
     import pandas as pd
 
-    rows = pd.read_csv(path)
+    rows = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
     last = rows.sort_values("step").groupby(["N", "K", "seed"], as_index=False).tail(1)
+    last = last[(last["stopped"] == 1) | (last["step"] == last["steps"])]
     last = last.rename(columns={"step": "end_step", "iwl_acc": "iw_acc"})
     cols = ["N", "K", "seed", "steps", "end_step", "stopped", "icl_acc", "iw_acc"]
     last[cols].sort_values(["N", "K", "seed"]).to_csv(out, index=False, float_format="%.4f")
@@ -233,11 +234,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--out", type=Path)
-    p.add_argument("--summary", type=Path, help="a --out file to summarise (no training)")
+    p.add_argument("--summary", type=Path, nargs="+", help="--out files to summarise (no training)")
     p.add_argument("--runs-out", type=Path, help="where --summary writes each run's final row")
     a = p.parse_args()
     if a.summary:
-        summary(a.summary, a.runs_out or a.summary.with_name("reference_runs.csv"))
+        summary(a.summary, a.runs_out or a.summary[0].with_name("reference_runs.csv"))
         return
     if a.icl_kinetics is None or a.out is None:
         p.error("--icl-kinetics and --out are needed to train")

@@ -58,7 +58,16 @@ def test_each_ablation_replaces_exactly_its_own_path_at_the_query(model_and_batc
     _, cache = model.run_with_cache(tokens)
     x_q, sa_q = cache["blocks.0.hook_resid_pre"][:, -1], cache["blocks.0.hook_attn_out"][:, -1]
     x_m, sa_m = x_q.mean(0).expand_as(x_q), sa_q.mean(0).expand_as(sa_q)
-    expect = {"clean": x_q + sa_q, "no_memory": x_m + sa_q, "no_attention": x_q + sa_m, "neither": x_m + sa_m}
+    v_q = cache["blocks.0.attn.hook_v"][:, -1, 0]
+    a_qq = cache["blocks.0.attn.hook_pattern"][:, 0, -1, -1][:, None]
+    sa_self = sa_q - a_qq * (v_q - v_q.mean(0))
+    expect = {
+        "clean": x_q + sa_q,
+        "no_memory": x_m + sa_q,
+        "no_attention": x_q + sa_m,
+        "neither": x_m + sa_m,
+        "no_memory_self": x_m + sa_self,
+    }
     assert (x_q - x_m).abs().max() > 0.1 and (sa_q - sa_m).abs().max() > 1e-3  # the ablations change something
     for condition in CONDITIONS:
         torch.testing.assert_close(_readout_input(model, tokens, condition), expect[condition], atol=1e-5, rtol=0)
@@ -116,15 +125,15 @@ def _paths(ic: dict, iw: dict, inter=0.05) -> pd.DataFrame:
 
 
 def test_independence_claims_follow_the_accuracies():
-    ic = {"clean": 0.95, "no_attention": 0.51, "no_memory": 0.93, "neither": 0.5}
-    iw = {"clean": 0.9, "no_attention": 0.88, "no_memory": 0.52, "neither": 0.5}
-    assert [c.holds for c in independence_claims(_paths(ic, iw), 0.5)] == [True] * 5
+    ic = {"clean": 0.95, "no_attention": 0.51, "no_memory": 0.93, "neither": 0.5, "no_memory_self": 0.94}
+    iw = {"clean": 0.9, "no_attention": 0.88, "no_memory": 0.52, "neither": 0.5, "no_memory_self": 0.5}
+    assert [c.holds for c in independence_claims(_paths(ic, iw), 0.5)] == [True] * 7
     # Attention ablation also destroys IWL: "leaves IWL" fails; a large interaction fails.
-    bad = independence_claims(_paths(ic, iw | {"no_attention": 0.6}, inter=0.5), 0.5)
-    assert [c.holds for c in bad] == [True, False, True, True, False]
-    # IWL not learned: its two claims are not judged.
+    bad = independence_claims(_paths(ic, iw | {"no_attention": 0.6, "no_memory": 0.9}, inter=0.5), 0.5)
+    assert [c.holds for c in bad] == [True, False, False, True, True, True, False]
+    # IWL not learned: its claims are not judged.
     none = independence_claims(_paths(ic, dict.fromkeys(CONDITIONS, 0.5)), 0.5)
-    assert [c.holds for c in none] == [True, None, None, True, True]
+    assert [c.holds for c in none] == [True, None, None, True, None, True, True]
 
 
 def _sigmoid_runs(kstar: dict, by: str, spread=0.15) -> pd.DataFrame:

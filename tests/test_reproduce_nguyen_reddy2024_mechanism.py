@@ -20,10 +20,10 @@ def test_smoke_writes_tables_figure_and_claims(tmp_path):
     assert [f.name for f in rep.figures] == ["kstar_rates_capacity.png"] and rep.figures[0].exists()
     paths = rep.tables["paths"]
     assert set(paths["regime"]) == {"below", "near", "above"}
-    assert set(paths["condition"]) == {"clean", "no_attention", "no_memory", "neither", "interaction"}
+    assert set(paths["condition"]) == {"clean", "no_attention", "no_memory", "neither", "no_memory_self", "interaction"}
     # Every checkpoint of every run is analysed.
     assert paths.groupby(["regime", "seed"])["step"].nunique().min() >= 4
-    assert len(rep.claims) == 3 * 5 + 2
+    assert len(rep.claims) == 3 * 7 + 2
 
 
 @pytest.mark.parametrize("scale", ["cpu", "full"])

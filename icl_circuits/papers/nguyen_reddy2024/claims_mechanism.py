@@ -50,6 +50,14 @@ def independence_claims(paths: pd.DataFrame, chance: float, icl: str = "IC", iwl
                 "chance",
             ),
             ("ablating the memorising path leaves ICL", has_icl, icl, "no_memory", "clean"),
+            (
+                "ablating the query's own item into the MLP and through the head's own value (mean) removes IWL",
+                has_iwl,
+                iwl,
+                "no_memory_self",
+                "chance",
+            ),
+            ("ablating the query's own item and its own value leaves ICL", has_icl, icl, "no_memory_self", "clean"),
         ]
         for what, applies, split, cond, against in rows:
             target = chance if against == "chance" else a(split, "clean")

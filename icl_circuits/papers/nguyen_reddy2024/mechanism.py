@@ -14,7 +14,10 @@ Each is removed by mean ablation over a reference batch, at the query only:
 * ``no_memory``: ``x_q`` replaced by its mean on its way into the MLP (the residual stream
   after the block at the query, ``x_q + sa_q``, becomes ``mean(x_q) + sa_q``), the
   attention output kept; the head still reads the real ``x_q`` as its query;
-* ``neither``: both.
+* ``neither``: both;
+* ``no_memory_self``: ``no_memory``, and the head's value at the query's own position
+  replaced by its mean: the causal head attends from the query to itself, so ``sa_q`` also
+  carries the query's item (the pattern is kept).
 
 With the margin ``m`` (the logit of the right label minus the other's), the additive form
 the theory assumes is ``m = base + c_attn + c_mem``; the interaction term is
@@ -41,9 +44,10 @@ from icl_circuits.runs.read import iter_checkpoints, load_source
 from icl_circuits.runs.store import list_checkpoints
 from probes.ablation import ablate_heads, reference_cache
 
-CONDITIONS = ("clean", "no_attention", "no_memory", "neither")
+CONDITIONS = ("clean", "no_attention", "no_memory", "neither", "no_memory_self")
 RESID_PRE = "blocks.0.hook_resid_pre"
 RESID_POST = "blocks.0.hook_resid_post"
+VALUE = "blocks.0.attn.hook_v"
 
 
 @contextlib.contextmanager
@@ -74,6 +78,24 @@ def ablate_memory(model, reference: Tensor) -> Iterator:
 
 
 @contextlib.contextmanager
+def ablate_self_value(model, reference: Tensor) -> Iterator:
+    """Mean-ablate the head's value at the query's own position (its attention to itself is kept).
+
+    The causal head attends from the query to the query too, so its output carries the
+    query's own item; this removes that route (the pattern is unchanged).
+    """
+    mean = reference_cache(model, reference, {VALUE})[VALUE][:, -1].mean(0)
+
+    def swap(v: Tensor, hook) -> Tensor:
+        v = v.clone()
+        v[:, -1] = mean
+        return v
+
+    with model.hooks(fwd_hooks=[(VALUE, swap)]):
+        yield model
+
+
+@contextlib.contextmanager
 def ablate_paths(model, condition: str, reference: Tensor) -> Iterator:
     """The model with ``condition``'s paths mean-ablated (one of :data:`CONDITIONS`)."""
     if condition not in CONDITIONS:
@@ -81,8 +103,10 @@ def ablate_paths(model, condition: str, reference: Tensor) -> Iterator:
     with contextlib.ExitStack() as stack:
         if condition in ("no_attention", "neither"):
             stack.enter_context(ablate_heads(model, [(0, 0)], "mean", reference=reference))
-        if condition in ("no_memory", "neither"):
+        if condition in ("no_memory", "neither", "no_memory_self"):
             stack.enter_context(ablate_memory(model, reference))
+        if condition == "no_memory_self":
+            stack.enter_context(ablate_self_value(model, reference))
         yield model
 
 
@@ -137,7 +161,7 @@ def paths_over_training(run: Path, n: int, steps: list[int] | None = None) -> pd
     """:func:`path_rows` at every checkpoint of ``run`` (or ``steps``), on ``n`` sequences of
     its ICL and IWL evaluation splits; columns ``step, split, condition, ...``.
 
-    Each checkpoint's rows are cached in the run's analysis folder (``paths-n{n}-step{step}.csv``),
+    Each checkpoint's rows are cached in the run's analysis folder (``paths{len(CONDITIONS)}-n{n}-step{step}.csv``),
     so a rerun (or a resumed reproduction) reads them instead of recomputing.
     """
     source = load_source(run)
@@ -145,11 +169,12 @@ def paths_over_training(run: Path, n: int, steps: list[int] | None = None) -> pd
     cache = Path(run) / layout.ANALYSIS
     parts, todo = [], []
     for step in list_checkpoints(run) if steps is None else steps:
-        path = cache / f"paths-n{n}-step{step}.csv"
+        path = cache / f"paths{len(CONDITIONS)}-n{n}-step{step}.csv"
         (parts.append(pd.read_csv(path)) if path.exists() else todo.append(step))
     for step, model in iter_checkpoints(run, todo) if todo else ():
+        cache.mkdir(exist_ok=True)
         model.eval()
         table = pd.DataFrame([r | {"step": step} for r in path_rows(model, batches)])
-        write_atomic(cache / f"paths-n{n}-step{step}.csv", table.to_csv(index=False), overwrite=True)
+        write_atomic(cache / f"paths{len(CONDITIONS)}-n{n}-step{step}.csv", table.to_csv(index=False), overwrite=True)
         parts.append(table)
     return pd.concat(parts, ignore_index=True).sort_values(["step", "split"], kind="stable", ignore_index=True)

@@ -64,9 +64,11 @@ def settings(scale: str) -> dict:
         # Rates against capacity: one N, a K grid per setting, one seed per K.
         "rate_N": pick(scale, 4, 4, 100),
         "rate_Ks": pick(scale, [8, 64], [64, 128, 256, 512, 1024, 2048], [2**i for i in range(9, 18)]),
+        # The ratio sweeps' K (a coarser grid at the cpu scale, for its run time).
+        "ratio_Ks": pick(scale, [8, 64], [64, 256, 1024], [2**i for i in range(9, 18)]),
         "rate_seeds": pick(scale, [0], [0], [0, 1]),
         "rate_steps": pick(scale, 40, 1500, 20_000),
-        "widths": pick(scale, [8, 16], [32, 64, 128, 256, 512], [32, 64, 128, 256, 512]),
+        "widths": pick(scale, [8, 16], [16, 32, 64, 128, 256], [32, 64, 128, 256, 512]),
         # The rate-ratio sweep's MLP width (128 at the cpu scale: a smaller step than the preset's 512).
         "ratio_width": pick(scale, 16, 128, 512),
         "ratios": pick(scale, [0.5, 2.0], [0.25, 0.5, 1.0, 2.0, 4.0], [0.25, 0.5, 1.0, 2.0, 4.0]),
@@ -100,7 +102,7 @@ def grids(s: dict) -> dict[str, tuple[str, list[str], dict[str, list]]]:
     for r in s["ratios"]:
         if r != 1.0:
             over = [*rate_base, f"model.readout_hidden=[{w},{w}]", rates.lr_scale_override(r)]
-            out[f"ratio-{r:g}"] = (s["preset"], over, rate_grid)
+            out[f"ratio-{r:g}"] = (s["preset"], over, rate_grid | {"data.n_classes": s["ratio_Ks"]})
     return out
 
 
