@@ -216,7 +216,7 @@ def test_committed_reference_rows_are_our_cpu_grid():
     assert list(ref.columns) == ["N", "K", "seed", "steps", "end_step", "stopped", "icl_acc", "iw_acc"]
     s = nr.settings("cpu")
     for N, part in ref.groupby("N"):
-        assert set(part["K"]) == set(nr.k_values(s, N, s["factors"])), N
+        assert set(part["K"]) <= set(nr.k_values(s, N, s["factors"])), N
         assert (part["steps"] == nr.steps_for(s, N)).all() and set(part["seed"]) <= set(s["seeds"])
         assert ((part["stopped"] == 1) == (part["icl_acc"] > 0.99)).all()
 

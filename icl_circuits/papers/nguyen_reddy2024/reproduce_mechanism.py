@@ -96,13 +96,14 @@ def grids(s: dict) -> dict[str, tuple[str, list[str], dict[str, list]]]:
         "train.stop_above=0.99",
     ]
     rate_grid = {"data.n_classes": s["rate_Ks"], "seed": s["rate_seeds"]}
-    for w in s["widths"]:
-        out[f"width-{w}"] = (s["preset"], [*rate_base, f"model.readout_hidden=[{w},{w}]"], rate_grid)
     w = s["ratio_width"]
     for r in s["ratios"]:
         if r != 1.0:
             over = [*rate_base, f"model.readout_hidden=[{w},{w}]", rates.lr_scale_override(r)]
             out[f"ratio-{r:g}"] = (s["preset"], over, rate_grid | {"data.n_classes": s["ratio_Ks"]})
+    # After the ratio sweeps, so that a pool cut short has every ratio first.
+    for w in s["widths"]:
+        out[f"width-{w}"] = (s["preset"], [*rate_base, f"model.readout_hidden=[{w},{w}]"], rate_grid)
     return out
 
 
