@@ -40,8 +40,19 @@ def test_every_config_of_the_larger_scales_builds(scale):
             assert scales[1] / scales[0] == pytest.approx(float(name.split("-")[1]), rel=1e-4)
 
 
-#: The claims the docs report as holding at the cpu scale (the claim text up to its first colon).
-HOLD_AT_CPU: tuple[str, ...] = ()
+#: The claims docs/reproductions/nguyen_reddy2024_mechanism.md reports as holding at the cpu
+#: scale (the claim text up to its first colon): the generalising path, both directions, near
+#: and above K*, and the additive form above K*. Not holding: every claim on IWL (the
+#: memorisation runs through the attention too) and the additive form near and below K*.
+HOLD_AT_CPU = tuple(
+    claim.format(where=where)
+    for where in ("near K* (K = 566)", "above K* (K = 6,400)")
+    for claim in (
+        "ablating the attention (mean, at the query) removes ICL, {where}",
+        "ablating the memorising path leaves ICL, {where}",
+        "ablating the query's own item and its own value leaves ICL, {where}",
+    )
+) + ("the additive form, above K* (K = 6,400)",)
 
 
 @pytest.mark.slow
