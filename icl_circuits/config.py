@@ -63,6 +63,10 @@ class TrainConfig(FrozenConfig):
             (:func:`icl_circuits.runs.store.run_end`).
         stop_metric: which accuracy ``stop_above`` watches: ``ICL`` (the data source's ICL
             split, e.g. ``IC``) or ``IWL`` (its IWL split).
+        lr_scale: per-module learning-rate scales, in the order attention, MLP, embedding,
+            unembedding (``icl_circuits.training.optim.lr_group`` says which parameter is
+            which; others keep scale 1): each module trains at ``lr`` times its scale, under
+            every schedule. Default: all 1.
     """
 
     steps: int = 4000
@@ -86,6 +90,7 @@ class TrainConfig(FrozenConfig):
     logger: Literal["none", "wandb", "tensorboard"] = "none"
     stop_above: float = 0.0
     stop_metric: Literal["ICL", "IWL"] = "ICL"
+    lr_scale: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
 
     def validate(self) -> None:
         require(self.steps >= 1, "train.steps", "at least 1", self.steps)
@@ -124,6 +129,12 @@ class TrainConfig(FrozenConfig):
         require(self.threads >= 0, "train.threads", "a number of threads (0 = torch's choice)", self.threads)
         require(0 <= self.stop_above < 1, "train.stop_above", "an accuracy in [0, 1) (0 = off)", self.stop_above)
         require(self.stop_metric in ("ICL", "IWL"), "train.stop_metric", "ICL or IWL", self.stop_metric)
+        require(
+            len(self.lr_scale) == 4 and all(x > 0 for x in self.lr_scale),
+            "train.lr_scale",
+            "four positive scales (attention, MLP, embedding, unembedding)",
+            self.lr_scale,
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ def test_smoke_writes_tables_figures_and_claims(tmp_path):
         "memorisation.png",
     }
     assert all(f.exists() for f in rep.figures)
-    assert len(rep.claims) == 10  # two transience conditions
+    assert len(rep.claims) == 13  # two transience conditions; linearity, one tail, one bimodality (N = 4)
     assert all(c.ours and isinstance(c.holds, bool | type(None)) for c in rep.claims)
     runs = rep.tables["runs"]
     assert set(runs["N"]) == {3, 4}

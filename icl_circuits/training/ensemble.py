@@ -39,7 +39,7 @@ from icl_circuits.errors import RunFolderError
 from icl_circuits.metrics import evaluate, evaluate_stacked
 from icl_circuits.models.build import query_logits
 from icl_circuits.models.stacked import seeds_per_chunk, stacked_query_logits, supports_stacked
-from icl_circuits.training.optim import build_optimizer, l2_penalty, split_params
+from icl_circuits.training.optim import build_optimizer, l2_penalty, set_lr, split_params
 from icl_circuits.training.trainer import Member, train_loop
 
 
@@ -170,8 +170,7 @@ class VmapEnsemble:
 
     def step(self, lr: float, inputs: tuple[Tensor, Tensor]) -> Tensor:
         tc, (tokens, target) = self.tc, inputs
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         losses = self.losses_of(*self.loss_args, tokens, target)
         total = losses.sum()
         if tc.l2 > 0 and self.decayed:

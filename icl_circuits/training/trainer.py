@@ -52,7 +52,7 @@ from icl_circuits.metrics import eval_sets, evaluate
 from icl_circuits.models.build import build_native, query_logits
 from icl_circuits.runs.read import model_shape
 from icl_circuits.runs.store import load_checkpoint, run_end, run_lock, unflatten_optimizer
-from icl_circuits.training.optim import build_optimizer, l2_penalty, split_params
+from icl_circuits.training.optim import build_optimizer, l2_penalty, set_lr, split_params
 from icl_circuits.training.prefetch import Prefetch
 from icl_circuits.training.runfolder import (
     checkpoint,
@@ -151,8 +151,7 @@ class SingleModel:
 
     def step(self, lr: float, inputs: tuple[Tensor, Tensor]) -> Tensor:
         tc, (tokens, target) = self.tc, inputs
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         loss = F.cross_entropy(query_logits(self.step_model, tokens), target)
         total = loss + tc.l2 * l2_penalty(self.decayed) if tc.l2 > 0 and self.decayed else loss
         self.optimizer.zero_grad(set_to_none=True)

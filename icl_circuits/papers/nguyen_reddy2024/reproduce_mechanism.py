@@ -1,0 +1,160 @@
+"""Nguyen & Reddy 2024's mechanism on their one-layer model: independent paths, rates not capacity.
+
+The paper's abstract makes two mechanistic claims: the sub-circuits that memorise and that
+generalise are largely independent, and the relative rates at which they learn, not capacity
+constraints, explain the transition from memorising to generalising.
+
+**Independence** (:mod:`.mechanism`): the ``nguyen-reddy2024`` preset at one N, trained at
+three K (well below K*, near K*, well above K*; K* from ``reproduce nguyen-reddy2024``), no
+early stop, checkpoints every 100 steps. At every checkpoint, on the run's ICL and IWL
+evaluation splits, each path is mean-ablated alone and both together; at the last
+checkpoint, ablating the attention should remove ICL and leave IWL, and ablating the
+memorising path should remove IWL and leave ICL. The interaction term of the additive form
+is measured over training against each path's own contribution.
+
+**Rates, not capacity** (:mod:`.rates`): at one N, K* (the same sigmoid fit as the main
+reproduction) against the MLP readout's width, and against the MLP-to-attention
+learning-rate ratio ``r`` (``train.lr_scale``: attention ``r^-1/2``, MLP readout and its
+output layer ``r^1/2``, embedding 1, so the geometric mean stays at ``lr``). The predictions,
+stated before measuring: the kinetic theory (:mod:`.kinetics`: the memoriser's integrated
+error ``~ K^nu / eta_mem`` must cover the ICL plateau ``~ N / eta_icl``) gives
+``K* ~ r^(1/nu)`` and no dependence on width; a capacity account gives K* proportional to the
+MLP's parameter count and no dependence on ``r``.
+
+Same cpu-scale deviations as ``reproduce nguyen-reddy2024`` (lr 0.1, batch 64, evaluation on
+256 sequences every 100 steps, short N).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import pandas as pd
+
+from icl_circuits.papers.nguyen_reddy2024 import rates
+from icl_circuits.papers.nguyen_reddy2024.claims_mechanism import independence_claims, rate_claims
+from icl_circuits.papers.nguyen_reddy2024.measure import per_run
+from icl_circuits.papers.nguyen_reddy2024.mechanism import paths_over_training
+from icl_circuits.reproduce.common import SWEEPS, Reproduction, pick, run_grids
+from icl_circuits.sweeps.sweep import run_path
+
+CHANCE = 0.5
+
+
+def settings(scale: str) -> dict:
+    small = ["model.readout_hidden=[16,16]", "data.d=15", "model.d_model=17"]
+    return {
+        "preset": "nguyen-reddy2024",
+        "N": pick(scale, 4, 8, 100),
+        # Well below, near and well above K* (K* at N = 8: 523 in reproduce nguyen-reddy2024).
+        "regimes": pick(
+            scale,
+            {"below": 8, "near": 32, "above": 256},
+            {"below": 100, "near": 566, "above": 6400},
+            {"below": 2000, "near": 20000, "above": 200000},
+        ),
+        "seeds": pick(scale, [0], [0, 1], [0, 1, 2]),
+        "steps": pick(scale, 40, 1500, 20_000),
+        "ablation_n": pick(scale, 64, 512, 2000),
+        # The checkpoints the paths are ablated at (None: every checkpoint).
+        "path_steps": pick(scale, None, [0, 100, 200, 400, 700, 1000, 1500], None),
+        # Rates against capacity: one N, a K grid per setting, one seed per K.
+        "rate_N": pick(scale, 4, 4, 100),
+        "rate_Ks": pick(scale, [8, 64], [64, 128, 256, 512, 1024, 2048], [2**i for i in range(9, 18)]),
+        # The ratio sweeps' K (a coarser grid at the cpu scale, for its run time).
+        "ratio_Ks": pick(scale, [8, 64], [64, 256, 1024], [2**i for i in range(9, 18)]),
+        "rate_seeds": pick(scale, [0], [0], [0, 1]),
+        "rate_steps": pick(scale, 40, 1500, 20_000),
+        "widths": pick(scale, [8, 16], [16, 32, 64, 128, 256], [32, 64, 128, 256, 512]),
+        # The rate-ratio sweep's MLP width (128 at the cpu scale: a smaller step than the preset's 512).
+        "ratio_width": pick(scale, 16, 128, 512),
+        "ratios": pick(scale, [0.5, 2.0], [0.25, 0.5, 1.0, 2.0, 4.0], [0.25, 0.5, 1.0, 2.0, 4.0]),
+        "common": [
+            f"train.lr={pick(scale, 0.1, 0.1, 0.01)}",
+            f"train.batch_size={pick(scale, 16, 64, 128)}",
+            "train.n_checkpoints=2",
+            f"train.checkpoint_every={pick(scale, 10, 100, 500)}",
+            f"train.eval_size={pick(scale, 64, 256, 2000)}",
+            f"train.device={pick(scale, 'cpu', 'cpu', 'auto')}",
+            *pick(scale, small, [], []),
+        ],
+        "small": pick(scale, True, False, False),
+    }
+
+
+def grids(s: dict) -> dict[str, tuple[str, list[str], dict[str, list]]]:
+    """The reproduction's sweeps: name -> (preset, overrides, grid)."""
+    base = [*s["common"], f"data.n_pairs={s['N'] - 1}", "train.stop_above=0.0", f"train.steps={s['steps']}"]
+    out = {"paths": (s["preset"], base, {"data.n_classes": list(s["regimes"].values()), "seed": s["seeds"]})}
+    rate_base = [
+        *s["common"],
+        f"data.n_pairs={s['rate_N'] - 1}",
+        f"train.steps={s['rate_steps']}",
+        "train.stop_above=0.99",
+    ]
+    rate_grid = {"data.n_classes": s["rate_Ks"], "seed": s["rate_seeds"]}
+    w = s["ratio_width"]
+    for r in s["ratios"]:
+        if r != 1.0:
+            over = [*rate_base, f"model.readout_hidden=[{w},{w}]", rates.lr_scale_override(r)]
+            out[f"ratio-{r:g}"] = (s["preset"], over, rate_grid | {"data.n_classes": s["ratio_Ks"]})
+    # After the ratio sweeps, so that a pool cut short has every ratio first.
+    for w in s["widths"]:
+        out[f"width-{w}"] = (s["preset"], [*rate_base, f"model.readout_hidden=[{w},{w}]"], rate_grid)
+    return out
+
+
+def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
+    s = settings(scale)
+    N = s["N"]
+    results = run_grids(out, grids(s), workers, progress)
+
+    # Independence: every checkpoint of every run, each path ablated alone and together.
+    res = results["paths"]
+    sweep = out / SWEEPS / "paths"
+    parts = []
+    for point, g in res.groupby("point"):
+        k, seed = int(g["data.n_classes"].iloc[0]), int(g["seed"].iloc[0])
+        regime = next(name for name, v in s["regimes"].items() if v == k)
+        table = paths_over_training(run_path(sweep, point), s["ablation_n"], s["path_steps"])
+        parts.append(table.assign(regime=regime, K=k, seed=seed, N=N))
+    paths = pd.concat(parts, ignore_index=True)
+
+    # Rates against capacity.
+    widths_runs = pd.concat(
+        [per_run(results[f"width-{w}"], s["rate_N"]).assign(mlp_width=w, ratio=1.0) for w in s["widths"]],
+        ignore_index=True,
+    )
+    ratio_runs = pd.concat(
+        [
+            per_run(results[f"ratio-{r:g}"], s["rate_N"]).assign(mlp_width=s["ratio_width"], ratio=r)
+            for r in s["ratios"]
+            if r != 1.0
+        ]
+        + [widths_runs[widths_runs["mlp_width"] == s["ratio_width"]]],
+        ignore_index=True,
+    )
+    d_model = 17 if s["small"] else 65
+    kw = rates.kstar_table(widths_runs, "mlp_width", CHANCE).assign(
+        params=lambda t: rates.mlp_params(t["mlp_width"], d_model)
+    )
+    kr = rates.kstar_table(ratio_runs, "ratio", CHANCE)
+    fits = rates.fits(kw, kr)
+    figure = rates.figure(out, kw, kr, fits)
+
+    rep = Reproduction("nguyen-reddy2024-mechanism", scale, s)
+    rep.tables = {
+        "paths": paths,
+        "rate_runs": pd.concat([widths_runs, ratio_runs], ignore_index=True).drop_duplicates(
+            ["K", "seed", "mlp_width", "ratio"]
+        ),
+        "kstar_width": kw.drop(columns="boot", errors="ignore"),
+        "kstar_ratio": kr.drop(columns="boot", errors="ignore"),
+        "rate_fits": pd.DataFrame([fits]),
+    }
+    rep.figures = [figure]
+    rep.claims = independence_claims(paths, CHANCE) + rate_claims(kw, kr, fits)
+    return rep
