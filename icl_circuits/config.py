@@ -10,6 +10,7 @@ from typing import Any, Literal
 from icl_circuits.configbase import FrozenConfig, require
 from icl_circuits.data import DataConfig, data_config_from_dict, family_config
 from icl_circuits.errors import ConfigError
+from icl_circuits.intervention_config import InterventionConfig
 from icl_circuits.limits import check_sizes
 from icl_circuits.models.config import ModelConfig
 
@@ -63,6 +64,10 @@ class TrainConfig(FrozenConfig):
             (:func:`icl_circuits.runs.store.run_end`).
         stop_metric: which accuracy ``stop_above`` watches: ``ICL`` (the data source's ICL
             split, e.g. ``IC``) or ``IWL`` (its IWL split).
+        interventions: interventions during training, each over a step range (head ablations,
+            clamped attention patterns, paths into the readout, frozen weights;
+            :class:`~icl_circuits.intervention_config.InterventionConfig`,
+            :mod:`icl_circuits.training.interventions`); empty (default): none.
     """
 
     steps: int = 4000
@@ -86,6 +91,7 @@ class TrainConfig(FrozenConfig):
     logger: Literal["none", "wandb", "tensorboard"] = "none"
     stop_above: float = 0.0
     stop_metric: Literal["ICL", "IWL"] = "ICL"
+    interventions: tuple[InterventionConfig, ...] = ()
 
     def validate(self) -> None:
         require(self.steps >= 1, "train.steps", "at least 1", self.steps)
