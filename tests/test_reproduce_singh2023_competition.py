@@ -78,3 +78,20 @@ def test_smoke_scale_writes_everything(tmp_path):
     causal = pd.read_csv(out / "causal.csv")
     assert {"plain", "block"} <= set(causal["test"])
     assert (out / CLAIMS).exists() and all(f.exists() for f in rep.figures)
+
+
+def test_main_heads_carry_the_asked_share_of_the_edge_weight():
+    edges = pd.DataFrame(
+        {
+            "step": 5,
+            "split": "IC",
+            "in_circuit": [True, True, True, True, False],
+            "edge": ["emb.x->L0H0.q", "L0H0->L1H1.k", "L1H1->readout", "emb.x->readout", "L0H1->readout"],
+            "score": [1.0, -2.0, 4.0, -3.0, 9.0],
+        }
+    )
+    # weights: L0H0 3, L1H1 6 (L0H1's edge is outside the circuit)
+    assert comp.main_heads(edges, "IC", share=0.5) == {"L1H1"}
+    assert comp.main_heads(edges, "IC", share=0.9) == {"L1H1", "L0H0"}
+    r = comp.readout_scores(edges).iloc[0]
+    assert r["direct_path"] == -3.0 and r["heads_to_readout"] == 13.0

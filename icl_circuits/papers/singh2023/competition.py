@@ -37,6 +37,8 @@ from probes.scores import attention_scores
 HEAD = re.compile(r"L(\d+)H(\d+)")
 #: Per-head scores kept from :func:`probes.scores.attention_scores`.
 SCORES = ("task_induction", "prev_token")
+#: The ICL circuit's main heads carry this share of its edge weight (:func:`main_heads`).
+HEAD_SHARE = 0.5
 #: A causal effect counts when the fork's final ICL differs from its control's by more than this.
 EFFECT = 0.1
 
@@ -168,25 +170,70 @@ def verdict(table: pd.DataFrame, shared: pd.DataFrame | None = None) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+def main_heads(edges: pd.DataFrame, split: str, share: float = HEAD_SHARE) -> set[str]:
+    """The heads carrying ``share`` of a circuit's edge weight: each head's weight is the sum of
+    ``|score|`` over the circuit's edges that start or end at it; heads are taken by weight, largest
+    first, until their weights add up to ``share`` of all heads' weight. (A discovered circuit
+    at the faithfulness target often touches every head; this is its core.)"""
+    e = edges[(edges["split"] == split) & edges["in_circuit"].astype(bool)]
+    weight: dict[str, float] = {}
+    for edge, score in zip(e["edge"], e["score"], strict=True):
+        for a, b in HEAD.findall(edge):
+            weight[f"L{a}H{b}"] = weight.get(f"L{a}H{b}", 0.0) + abs(float(score))
+    total, out, acc = sum(weight.values()), set(), 0.0
+    for head, w in sorted(weight.items(), key=lambda kv: (-kv[1], kv[0])):
+        if total == 0 or acc >= share * total:
+            break
+        out.add(head)
+        acc += w
+    return out
+
+
+def readout_scores(edges: pd.DataFrame) -> pd.DataFrame:
+    """Per step and split: the edge score of the query's direct path into the readout
+    (``emb.x->readout``) and the summed scores of the heads' edges into the readout."""
+    rows = []
+    for (step, split), g in edges.groupby(["step", "split"]):
+        into = g[g["edge"].str.endswith("->readout")]
+        direct = into[into["edge"] == "emb.x->readout"]["score"]
+        heads = into[into["edge"].str.match(r"L\d+H\d+->readout")]["score"]
+        rows.append(
+            {
+                "step": int(step),
+                "split": split,
+                "direct_path": float(direct.iloc[0]) if len(direct) else float("nan"),
+                "heads_to_readout": float(heads.sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def peak_forks(base: Path) -> tuple[int, set[str], dict[str, RunConfig]]:
+    """``(peak, the ICL circuit's main heads at the peak, the forks' configs)`` of a run."""
+    from probes.circuits_over_training import discover_run
+
+    cfg = load_config(base)
+    peak = peak_step(base)
+    _, edges = discover_run(base, steps=[peak])
+    icl_heads = main_heads(edges, cfg.data.source_class().icl_split)
+    return peak, icl_heads, causal_configs(cfg, peak, icl_heads, seed=cfg.seed)
+
+
 def run_causal(base: Path, out: Path, horizon: int | None = None, progress: bool = False) -> list[dict]:
     """Discover the ICL circuit at ``base``'s peak, fork the four tests from there and train
     each to ``horizon`` (default: the run's end); resumable. One row per test and ``plain``."""
     from icl_circuits.training import train
     from icl_circuits.training.interventions import fork_run
-    from probes.circuits_over_training import discover_run
 
-    cfg = load_config(base)
-    peak = peak_step(base)
-    circuits, _ = discover_run(base, steps=[peak])
-    icl = circuit_heads(circuits)
-    icl_heads = set(" ".join(icl[(icl["role"] == "ICL") & icl["present"]]["heads"]).split())
-    end = horizon or cfg.train.steps
+    peak, icl_heads, forks = peak_forks(base)
+    end = horizon or load_config(base).train.steps
     rows = [{"test": "plain", "targets": "", **fork_summary(base, peak, end)}]
-    for name, fcfg in causal_configs(cfg, peak, icl_heads, seed=cfg.seed).items():
+    for name, fcfg in forks.items():
         folder = out / name
         if not folder.exists():
             fork_run(base, peak, fcfg, folder)
-        train(fcfg, folder, progress=progress, stop_after=horizon)
+        if list_checkpoints(folder)[-1] < end:
+            train(fcfg, folder, progress=progress, stop_after=horizon)
         targets = " ".join(t for iv in fcfg.train.interventions for t in iv.targets)
         rows.append({"test": name, "targets": targets, **fork_summary(folder, peak, end)})
     return [{"peak": peak, "icl_heads": " ".join(sorted(icl_heads)), **r} for r in rows]

@@ -11,8 +11,10 @@ p_bursty 0.9, 2 x 2 heads, 5,000 steps), seeds 0 and 1. For each run
   the run's schedule, the heads they share and where the heads the ICL circuit loses go;
 * four forks from the ICL peak with interventions during training (``block``: the query's
   direct path into the readout cut; ``freeze``: the ICL circuit's heads frozen; each with a
-  control of equal size), trained to :data:`HORIZON` (``threshold``: step 10,526, the 22nd
-  checkpoint; ``mixed-none``: the end).
+  control of equal size), trained to :data:`HORIZON` (``threshold``: step 6,316, 1,900-3,900
+  steps past the peaks; ``mixed-none``: step 3,571, 2,300 steps past its peak, where the plain
+  runs have lost 0.25 or more of their ICL). The ICL circuit's heads are its main heads
+  (:func:`~icl_circuits.papers.singh2023.competition.main_heads`: half its edge weight).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from icl_circuits.papers.singh2023.competition import (
     circuit_heads,
     head_scores_over_training,
     peak_step,
+    readout_scores,
     run_causal,
     shared_components,
     verdict,
@@ -44,7 +47,7 @@ from probes.figures import save
 
 CONDITIONS = ("threshold", "mixed-none")
 #: Fork horizon per condition at the cpu scale (None: the run's end).
-HORIZON = {"threshold": 10_526, "mixed-none": None}
+HORIZON = {"threshold": 6316, "mixed-none": 3571}
 #: How many checkpoints (spread over the schedule, the peak and the last always in) get circuits.
 CIRCUIT_STEPS = 10
 
@@ -126,7 +129,7 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
     specs = condition_specs(s)
     grids = {c: (specs[c].base, specs[c].overrides, specs[c].grid) for c in CONDITIONS}
     run_grids(out, grids, workers=workers, progress=progress)
-    curves, scores, heads, shared, causal = [], [], [], [], []
+    curves, scores, heads, shared, causal, readout = [], [], [], [], [], []
     for cond in CONDITIONS:
         for point in build_points(specs[cond]):
             base = _run_folder(out, cond, point.name)
@@ -136,9 +139,10 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
             steps = circuit_steps(list_checkpoints(base), peak, pick(scale, 3, CIRCUIT_STEPS, CIRCUIT_STEPS))
             curves.append(accuracy_curves(base).assign(**tag))
             scores.append(head_scores_over_training(base, steps, n=pick(scale, 32, 256, 512)).assign(**tag))
-            found, _ = discover_run(base, steps=steps)
+            found, edges = discover_run(base, steps=steps)
             h = circuit_heads(found)
             heads.append(h.assign(**tag))
+            readout.append(readout_scores(edges).assign(**tag))
             shared.append(shared_components(h, peak).assign(**tag))
             horizon = HORIZON[cond] if scale != "smoke" else None
             for row in run_causal(base, out / "causal" / cond / point.name, horizon, progress):
@@ -159,6 +163,7 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
             "head_scores": score_t,
             "circuits": pd.concat(heads, ignore_index=True),
             "shared": shared_t,
+            "readout": pd.concat(readout, ignore_index=True),
             "causal": causal_t,
             "verdict": verdict_t,
         },
