@@ -74,7 +74,7 @@ def test_smoke_scale_writes_everything(tmp_path):
     out = tmp_path / "comp"
     rep = reproduce("singh2023-competition", out, scale="smoke", workers=1, progress=False)
     summary = json.loads((out / SUMMARY).read_text())
-    assert summary["name"] == "singh2023-competition" and len(summary["claims"]) == len(rep.claims) == 6
+    assert summary["name"] == "singh2023-competition" and len(summary["claims"]) == len(rep.claims) == 8
     causal = pd.read_csv(out / "causal.csv")
     assert {"plain", "block"} <= set(causal["test"])
     assert (out / CLAIMS).exists() and all(f.exists() for f in rep.figures)

@@ -72,6 +72,31 @@ def head_scores_over_training(run: Path, steps: list[int] | None = None, n: int 
     return pd.concat(rows, ignore_index=True)[["step", "layer", "head_index", "metric", "value"]]
 
 
+def accuracy_with_path_cut(run: Path, steps: list[int] | None = None) -> pd.DataFrame:
+    """``step, ICL, IWL, ICL_cut, IWL_cut``: accuracy of each checkpoint as trained and with the
+    query's direct path into the readout cut at evaluation only (the weights unchanged)."""
+    from icl_circuits.metrics import eval_sets, evaluate
+    from icl_circuits.runs.read import load_native
+    from icl_circuits.training.interventions import Interventions
+
+    cfg = load_config(run)
+    source = build_source(cfg.data, cfg.seed, "cpu")
+    evals = eval_sets(source, cfg.train.eval_size)
+    cut = [InterventionConfig(kind="path", targets=("embed",))]
+    rows = []
+    for step in steps or list_checkpoints(run):
+        model = load_native(run, step)
+        row: dict = {"step": step}
+        for suffix, got in (
+            ("", evaluate(model, evals, source.n_labels)),
+            ("_cut", Interventions(model, cut).evaluate(evals, source.n_labels, 0)),
+        ):
+            acc = {r["split"]: r["value"] for r in got if r["metric"] == "acc"}
+            row[f"ICL{suffix}"], row[f"IWL{suffix}"] = acc[source.icl_split], acc[source.iwl_split]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def heads_of(edges: str) -> frozenset[str]:
     """The heads ``L{l}H{h}`` an edge list (space-separated ``sender->receiver``) runs through."""
     return frozenset(f"L{a}H{b}" for a, b in HEAD.findall(edges or ""))

@@ -30,6 +30,7 @@ import pandas as pd
 from icl_circuits.papers.singh2023.competition import (
     EFFECT,
     accuracy_curves,
+    accuracy_with_path_cut,
     circuit_heads,
     head_scores_over_training,
     peak_step,
@@ -124,12 +125,33 @@ def claims(verdicts: pd.DataFrame, shared: pd.DataFrame) -> list[Claim]:
     return out
 
 
+def cut_claims(cut: pd.DataFrame) -> list[Claim]:
+    """At each run's last checkpoint: ICL as trained and with the direct path cut at evaluation."""
+    out = []
+    for cond, g in cut.groupby("condition"):
+        last = g[g["step"] == g.groupby("seed")["step"].transform("max")]
+        text = "; ".join(
+            f"s{int(r.seed)} step {int(r.step)}: ICL {r.ICL:.2f} as trained, {r.ICL_cut:.2f} with the cut"
+            for r in last.itertuples()
+        )
+        out.append(
+            Claim(
+                f"{cond}: cutting the query's direct path at evaluation only brings ICL back above its faded value "
+                f"(by > {EFFECT}) at the last checkpoint: the ICL circuit is outvoted, not gone",
+                "independent paths (Nguyen & Reddy) vs competition (Singh 2023)",
+                text,
+                bool(len(last)) and bool((last["ICL_cut"] - last["ICL"] > EFFECT).all()),
+            )
+        )
+    return out
+
+
 def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
     s = settings(scale)
     specs = condition_specs(s)
     grids = {c: (specs[c].base, specs[c].overrides, specs[c].grid) for c in CONDITIONS}
     run_grids(out, grids, workers=workers, progress=progress)
-    curves, scores, heads, shared, causal, readout = [], [], [], [], [], []
+    curves, scores, heads, shared, causal, readout, cut = [], [], [], [], [], [], []
     for cond in CONDITIONS:
         for point in build_points(specs[cond]):
             base = _run_folder(out, cond, point.name)
@@ -143,6 +165,7 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
             h = circuit_heads(found)
             heads.append(h.assign(**tag))
             readout.append(readout_scores(edges).assign(**tag))
+            cut.append(accuracy_with_path_cut(base, steps).assign(**tag))
             shared.append(shared_components(h, peak).assign(**tag))
             horizon = HORIZON[cond] if scale != "smoke" else None
             for row in run_causal(base, out / "causal" / cond / point.name, horizon, progress):
@@ -152,18 +175,20 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
     shared_t = pd.concat(shared, ignore_index=True)
     causal_t = pd.DataFrame(causal)
     verdict_t = verdict(causal_t)
+    cut_t = pd.concat(cut, ignore_index=True)
     figures = [plot(curve_t, score_t, out / "competition.png")]
     return Reproduction(
         name="singh2023-competition",
         scale=scale,
         settings={"conditions": {c: list(specs[c].overrides) for c in CONDITIONS}, "horizon": HORIZON},
-        claims=claims(verdict_t, shared_t),
+        claims=[*claims(verdict_t, shared_t), *cut_claims(cut_t)],
         tables={
             "curves": curve_t,
             "head_scores": score_t,
             "circuits": pd.concat(heads, ignore_index=True),
             "shared": shared_t,
             "readout": pd.concat(readout, ignore_index=True),
+            "path_cut": cut_t,
             "causal": causal_t,
             "verdict": verdict_t,
         },
