@@ -95,3 +95,16 @@ def test_main_heads_carry_the_asked_share_of_the_edge_weight():
     assert comp.main_heads(edges, "IC", share=0.9) == {"L1H1", "L0H0"}
     r = comp.readout_scores(edges).iloc[0]
     assert r["direct_path"] == -3.0 and r["heads_to_readout"] == 13.0
+
+
+@pytest.mark.slow
+def test_cpu_scale_claims_that_hold(tmp_path):
+    """The claims docs/reproductions/singh2023_competition.md reports as holding."""
+    rep = reproduce("singh2023-competition", tmp_path, scale="cpu", workers=2, progress=False)
+    holding = (
+        "mixed-none: cutting the query's direct path into the readout from the ICL peak keeps more ICL",
+        "mixed-none: cutting the query's direct path at evaluation only brings ICL back",
+    )
+    for start in holding:
+        (claim,) = [c for c in rep.claims if c.claim.startswith(start)]
+        assert claim.holds, claim
