@@ -91,7 +91,7 @@ def test_the_vectorised_seeds_refuse_interventions_in_one_line(tmp_path):
 
 # ----------------------------------------------------------------------------- no interventions
 def _unmodified_step(self, lr, inputs, step):
-    """``SingleModel.step`` as it is without interventions (its body before they existed)."""
+    """``SingleModel.step`` without the intervention hooks."""
     tc, (tokens, target) = self.tc, inputs
     for group in self.optimizer.param_groups:
         group["lr"] = lr
