@@ -10,6 +10,7 @@ from typing import Any, Literal
 from icl_circuits.configbase import FrozenConfig, require
 from icl_circuits.data import DataConfig, data_config_from_dict, family_config
 from icl_circuits.errors import ConfigError
+from icl_circuits.intervention_config import InterventionConfig
 from icl_circuits.limits import check_sizes
 from icl_circuits.models.config import ModelConfig
 
@@ -67,6 +68,10 @@ class TrainConfig(FrozenConfig):
             unembedding (``icl_circuits.training.optim.lr_group`` says which parameter is
             which; others keep scale 1): each module trains at ``lr`` times its scale, under
             every schedule. Default: all 1.
+        interventions: interventions during training, each over a step range (head ablations,
+            clamped attention patterns, paths into the readout, frozen weights;
+            :class:`~icl_circuits.intervention_config.InterventionConfig`,
+            :mod:`icl_circuits.training.interventions`); empty (default): none.
     """
 
     steps: int = 4000
@@ -91,6 +96,7 @@ class TrainConfig(FrozenConfig):
     stop_above: float = 0.0
     stop_metric: Literal["ICL", "IWL"] = "ICL"
     lr_scale: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    interventions: tuple[InterventionConfig, ...] = ()
 
     def validate(self) -> None:
         require(self.steps >= 1, "train.steps", "at least 1", self.steps)

@@ -138,7 +138,7 @@ class FrozenConfig:
             if isinstance(value, FrozenConfig):
                 value = value.to_dict()
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [v.to_dict() if isinstance(v, FrozenConfig) else v for v in value]
             out[f.name] = value
         return out
 

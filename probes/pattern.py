@@ -17,7 +17,10 @@ from torch import Tensor
 
 from icl_circuits.data.batch import Batch
 from icl_circuits.models.build import require_interleaved
+from icl_circuits.training.interventions import induction_query_row, previous_token_pattern
 from probes.ablation import Head, HookFn, ablate_heads, as_tokens, check_heads
+
+__all__ = ["clamp_pattern", "induction_query_row", "pattern_name", "preserve_patterns", "previous_token_pattern"]
 
 
 def pattern_name(layer: int) -> str:
@@ -83,30 +86,6 @@ def preserve_patterns(
 
     with ablate_heads(model, heads, method, reference, seed), model.hooks(fwd_hooks=[(n, make(n)) for n in names]):
         yield model
-
-
-def previous_token_pattern(n_pos: int, device: torch.device | str = "cpu") -> Tensor:
-    """``[query_pos, key_pos]``: position ``i`` attends to ``i - 1``, position 0 to itself."""
-    out = torch.zeros(n_pos, n_pos, device=device)
-    out[0, 0] = 1.0
-    idx = torch.arange(1, n_pos, device=device)
-    out[idx, idx - 1] = 1.0
-    return out
-
-
-def induction_query_row(batch: Batch) -> tuple[Tensor, Tensor]:
-    """The perfect induction row of the query and which sequences have one.
-
-    Returns:
-        ``(row [batch, key_pos], has_match [batch])``: uniform over the label tokens that
-        follow context exemplars of the query's class (packed layout: over the items of the
-        query's class); all zero where none does.
-    """
-    match = batch.query_in_context().float()  # [batch, n_pairs]
-    row = torch.zeros(len(batch), batch.seq_len, device=batch.device)
-    row[:, batch.item_pos()[:-1] + (0 if batch.packed else 1)] = match
-    count = match.sum(1)
-    return row / count.clamp(min=1)[:, None], count > 0
 
 
 @contextlib.contextmanager

@@ -136,7 +136,7 @@ def test_ensemble_logits_before_and_after_start():
     torch.testing.assert_close(before, torch.stack([query_logits(m, tokens[s]) for s, m in enumerate(models)]))
     ens.start()
     inputs = ens.prepare([m.source.train_batch(0, cfg.train.batch_size) for m in members])
-    ens.step(1e-2, inputs)
+    ens.step(1e-2, inputs, 0)
     after = ens.logits(tokens)  # the stacked weights, ahead of the members' models
     assert not torch.allclose(after, before)
     ens.states()  # the models catch up

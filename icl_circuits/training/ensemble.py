@@ -35,7 +35,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from icl_circuits.config import RunConfig
 from icl_circuits.data.batch import Batch
-from icl_circuits.errors import RunFolderError
+from icl_circuits.errors import ConfigError, RunFolderError
 from icl_circuits.metrics import evaluate, evaluate_stacked
 from icl_circuits.models.build import query_logits
 from icl_circuits.models.stacked import seeds_per_chunk, stacked_query_logits, supports_stacked
@@ -90,6 +90,11 @@ class VmapEnsemble:
     def __init__(self, members: Sequence[Member]) -> None:
         self.models = [m.model for m in members]
         self.tc = tc = members[0].cfg.train
+        if tc.interventions:
+            raise ConfigError(
+                "train.interventions: the vectorised seeds do not apply interventions during training; "
+                "train each seed alone (train, or --vectorise no)"
+            )
         first = self.models[0]
         # The single-model optimiser gives the class, hyper-parameters and the decay groups
         # (decided on per-seed shapes: "matrices" tests ndim, which stacking would change).
@@ -168,7 +173,7 @@ class VmapEnsemble:
     def prepare(self, batches: list[Batch]) -> tuple[Tensor, Tensor]:
         return torch.stack([b.tokens() for b in batches]), torch.stack([b.target for b in batches])
 
-    def step(self, lr: float, inputs: tuple[Tensor, Tensor]) -> Tensor:
+    def step(self, lr: float, inputs: tuple[Tensor, Tensor], step: int) -> Tensor:
         tc, (tokens, target) = self.tc, inputs
         set_lr(self.optimizer, lr)
         losses = self.losses_of(*self.loss_args, tokens, target)

@@ -59,11 +59,12 @@ def vectorise_pays(cfg: RunConfig, n_seeds: int) -> bool:
     """Whether ``n_seeds`` replicates of ``cfg`` train faster vectorised than one after another
     (the measured rule above): enough seeds, and either the stacked forward covers the model
     or its step is small enough for vmap. Early-stopping runs (``train.stop_above``) train
-    separately: an ensemble keeps computing a member that has stopped."""
+    separately: an ensemble keeps computing a member that has stopped; so do runs with
+    ``train.interventions`` (the ensemble does not apply them)."""
     from icl_circuits.models.build import build_native
     from icl_circuits.models.stacked import supports_stacked
 
-    if n_seeds < VECTORISE_MIN_SEEDS or cfg.train.stop_above > 0:
+    if n_seeds < VECTORISE_MIN_SEEDS or cfg.train.stop_above > 0 or cfg.train.interventions:
         return False
     if supports_stacked(build_native(cfg.model, seed=0, **cfg.data.model_shape())):
         return True

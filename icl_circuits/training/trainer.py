@@ -52,6 +52,7 @@ from icl_circuits.metrics import eval_sets, evaluate
 from icl_circuits.models.build import build_native, query_logits
 from icl_circuits.runs.read import model_shape
 from icl_circuits.runs.store import load_checkpoint, run_end, run_lock, unflatten_optimizer
+from icl_circuits.training.interventions import Interventions
 from icl_circuits.training.optim import build_optimizer, l2_penalty, set_lr, split_params
 from icl_circuits.training.prefetch import Prefetch
 from icl_circuits.training.runfolder import (
@@ -105,8 +106,8 @@ class Backend(Protocol):
         laid out, stacked, ... Called in a background thread: no model or optimiser state."""
         ...
 
-    def step(self, lr: float, inputs: Any) -> Tensor:
-        """One optimiser step at learning rate ``lr`` on ``inputs`` (from :meth:`prepare`).
+    def step(self, lr: float, inputs: Any, step: int) -> Tensor:
+        """Optimiser step ``step`` at learning rate ``lr`` on ``inputs`` (from :meth:`prepare`).
 
         Returns:
             Each member's training loss of this step (detached), shape ``[n_members]``.
@@ -134,6 +135,9 @@ class SingleModel:
         self.optimizer = build_optimizer(self.model, self.tc)
         self.decayed, _ = split_params(self.model, self.tc.decay_on)
         self.step_model: torch.nn.Module = self.model
+        # train.interventions: None (no hook anywhere) when there are none.
+        self.interventions = Interventions(self.model, self.tc.interventions) if self.tc.interventions else None
+        self.last_step = 0
 
     def fresh_optim_state(self) -> dict:
         return self.optimizer.state_dict()
@@ -145,26 +149,33 @@ class SingleModel:
         self.step_model = torch.compile(self.model) if self.tc.compile else self.model
         self.model.train()
 
-    def prepare(self, batches: list[Batch]) -> tuple[Tensor, Tensor]:
+    def prepare(self, batches: list[Batch]) -> tuple:
         (batch,) = batches
-        return batch.tokens(), batch.target
+        return (batch.tokens(), batch.target) if self.interventions is None else (batch.tokens(), batch.target, batch)
 
-    def step(self, lr: float, inputs: tuple[Tensor, Tensor]) -> Tensor:
-        tc, (tokens, target) = self.tc, inputs
+    def step(self, lr: float, inputs: tuple, step: int) -> Tensor:
+        tc, (tokens, target), iv = self.tc, inputs[:2], self.interventions
         set_lr(self.optimizer, lr)
-        loss = F.cross_entropy(query_logits(self.step_model, tokens), target)
+        logits = (
+            query_logits(self.step_model, tokens) if iv is None else iv.logits(self.step_model, tokens, inputs[2], step)
+        )
+        loss = F.cross_entropy(logits, target)
         total = loss + tc.l2 * l2_penalty(self.decayed) if tc.l2 > 0 and self.decayed else loss
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.optimizer.step()
+        with contextlib.nullcontext() if iv is None else iv.frozen(step):
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.optimizer.step()
+        self.last_step = step
         return loss.detach().reshape(1)
 
     def states(self) -> list[dict]:
         return [self.optimizer.state_dict()]
 
     def evaluate(self, evals: list[dict[str, Batch]], n_labels: int) -> list[list[dict]]:
+        if self.interventions is not None:  # as the model was trained at its last step
+            return [self.interventions.evaluate(evals[0], n_labels, self.last_step)]
         return [evaluate(self.model, evals[0], n_labels)]
 
 
@@ -327,7 +338,7 @@ def _train_members(cfgs, runs, make_backend, progress, stop_after, prefetch) -> 
         data = stack.enter_context(Prefetch(make_inputs, start, tc.steps, prefetch))
         for step in range(start, tc.steps):
             lr = lr_at(tc, step)
-            losses = backend.step(lr, data.get(step))
+            losses = backend.step(lr, data.get(step), step)
             loss_sum += losses
             n_since += 1
             done = step + 1

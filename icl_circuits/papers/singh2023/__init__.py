@@ -1,6 +1,15 @@
-"""Singh et al. 2023: transient ICL, and L2 keeping it (and the Omniglot setting of Chan et al. 2022)."""
+"""Singh et al. 2023: transient ICL, what does and does not keep it, and whether it is a competition between circuits."""
 
 from icl_circuits.papers.singh2023.presets import omniglot_bursty
 
 PRESETS = {"omniglot-bursty": omniglot_bursty}
-REPRODUCTIONS = {"singh2023": ("reproduce", "Singh et al. 2023: transient ICL, and L2 keeping it")}
+REPRODUCTIONS = {
+    "singh2023": (
+        "reproduce",
+        "Singh et al. 2023: transient ICL on both-strategies data and Chan's mix, and whether L2 keeps it",
+    ),
+    "singh2023-competition": (
+        "reproduce_competition",
+        "Singh et al. 2023: is transience a competition between circuits? circuits and interventions during training",
+    ),
+}

@@ -1,0 +1,110 @@
+"""The singh2023-competition reproduction: circuits and interventions during training on the transient runs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from icl_circuits.papers.singh2023 import competition as comp
+from icl_circuits.papers.singh2023.reproduce_competition import circuit_steps
+from icl_circuits.reproduce import reproduce
+from icl_circuits.reproduce.common import CLAIMS, SUMMARY
+from tests.conftest import tiny_config
+
+
+def test_heads_of_an_edge_list():
+    assert comp.heads_of("embed->L0H1.k L0H1->L1H0.v L1H0->readout") == {"L0H1", "L1H0"}
+    assert comp.heads_of("") == frozenset()
+
+
+def test_shared_components_follow_the_heads_icl_loses():
+    heads = pd.DataFrame(
+        [
+            {"step": 10, "role": "ICL", "present": True, "heads": "L0H0 L1H0"},
+            {"step": 10, "role": "IWL", "present": True, "heads": "L1H1"},
+            {"step": 20, "role": "ICL", "present": True, "heads": "L0H0"},
+            {"step": 20, "role": "IWL", "present": True, "heads": "L1H0 L1H1"},
+            {"step": 30, "role": "ICL", "present": False, "heads": "L0H0"},
+            {"step": 30, "role": "IWL", "present": True, "heads": "L0H1"},
+        ]
+    )
+    s = comp.shared_components(heads, peak=10).set_index("step")
+    assert s.loc[10, "n_shared"] == 0 and s.loc[10, "icl_lost_since_peak"] == ""
+    assert s.loc[20, "shared"] == "" and s.loc[20, "icl_lost_since_peak"] == "L1H0"
+    assert s.loc[20, "lost_taken_by_iwl"] == 1
+    assert s.loc[30, "icl_heads"] == "" and s.loc[30, "icl_lost_since_peak"] == "L0H0 L1H0"
+    assert s.loc[30, "lost_taken_by_iwl"] == 0 and s.loc[30, "iwl_outside_peak_icl"] == 1
+
+
+def test_causal_controls_are_of_equal_size_and_outside_the_icl_circuit():
+    cfg = tiny_config().replace(seed=4)
+    forks = comp.causal_configs(cfg, 100, {"L0H1", "L1H0"}, seed=4)
+    assert sorted(forks) == ["block", "block-control", "freeze", "freeze-control"]
+    (frz,) = forks["freeze"].train.interventions
+    (ctl,) = forks["freeze-control"].train.interventions
+    assert frz.targets == ("L0H1", "L1H0") and len(ctl.targets) == 2
+    assert not set(ctl.targets) & set(frz.targets)
+    (blk,) = forks["block-control"].train.interventions
+    assert blk.kind == "path" and len(blk.targets) == 1 and blk.targets[0] in {"L0H0", "L1H1"}
+    assert all(iv.start == 100 for f in forks.values() for iv in f.train.interventions)
+    # Every head in the ICL circuit: nothing to draw a control from.
+    every = {"L0H0", "L0H1", "L1H0", "L1H1"}
+    assert sorted(comp.causal_configs(cfg, 100, every)) == ["block", "freeze"]
+
+
+def test_verdict_is_the_difference_from_the_control():
+    rows = [
+        {"condition": "c", "seed": 0, "test": t, "ICL_end": v}
+        for t, v in [("plain", 0.3), ("block", 0.9), ("block-control", 0.35), ("freeze", 0.4), ("freeze-control", 0.3)]
+    ]
+    v = comp.verdict(pd.DataFrame(rows)).iloc[0]
+    assert v["block_effect"] == pytest.approx(0.55) and v["freeze_effect"] == pytest.approx(0.1)
+    assert v["plain"] == 0.3
+
+
+def test_circuit_steps_spread_and_keep_peak_and_last():
+    steps = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+    got = circuit_steps(steps, peak=20, n=4)
+    assert got[-1] == 1000 and 20 in got and 0 not in got and len(got) <= 5
+
+
+def test_smoke_scale_writes_everything(tmp_path):
+    out = tmp_path / "comp"
+    rep = reproduce("singh2023-competition", out, scale="smoke", workers=1, progress=False)
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["name"] == "singh2023-competition" and len(summary["claims"]) == len(rep.claims) == 8
+    causal = pd.read_csv(out / "causal.csv")
+    assert {"plain", "block"} <= set(causal["test"])
+    assert (out / CLAIMS).exists() and all(f.exists() for f in rep.figures)
+
+
+def test_main_heads_carry_the_asked_share_of_the_edge_weight():
+    edges = pd.DataFrame(
+        {
+            "step": 5,
+            "split": "IC",
+            "in_circuit": [True, True, True, True, False],
+            "edge": ["emb.x->L0H0.q", "L0H0->L1H1.k", "L1H1->readout", "emb.x->readout", "L0H1->readout"],
+            "score": [1.0, -2.0, 4.0, -3.0, 9.0],
+        }
+    )
+    # weights: L0H0 3, L1H1 6 (L0H1's edge is outside the circuit)
+    assert comp.main_heads(edges, "IC", share=0.5) == {"L1H1"}
+    assert comp.main_heads(edges, "IC", share=0.9) == {"L1H1", "L0H0"}
+    r = comp.readout_scores(edges).iloc[0]
+    assert r["direct_path"] == -3.0 and r["heads_to_readout"] == 13.0
+
+
+@pytest.mark.slow
+def test_cpu_scale_claims_that_hold(tmp_path):
+    """The claims docs/reproductions/singh2023_competition.md reports as holding."""
+    rep = reproduce("singh2023-competition", tmp_path, scale="cpu", workers=2, progress=False)
+    holding = (
+        "mixed-none: cutting the query's direct path into the readout from the ICL peak keeps more ICL",
+        "mixed-none: cutting the query's direct path at evaluation only brings ICL back",
+    )
+    for start in holding:
+        (claim,) = [c for c in rep.claims if c.claim.startswith(start)]
+        assert claim.holds, claim
