@@ -218,9 +218,18 @@ def setup_table(name: str) -> str:
 
 # --------------------------------------------------------------------------- run times
 def run_times() -> dict[str, dict[str, str]]:
-    """``run_times.csv`` as reproduction -> its row (seconds, conditions, how)."""
+    """``run_times.csv`` as reproduction -> its row (seconds, conditions, how).
+
+    An empty ``seconds`` marks a reproduction not yet run end to end at cpu scale: it has no run
+    time and no claims table, and its pages say so instead of quoting either.
+    """
     with RUN_TIMES.open(newline="") as f:
         return {row["reproduction"]: row for row in csv.DictReader(f)}
+
+
+def unrun() -> set[str]:
+    """The reproductions not yet run end to end at cpu scale (empty ``seconds``)."""
+    return {name for name, row in run_times().items() if not row["seconds"].strip()}
 
 
 def _duration(seconds: float) -> str:
@@ -230,6 +239,8 @@ def _duration(seconds: float) -> str:
 
 def runtime_line(name: str) -> str:
     row = run_times()[name]
+    if name in unrun():
+        return f"cpu run time: **not measured**, not yet run end to end ({row['conditions']}; {row['how']}).\n"
     s = float(row["seconds"])
     fits = "fits" if s <= BUDGET_S else "does **not** fit"
     return (
@@ -241,6 +252,9 @@ def runtime_line(name: str) -> str:
 def runtime_table() -> str:
     lines = ["| reproduction | cpu run time | conditions | fits 30 min on 2 cores |", "| --- | --- | --- | --- |"]
     for name, row in run_times().items():
+        if name in unrun():
+            lines.append(f"| `{name}` | not measured | {row['conditions']} | unknown |")
+            continue
         s = float(row["seconds"])
         lines.append(f"| `{name}` | {_duration(s)} | {row['conditions']} | {'yes' if s <= BUDGET_S else '**no**'} |")
     return "\n".join(lines) + "\n"
@@ -254,6 +268,9 @@ def verdict_table() -> str:
         for row in csv.DictReader(f):
             runs = []
             for name in row["reproductions"].split():
+                if name in unrun():
+                    runs.append(f"`{name}` not run end to end")
+                    continue
                 s = float(times[name]["seconds"])
                 runs.append(f"`{name}` {_duration(s)}" + ("" if s <= BUDGET_S else " (over 30 min)"))
             cells = [f"[{row['paper']}]({row['page']})", row["reproduces"], row["does_not"], "; ".join(runs)]
@@ -264,6 +281,8 @@ def verdict_table() -> str:
 # --------------------------------------------------------------------------- pages
 def claims_table(name: str) -> str:
     path = CLAIMS / f"{name}.md"
+    if not path.exists() and name in unrun():
+        return "No claims table: the reproduction has not been run end to end at cpu scale.\n"
     if not path.exists():
         raise ConfigError(f"{path.relative_to(ROOT)}: missing; copy the cpu run's claims.md there (--claims)")
     return path.read_text()
