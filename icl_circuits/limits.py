@@ -76,6 +76,7 @@ FLAG_LIMITS: dict[str, tuple[str, float, float]] = {
     "n": ("--n", 1, 4096),
     "ig_steps": ("--ig-steps", 1, 256),
     "llm_heads": ("--llm-heads", 1, 64),
+    "checkpoints": ("--checkpoints", 1, 10_000),
 }
 
 

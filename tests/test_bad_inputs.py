@@ -233,6 +233,7 @@ FLAG_COMMANDS = {
     "--n": lambda run, out: ["circuits", run, "--out", out],
     "--ig-steps": lambda run, out: ["circuits", run, "--out", out],
     "--llm-heads": lambda run, out: ["analyze", run, "--no-progress", "--out", out],
+    "--checkpoints": lambda run, out: ["refine", run, "--between", "0", "10", "--no-progress"],
 }
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -246,7 +247,9 @@ def test_every_number_option_is_bounded():
         for a in sub._actions
         if a.type in (int, float) and a.option_strings
     }
-    assert numbers <= flags | {"--target", "--min-effect"}, "a number option without a bound"
+    # --target / --min-effect are checked by the circuit search; refine's --between steps must be
+    # steps of the run itself, refused in one line otherwise (tests/test_refine.py).
+    assert numbers <= flags | {"--target", "--min-effect", "--between"}, "a number option without a bound"
 
 
 def main_parser_subcommands():

@@ -81,14 +81,12 @@ def test_every_preset_trains_and_analyses(tmp_path, name):
         assert "scores skipped for this layout: prefix_matching (needs a pair repeated" in summary
 
 
-def test_threads_section_survives_a_benchmark_rewrite(tmp_path):
-    from benchmarks.threads import BEGIN, END, keep_section, write_section
+def test_threads_section_survives_a_benchmark_rewrite():
+    from benchmarks.run import keep_section, splice
+    from benchmarks.threads import BEGIN, END
 
-    results = tmp_path / "RESULTS.md"
-    results.write_text("# Benchmark results\n\nold body\n")
-    write_section(f"{BEGIN}\n| 1 | 1.0 s |\n{END}", results)
-    write_section(f"{BEGIN}\n| 1 | 2.0 s |\n{END}", results)  # replaced, not appended twice
-    text = results.read_text()
-    assert text.count(BEGIN) == 1 and "2.0 s" in text and "old body" in text
-    rewritten = keep_section("# Benchmark results\n\nnew body\n", results)
+    once = splice("# Benchmark results\n\nold body\n", BEGIN, END, f"{BEGIN}\n| 1 | 1.0 s |\n{END}")
+    twice = splice(once, BEGIN, END, f"{BEGIN}\n| 1 | 2.0 s |\n{END}")  # replaced, not appended twice
+    assert twice.count(BEGIN) == 1 and "2.0 s" in twice and "old body" in twice
+    rewritten = keep_section("# Benchmark results\n\nnew body\n", twice, BEGIN, END)
     assert "new body" in rewritten and "2.0 s" in rewritten and "old body" not in rewritten

@@ -102,7 +102,7 @@ def refine(run: Path | str, start: int, end: int, n: int, progress: bool = True)
         loss_sum, n_since, pending = 0.0, 0, list(todo)
         for step in tqdm(range(resume, max(todo)), disable=not progress, desc=f"refine {cfg.name}", unit="step"):
             batch = source.train_batch(step, tc.batch_size)
-            loss_sum += float(backend.step(lr_at(tc, step), backend.prepare([batch]))[0])
+            loss_sum += float(backend.step(lr_at(tc, step), backend.prepare([batch]), step)[0])
             n_since += 1
             done = step + 1
             if originals and done == originals[0]:
