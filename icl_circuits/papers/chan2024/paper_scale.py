@@ -67,11 +67,17 @@ def jobs_by_priority(points: list[Point], out: Path, order: tuple[int, ...] = OR
     return jobs
 
 
-def train_grid(out: Path, workers: int = 2, scale: str = "full", log=print) -> None:
-    """Train (or resume) the grid into ``out/sweeps/transformer``, one N per job, :data:`ORDER`."""
+def train_grid(
+    out: Path, workers: int = 2, scale: str = "full", order: tuple[int, ...] = ORDER, only: bool = False, log=print
+) -> None:
+    """Train (or resume) the grid into ``out/sweeps/transformer``, one N per job, in ``order``
+    (log2 N); with ``only``, just the N of ``order``. Another process may train other N of the
+    same folder at the same time (each run folder is locked while it trains)."""
     sweep = Path(out) / SWEEPS / NAME
     points = prepare_sweep(spec(scale), sweep)
-    jobs = jobs_by_priority(points, sweep)
+    jobs = jobs_by_priority(points, sweep, order)
+    if only:
+        jobs = jobs[: len({2**k for k in order} & {int(p.values["data.n_train"]) for p in points})]
     log(f"{time.strftime('%H:%M:%S')} {len(points)} runs in {len(jobs)} jobs on {workers} workers: {sweep}")
 
     def done(outcome) -> None:
@@ -130,13 +136,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="parallel jobs (one N each)")
     parser.add_argument("--scale", default="full", choices=["smoke", "cpu", "full"], help="for tests: a smaller grid")
     parser.add_argument("--summary", action="store_true", help="tabulate what has finished; train nothing")
+    parser.add_argument("--log2-n", type=int, nargs="+", help="train only these N (log2), in this order")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if not args.summary:
         import torch
 
         torch.set_num_threads(1)
-        train_grid(out, args.workers, args.scale)
+        if args.log2_n:
+            train_grid(out, args.workers, args.scale, tuple(args.log2_n), only=True)
+        else:
+            train_grid(out, args.workers, args.scale)
     table, progress = summary(out, args.scale)
     table.to_csv(out / SUMMARY_CSV, index=False)
     acc = table[table["metric"] == "acc"].pivot_table(index="split", columns="N", values="value", aggfunc="mean")

@@ -63,6 +63,8 @@ from icl_circuits.papers.chan2024.gating import GatingConfig, train_gating
 from icl_circuits.papers.chan2024.reference import reference_claims
 from icl_circuits.presets import get_preset
 from icl_circuits.reproduce.common import SWEEPS, Reproduction, final, pick, rescore, run_grids
+from icl_circuits.reproduce.plan import Plan, Task, linear_seconds
+from icl_circuits.sweeps.spec import SweepSpec
 
 NAME = "chan2024"
 PRESET = "chan2024-stylized"
@@ -187,7 +189,7 @@ def gating_tables(s: dict, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     base = apply_overrides(get_preset(PRESET), list(s["overrides"])).data
     cfg0 = GatingConfig.from_dict(s["gating"])
     finals, curves = [], []
-    points = [(n, p, seed) for n in s["n_train"] for p in s["p_relevant"] for seed in s["gating_seeds"]]
+    points = gating_points(s)
     for n, p, seed in tqdm(points, disable=not progress, desc="gating"):
         source = build_source(base.replace(n_train=n, p_relevant=p), seed, cfg0.device)
         cfg = cfg0.replace(steps=max(1, math.ceil(s["gating_passes"] * n / cfg0.batch_size)))
@@ -197,6 +199,28 @@ def gating_tables(s: dict, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
         curves.append(curve.assign(**keys))
     cols = ["N", "p_relevant", "seed", "split", "metric", "value"]
     return pd.concat(finals)[cols].reset_index(drop=True), pd.concat(curves)[["step", *cols]].reset_index(drop=True)
+
+
+def gating_points(s: dict) -> list[tuple[int, float, int]]:
+    """The gating model's training sets: (N, p_relevant, seed)."""
+    return [(n, p, seed) for n in s["n_train"] for p in s["p_relevant"] for seed in s["gating_seeds"]]
+
+
+def plan(scale: str) -> Plan:
+    """The dry run's plan: the three transformer grids in one pool of jobs, then the gating model."""
+    s = settings(scale)
+    stage = {n: SweepSpec(PRESET, tuple(s["overrides"]), a) for n, a in grids(s).items()}
+    cfg0 = GatingConfig.from_dict(s["gating"])
+    base = apply_overrides(get_preset(PRESET), list(s["overrides"])).data
+    points = gating_points(s)
+    steps = [max(1, math.ceil(s["gating_passes"] * n / cfg0.batch_size)) for n, _, _ in points]
+
+    def gate(k: int) -> None:
+        n, p, seed = points[-1]
+        train_gating(build_source(base.replace(n_train=n, p_relevant=p), seed, cfg0.device), cfg0.replace(steps=k))
+
+    name = f"gating model (Algorithm 1), {len(points)} training sets, {sum(steps):,} rounds in all"
+    return Plan(stages=(stage,), tasks=(Task(name, lambda: linear_seconds(gate, steps)),))
 
 
 # --------------------------------------------------------------------------- entry point
