@@ -118,3 +118,28 @@ def test_full_scale_config_trains_and_analyses(name, point, cfg, tmp_path):
     table = analyze_run(run, eval_size=16, progress=False)
     assert set(table["step"]) == {0, 1, 2}
     assert table["value"].notna().any()
+
+
+# ------------------------------------------------------------------ chan2024 at paper scale
+def test_paper_scale_trains_most_informative_n_first_and_summarises(tmp_path):
+    import pandas as pd
+
+    from icl_circuits.metrics import eval_sets, evaluate
+    from icl_circuits.papers.chan2024 import paper_scale
+    from icl_circuits.runs.read import load_native, load_source
+    from icl_circuits.sweeps.sweep import prepare_sweep
+
+    points = prepare_sweep(paper_scale.spec("smoke"), tmp_path / "plan")
+    jobs = paper_scale.jobs_by_priority(points, tmp_path / "plan")
+    assert [j.point.split(",")[0] for j in jobs] == ["data.n_train=256", "data.n_train=64"]  # 2^8 before 2^6
+
+    paper_scale.main(["--out", str(tmp_path / "o"), "--scale", "smoke", "--workers", "1"])
+    table = pd.read_csv(tmp_path / "o" / paper_scale.SUMMARY_CSV)
+    assert set(table["N"]) == {64, 256} and set(table["last_step"]) == {10}
+    # Re-evaluated on 40 sequences per split: equal to evaluating the chosen checkpoint directly.
+    rescored, _ = paper_scale.summary(tmp_path / "o", "smoke", n_eval=40)
+    row = rescored[(rescored["N"] == 64) & (rescored["split"] == "OOBD-low") & (rescored["metric"] == "acc")].iloc[0]
+    run = tmp_path / "o" / "sweeps" / "transformer" / "runs" / "data.n_train=64,data.p_relevant=0.9,seed=0"
+    source = load_source(run)
+    direct = evaluate(load_native(run, int(row["step"])), eval_sets(source, 40), source.n_labels)
+    assert row["value"] == next(r["value"] for r in direct if (r["split"], r["metric"]) == ("OOBD-low", "acc"))

@@ -15,7 +15,7 @@ Usage (in the background)::
         > chan2024-full.log 2>&1 &
     python -m icl_circuits.papers.chan2024.paper_scale --out reproductions/chan2024-full --summary
 
-``--summary`` writes ``OUT/paper_scale.csv`` (every finished run at its chosen checkpoint,
+``--summary`` writes ``OUT/paper_scale.csv`` (every run at its chosen checkpoint so far,
 re-evaluated on 3,000 sequences per split) and prints the seed means by N, plus each
 unfinished run's progress and the time the rest needs at the rate measured so far.
 """
@@ -43,6 +43,7 @@ NAME = "transformer"
 #: log2 N in training order: the cpu scale's peak (2^10) and its two sides, then the ends.
 ORDER = (10, 12, 8, 14, 16, 20, 18, 6)
 SUMMARY_CSV = "paper_scale.csv"
+COLUMNS = ["N", "seed", "last_step", "step", "split", "metric", "value"]
 
 
 def spec(scale: str = "full") -> SweepSpec:
@@ -89,12 +90,15 @@ def train_grid(
 
 
 def summary(out: Path, scale: str = "full", n_eval: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Finished runs at their chosen checkpoint (re-evaluated) and every run's progress.
+    """Every run at its chosen checkpoint (re-evaluated) and every run's progress.
+
+    An unfinished run is read at the checkpoint the rule chooses among those it has so far.
 
     Returns:
-        ``(table, progress)``: ``table`` has ``N, seed, step, split, metric, value`` for every
-        finished run; ``progress`` has ``N, seed, last_step, steps, seconds`` (the wall seconds
-        between its first and last checkpoint, from the checkpoints' metric rows' times).
+        ``(table, progress)``: ``table`` has ``N, seed, last_step, step, split, metric, value``
+        for every run past step 0 (``last_step``: its latest checkpoint); ``progress`` has
+        ``N, seed, last_step, steps, seconds`` (the wall seconds between its first and last
+        checkpoint, from the checkpoint folders' times).
     """
     s = settings(scale)
     sweep = Path(out) / SWEEPS / NAME
@@ -113,18 +117,15 @@ def summary(out: Path, scale: str = "full", n_eval: int | None = None) -> tuple[
         progress.append(
             {"N": n, "seed": seed, "last_step": last_step, "steps": p.config.train.steps, "seconds": seconds}
         )
-        if p.config.train.steps not in steps:
+        if last_step == 0:
             continue
         res = read_metrics(run).assign(kind="metrics", point=p.name)
+        res = res[res["step"] <= last_step]
         chosen = pd.concat([final(res, m, s["checkpoint"]) for m in ("acc", "loss")])
         if n_eval:
             chosen = rescore(chosen, sweep, n_eval)
-        rows.append(chosen.assign(N=n, seed=seed)[["N", "seed", "step", "split", "metric", "value"]])
-    table = (
-        pd.concat(rows, ignore_index=True)
-        if rows
-        else pd.DataFrame(columns=["N", "seed", "step", "split", "metric", "value"])
-    )
+        rows.append(chosen.assign(N=n, seed=seed, last_step=last_step)[COLUMNS])
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)
     return table, pd.DataFrame(progress)
 
 
@@ -149,8 +150,10 @@ def main(argv: list[str] | None = None) -> None:
             train_grid(out, args.workers, args.scale)
     table, progress = summary(out, args.scale)
     table.to_csv(out / SUMMARY_CSV, index=False)
-    acc = table[table["metric"] == "acc"].pivot_table(index="split", columns="N", values="value", aggfunc="mean")
-    print(acc.round(3).to_string() if len(acc) else "no finished runs")
+    acc = table[table["metric"] == "acc"].pivot_table(
+        index="split", columns=["N", "last_step"], values="value", aggfunc="mean"
+    )
+    print(acc.round(3).to_string() if len(acc) else "no run is past step 0")
     by_n = progress.groupby("N").agg(last_step=("last_step", "min"), steps=("steps", "max"), seconds=("seconds", "max"))
     rate = by_n["seconds"] / by_n["last_step"].clip(lower=1)  # wall seconds per step of an N's job
     by_n["rest_s"] = (rate * (by_n["steps"] - by_n["last_step"])).where(by_n["last_step"] > 0)
