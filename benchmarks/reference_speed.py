@@ -43,6 +43,8 @@ from icl_circuits.training import train
 from icl_circuits.training.replicates import train_group
 
 ROOT = Path(__file__).resolve().parents[1]
+#: This section's markers in benchmarks/RESULTS.md (``python -m benchmarks.run --section reference-speed``).
+BEGIN, END = "<!-- reference-speed:begin -->", "<!-- reference-speed:end -->"
 BATCH = 32
 N = 1024
 #: One thread for XLA, as torch gets one.
@@ -163,6 +165,22 @@ def rows(times: dict[str, list[float]], members: int, load: str) -> list[str]:
         f"| {theirs:.0f} ({rng['theirs']}) | **{vec / theirs:.2f}x** | ≥ 3x: {'met' if vec >= 3 * theirs else 'missed'} |",
         f"({len(times['ours'])} interleaved rounds, median (range); CPU time, one thread each; {load})",
     ]
+
+
+def section(python: str, simple_icl: Path, steps: tuple[int, int], rounds: int, members: int) -> str:
+    """This benchmark's section of ``benchmarks/RESULTS.md``, measured now."""
+    before = os.getloadavg()[0]
+    times = measure(python, simple_icl, steps, rounds, members)
+    load = f"load average {before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    head = [
+        BEGIN,
+        "## Training speed against the authors' code (chanb/simple_icl, jit-compiled JAX)",
+        "",
+        f"`python -m benchmarks.run --section reference-speed --simple-icl PATH`: {(__doc__ or '').split(chr(10))[2]} "
+        "same model and batch; CPU seconds, one thread each, rounds interleaved (module docstring).",
+        "",
+    ]
+    return "\n".join([*head, *rows(times, members, load), END]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
