@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import step_rates, threads
+from benchmarks import reference_speed, step_rates, threads
 from benchmarks.circuits import bench_circuits
 from benchmarks.common import DEV, FULL, OUT, QUICK, Goal, load, machine
 from benchmarks.llm import bench_llm
@@ -48,7 +48,11 @@ from benchmarks.scaling import bench_analysis, bench_ensemble
 from benchmarks.training import bench_overheads, bench_training
 
 #: The sections measured apart (``--section``), each kept between its markers when the others are.
-KEPT = {"threads": (threads.BEGIN, threads.END), "step-rates": (step_rates.BEGIN, step_rates.END)}
+KEPT = {
+    "threads": (threads.BEGIN, threads.END),
+    "step-rates": (step_rates.BEGIN, step_rates.END),
+    "reference-speed": (reference_speed.BEGIN, reference_speed.END),
+}
 
 
 def splice(old: str, begin: str, end: str, section: str) -> str:
@@ -93,11 +97,17 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--rounds", type=int, default=None, help="threads / step-rates: rounds (2 / 3)")
     parser.add_argument("--steps", type=int, default=300, help="threads: training steps per run")
     parser.add_argument("--repro-steps", type=int, default=0, help="step-rates: also time chan2024's cpu grid")
+    parser.add_argument("--simple-icl", type=Path, help="reference-speed: a checkout of chanb/simple_icl (iclr_2025)")
+    parser.add_argument("--ref-python", default="/tmp/refenv/bin/python", help="reference-speed: its venv's python")
     args = parser.parse_args(argv)
     old = args.out.read_text() if args.out.exists() else ""
     if args.section != "main":
         if args.section == "threads":
             section = threads.measure(args.steps, max(args.rounds or 2, 2))
+        elif args.section == "reference-speed":
+            if args.simple_icl is None:
+                parser.error("--section reference-speed: give --simple-icl PATH (scripts/reference_chan2024.py: setup)")
+            section = reference_speed.section(args.ref_python, args.simple_icl, (100, 500), args.rounds or 3, 17)
         else:
             section = step_rates.measure(args.rounds or 3, args.repro_steps, old)
         args.out.write_text(splice(old, *KEPT[args.section], section))

@@ -318,6 +318,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
         return
     scale = "full" if args.full else args.scale
     out = Path(args.out) if args.out else Path("reproductions") / f"{args.name}-{scale}"
+    if args.dry_run:
+        from icl_circuits.reproduce.plan import describe
+
+        print(describe(args.name, scale, out, args.workers))
+        return
     rep = reproduce(args.name, out, scale=scale, workers=args.workers, progress=not args.no_progress)
     print(
         f"reproduction: {out} ({rep.seconds:.0f} s; {SUMMARY}, {CLAIMS}, {len(rep.tables)} tables, {len(rep.figures)} figures)"
@@ -387,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default reproductions/NAME-SCALE); rerunning resumes it")
     p.add_argument("--workers", type=int, default=None, help="parallel training processes (default: one per core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs, validate every config, estimate the wall time (timed here) and disk; train nothing",
+    )
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser(

@@ -197,7 +197,7 @@ def token_sequence_scores(model, batch: Batch) -> pd.DataFrame:
     return out
 
 
-def direct_logit_attribution(model, batch: Batch) -> pd.DataFrame:
+def direct_logit_attribution(model, batch: Batch, cache=None) -> pd.DataFrame:
     """Each head's direct contribution at the query to ``target logit - mean logit``.
 
     A head's output is taken through the final LayerNorm as TransformerLens does
@@ -205,11 +205,13 @@ def direct_logit_attribution(model, batch: Batch) -> pd.DataFrame:
     then dotted with the gradient of ``target - mean`` logit w.r.t. the readout's input.
     For a linear readout that gradient is the constant ``W_U`` direction, so this is the
     usual DLA; for an MLP readout it is the local linearisation (gradient x activation).
+    ``cache``: the full activation cache of ``batch`` if already computed (one forward less).
     """
     n_labels = model.cfg.d_vocab_out
     direction = torch.nn.functional.one_hot(batch.target, n_labels).float() - 1.0 / n_labels
     with torch.no_grad():
-        _, cache = model.run_with_cache(batch.tokens())
+        if cache is None:
+            _, cache = model.run_with_cache(batch.tokens())
         stack = cache.stack_head_results(layer=-1, pos_slice=-1)  # [layer*head, batch, d_model]
         if model.cfg.normalization_type is not None:
             stack = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
@@ -226,10 +228,17 @@ def direct_logit_attribution(model, batch: Batch) -> pd.DataFrame:
 
 
 def head_scores(model, icl_batch: Batch) -> pd.DataFrame:
-    """Every per-head score on an ICL batch: patterns, token-sequence scores and DLA."""
+    """Every per-head score on an ICL batch: patterns, token-sequence scores and DLA.
+
+    The pattern scores and DLA share one forward pass of the batch (one full cache).
+    """
     tokens = token_sequence_scores(model, icl_batch)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(icl_batch.tokens())
+    patterns = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)])
     out = pd.concat(
-        [attention_scores(model, icl_batch), tokens, direct_logit_attribution(model, icl_batch)], ignore_index=True
+        [pattern_scores(patterns, icl_batch), tokens, direct_logit_attribution(model, icl_batch, cache)],
+        ignore_index=True,
     )
     out.attrs["skipped"] = dict(tokens.attrs["skipped"])  # {metric: why it is undefined here}
     return out

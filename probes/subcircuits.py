@@ -84,6 +84,18 @@ def _embed_names(model) -> list[str]:
     return [n for n in EMBED_NAMES if n in model.hook_dict]
 
 
+def subcircuit_names(model, subcircuit: Subcircuit) -> set[str]:
+    """The hook names whose reference activations ablating ``subcircuit`` reads (its components
+    checked against the model first: ValueError as :func:`ablate_subcircuit` raises it)."""
+    heads = check_heads(model, subcircuit.heads) if subcircuit.heads else []
+    for layer in subcircuit.mlps:
+        check_layer(model, layer)
+    if subcircuit.mlps and model.cfg.attn_only:
+        raise ValueError(f"mlps: the model is attention-only, got MLP layers {list(subcircuit.mlps)}")
+    names = {z_name(layer) for layer, _ in heads} | {mlp_name(layer) for layer in subcircuit.mlps}
+    return names | set(_embed_names(model) if subcircuit.direct_path else [])
+
+
 @contextlib.contextmanager
 def ablate_subcircuit(
     model,
@@ -91,6 +103,7 @@ def ablate_subcircuit(
     method: str = "mean",
     reference: Batch | Tensor | None = None,
     seed: int = 0,
+    ref_cache: dict[str, Tensor] | None = None,
 ) -> Iterator:
     """Ablate every component of ``subcircuit`` in each forward pass inside the context.
 
@@ -100,6 +113,8 @@ def ablate_subcircuit(
         method: ``zero``, ``mean`` or ``resample``.
         reference: Batch or int32 tokens for ``mean`` / ``resample`` (same sequence length).
         seed: resample seed.
+        ref_cache: the activations of ``reference`` already computed (:func:`subcircuit_names`
+            of this subcircuit at least), so several subcircuits share one reference pass.
 
     Yields:
         The model.
@@ -116,7 +131,11 @@ def ablate_subcircuit(
     check_method(method, reference)
     embed_names = _embed_names(model) if subcircuit.direct_path else []
     names = {z_name(layer) for layer, _ in heads} | {mlp_name(layer) for layer in subcircuit.mlps}
-    ref = reference_cache(model, reference if method != "zero" else None, names | set(embed_names))
+    wanted = names | set(embed_names)
+    if ref_cache is not None and method != "zero":
+        ref = {n: ref_cache[n] for n in wanted}
+    else:
+        ref = reference_cache(model, reference if method != "zero" else None, wanted)
 
     hooks: list[tuple[str, HookFn]] = head_ablation_hooks(model, heads, method, ref, seed)
 
@@ -204,10 +223,13 @@ def subcircuit_effects(
                 rows.append({"condition": condition, "split": split, "metric": metric, "value": value})
 
     record_all("clean")
+    # One reference pass serves every subcircuit and every split.
+    shared = None
+    if reference is not None and method != "zero" and method in METHODS:
+        shared = reference_cache(model, reference, set().union(*(subcircuit_names(model, s) for s in subcircuits)))
     for sub in subcircuits:
         if reference is not None:
-            # One reference pass per subcircuit serves every split.
-            with ablate_subcircuit(model, sub, method, reference, seed):
+            with ablate_subcircuit(model, sub, method, reference, seed, ref_cache=shared):
                 record_all(sub.name)
             continue
         for split, batch in eval_batches.items():

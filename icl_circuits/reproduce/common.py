@@ -190,6 +190,34 @@ def final(results: pd.DataFrame, metric: str = "acc", rule: str = "last") -> pd.
     return rows[keep].reset_index(drop=True)
 
 
+def rescore(chosen: pd.DataFrame, sweep: Path, n: int) -> pd.DataFrame:
+    """``chosen`` (rows of :func:`final`: one checkpoint per point) with every evaluation split's
+    metrics recomputed on ``n`` sequences per split.
+
+    A long grid can then evaluate small sets at every checkpoint (the curves) and the paper's
+    full evaluation only at the checkpoint each run is read at. Rows of splits the run's data
+    source does not evaluate (the training loss) keep their values.
+
+    Args:
+        chosen: tidy rows with ``point``, ``step``, ``split``, ``metric``, ``value``.
+        sweep: the sweep folder whose ``runs/POINT`` hold the checkpoints.
+        n: sequences per evaluation split (each split's fixed evaluation set of that size).
+    """
+    from icl_circuits.metrics import eval_sets, evaluate
+    from icl_circuits.runs.read import load_native, load_source
+
+    new = {}
+    for point, step in chosen[["point", "step"]].drop_duplicates().itertuples(index=False):
+        run = Path(sweep) / layout.SWEEP_RUNS / str(point)
+        source = load_source(run)
+        for row in evaluate(load_native(run, int(step)), eval_sets(source, n), source.n_labels):
+            new[(point, row["split"], row["metric"])] = row["value"]
+    out = chosen.copy()
+    keys = zip(out["point"], out["split"], out["metric"], strict=True)
+    out["value"] = [new.get(k, v) for k, v in zip(keys, out["value"], strict=True)]
+    return out
+
+
 def timed(fn: Callable[[], Reproduction]) -> Reproduction:
     t0 = time.monotonic()
     rep = fn()

@@ -68,6 +68,49 @@ def estimate_seconds(cfg: RunConfig, n_steps: int = 3) -> dict[str, float]:
     return {"step": t_step, "eval": t_eval, "total": tc.steps * t_step + n_ckpt * t_eval}
 
 
+def estimate_group_seconds(cfgs: list[RunConfig], n_steps: int = 3, eval_members: int = 4) -> dict[str, float]:
+    """Timed estimate of configs trained together, as a sweep's vectorised job trains them.
+
+    The loop's own backend takes the steps (:class:`~icl_circuits.training.ensemble.VmapEnsemble`
+    for several configs, ``SingleModel`` for one) on throwaway models. On the CPU, where the
+    ensemble evaluates its members one after another, the evaluation sets of ``eval_members``
+    members are built and evaluated once each (no warm-up: long enough) and scaled to the group.
+
+    Returns:
+        ``{"step", "eval", "setup"}``: seconds per step of the whole group, per checkpoint
+        evaluation of the whole group, and to build the members' evaluation sets.
+    """
+    from icl_circuits.training.ensemble import VmapEnsemble
+    from icl_circuits.training.runfolder import resolve_device
+    from icl_circuits.training.trainer import Member, SingleModel
+
+    tc = cfgs[0].train
+    device = resolve_device(tc.device)
+    members = []
+    for c in cfgs:
+        source = build_source(c.data, c.seed, device)
+        model = build_native(c.model, seed=c.seed, **model_shape(c, source)).to(device)
+        members.append(Member(c, Path(), source, model))
+    backend = (VmapEnsemble if len(members) > 1 else SingleModel)(members)
+    n_labels = members[0].source.n_labels
+    sample = members if device.type != "cpu" else members[:eval_members]
+    t0 = time.perf_counter()
+    evals = [eval_sets(m.source, tc.eval_size) for m in sample]
+    t_setup = (time.perf_counter() - t0) * len(members) / len(sample)
+    t0 = time.perf_counter()
+    if len(sample) == len(members):
+        backend.evaluate(evals, n_labels)
+    else:
+        for m, ev in zip(sample, evals, strict=True):
+            evaluate(m.model, ev, n_labels)
+    t_eval = (time.perf_counter() - t0) * len(members) / len(sample)
+    backend.start()
+    batches = [[m.source.train_batch(i, tc.batch_size) for m in members] for i in range(n_steps + 1)]
+    it = iter(range(10**9))
+    t_step = _clock(lambda: backend.step(tc.lr, backend.prepare(batches[next(it) % len(batches)])), n_steps)
+    return {"step": t_step, "eval": t_eval, "setup": t_setup}
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"

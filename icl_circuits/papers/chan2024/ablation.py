@@ -29,6 +29,8 @@ import torch  # noqa: E402
 
 from icl_circuits.papers.chan2024.reproduce import PRESET, transformer_tables  # noqa: E402
 from icl_circuits.reproduce.common import Claim, Reproduction, pick  # noqa: E402
+from icl_circuits.reproduce.plan import Plan  # noqa: E402
+from icl_circuits.sweeps.spec import SweepSpec  # noqa: E402
 from probes.figures import save  # noqa: E402
 
 NAME = "chan2024-ablation"
@@ -165,6 +167,12 @@ def figure(combos: pd.DataFrame, path: Path) -> Path:
     fig.tight_layout()
     save(fig, path)
     return path
+
+
+def plan(scale: str) -> Plan:
+    """The dry run's plan: the 2 x 2 x 2 grid's sweeps in one pool of jobs."""
+    s = settings(scale)
+    return Plan(stages=({n: SweepSpec(PRESET, tuple(s["overrides"]), a) for n, a in sweeps(s)[0].items()},))
 
 
 def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:

@@ -32,9 +32,10 @@ from icl_circuits.llm import ablation as A
 from icl_circuits.llm import heads as H
 from icl_circuits.llm import study as S
 from icl_circuits.llm import tasks as T
-from icl_circuits.llm.finetune import chan2024_llm, finetune, trainable
+from icl_circuits.llm.finetune import answer_loss, batch_at, chan2024_llm, encode_batch, finetune, trainable
 from icl_circuits.llm.scoring import keep_known, score_prompts, split_metrics
 from icl_circuits.reproduce.common import Claim, Reproduction, pick
+from icl_circuits.reproduce.plan import Plan, Task, linear_seconds
 from probes.figures import save
 
 RUNS = "runs"
@@ -92,6 +93,31 @@ def threads() -> int:
     """
     cores = os.cpu_count() or 1
     return 1 if os.getloadavg()[0] > cores else cores
+
+
+def plan(scale: str) -> Plan:
+    """The dry run's plan: no sweeps; the fine-tuning runs, timed by a few steps of the real model."""
+    st = settings_for(scale)
+
+    def probe() -> float:
+        lm = load(st["model"])
+        ts = T.build_taskset(lm.tokenizer, st["n_trained"])
+        cfg = chan2024_llm(model=st["model"], n_trained=st["n_trained"], train_layers=st["train_layers"])
+        hf = lm.model.original_model
+        opt = torch.optim.AdamW(trainable(hf, cfg.train_layers).values(), lr=0.0)
+        hf.train()
+
+        def steps(k: int) -> None:
+            for step in range(k):
+                answer_loss(hf, *encode_batch(lm.tokenizer, batch_at(ts, cfg, step))).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+        return linear_seconds(steps, [st["steps"]] * len(st["p_relevant"]), small=(1, 3))
+
+    name = f"fine-tuning {st['model']}: {len(st['p_relevant'])} runs of {st['steps']} steps (p_relevant {st['p_relevant']})"
+    note = f"not timed: the base model's head study and the evaluations at {st['n_checkpoints']} checkpoints per run"
+    return Plan(stages=(), tasks=(Task(name, probe),), notes=(note,))
 
 
 def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:

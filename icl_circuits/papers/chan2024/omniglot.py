@@ -19,6 +19,8 @@ import torch
 from icl_circuits.papers.chan2024.figures import accuracy_figure
 from icl_circuits.papers.chan2024.reproduce import MAIN_P, by_n, fmt_curve, transformer_tables
 from icl_circuits.reproduce.common import Claim, Reproduction, pick
+from icl_circuits.reproduce.plan import Plan
+from icl_circuits.sweeps.spec import SweepSpec
 
 NAME = "chan2024-omniglot"
 PRESET = "chan2024-omniglot"
@@ -62,10 +64,20 @@ def claims(t, rule: str) -> list[Claim]:
     ]
 
 
+def grids(s: dict) -> dict[str, dict[str, list]]:
+    return {"transformer": {"data.n_train": s["n_train"], "seed": s["seeds"]}}
+
+
+def plan(scale: str) -> Plan:
+    """The dry run's plan: one sweep over N and seeds."""
+    s = settings(scale)
+    return Plan(stages=({n: SweepSpec(s["preset"], tuple(s["overrides"]), a) for n, a in grids(s).items()},))
+
+
 def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
     torch.set_num_threads(1)
     s = settings(scale)
-    grid = {"transformer": {"data.n_train": s["n_train"], "seed": s["seeds"]}}
+    grid = grids(s)
     table, curves = transformer_tables(out, s, workers, progress, sweeps=grid)
     title = f"Chan 2024 on Omniglot: accuracy vs training-set size (checkpoint: {s['checkpoint']})"
     return Reproduction(

@@ -68,6 +68,8 @@ from icl_circuits.papers.nguyen_reddy2024.measure import (  # noqa: F401 (re-exp
 )
 from icl_circuits.papers.nguyen_reddy2024.reference import reference_claims
 from icl_circuits.reproduce.common import Reproduction, pick, run_grid
+from icl_circuits.reproduce.plan import Plan
+from icl_circuits.sweeps.spec import SweepSpec
 
 CHANCE = 0.5  # binary labels
 
@@ -128,14 +130,46 @@ def _even(k: float) -> int:
     return 2 * int(round(k / 2))
 
 
+def spec(s: dict, N: int, ks: list[int], seeds: list[int], extra=(), steps=None) -> SweepSpec:
+    """One sweep over K and seeds at context length N."""
+    over = [*s["common"], f"train.steps={steps or steps_for(s, N)}", f"data.n_pairs={N - 1}", *extra]
+    return SweepSpec(s["preset"], tuple(over), {"data.n_classes": list(ks), "seed": list(seeds)})
+
+
+def plan(scale: str) -> Plan:
+    """The dry run's plan: the sweeps in ``run``'s order, one after another."""
+    s = settings(scale)
+    Ns = sorted(s["Ns"], reverse=True)
+    stages = [{f"N{N}-grid": spec(s, N, k_values(s, N, s["factors"]), s["seeds"], [s["stop"]])} for N in Ns]
+    stages += [{f"N{N}-inf": spec(s, N, [-1], s["inf_seeds"], [s["stop"]])} for N in Ns]
+    # The K of each "near" sweep is read off the grid's results: timed here at the grid's centre.
+    stages += [
+        {f"N{N}-near": spec(s, N, k_values(s, N, [1.0]), s["bimodal_seeds"], [s["stop"]])} for N in s["bimodal_Ns"]
+    ]
+    over = ["data.p_bursty=0.0", s["no_stop"], f"train.checkpoint_every={s['mem_every']}"]
+    stages.append({"memorisation": spec(s, min(s["Ns"]), s["mem_Ks"], [0], over, s["mem_steps"])})
+    over = ["train.weight_decay=3e-3", s["no_stop"]]
+    stages.append({"transience": spec(s, s["trans_N"], [s["trans_K"]], s["trans_seeds"], over, s["trans_steps"])})
+    if s["strong_wd"] is not None:
+        over = [f"train.weight_decay={s['strong_wd']}", s["no_stop"]]
+        sweep = spec(s, s["trans_N"], [s["strong_K"]], s["trans_seeds"], over, s["trans_steps"])
+        stages.append({"transience-strong": sweep})
+    notes = (
+        "the grid and infinite-K runs stop early once ICL is learned (train.stop_above): their time is an upper bound",
+        "each N*-near sweep trains one K read off its grid's results (timed at the grid's centre K)",
+        "not timed: the kinetic model's fit and the bootstrap",
+    )
+    return Plan(stages=tuple(stages), notes=notes)
+
+
 def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
     s = settings(scale)
     level = 0.5 * (CHANCE + 1.0)
     curves = []
 
     def sweep(name: str, N: int, ks: list[int], seeds: list[int], extra=(), steps=None) -> pd.DataFrame:
-        over = [*s["common"], f"train.steps={steps or steps_for(s, N)}", f"data.n_pairs={N - 1}", *extra]
-        res = run_grid(out, name, s["preset"], over, {"data.n_classes": ks, "seed": seeds}, workers, progress)
+        sp = spec(s, N, ks, seeds, extra, steps)
+        res = run_grid(out, name, sp.base, sp.overrides, sp.grid, workers, progress)
         curves.append(accuracy_curves(res, N).assign(sweep=name))
         return per_run(res, N)
 

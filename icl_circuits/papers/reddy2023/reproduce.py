@@ -29,7 +29,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from icl_circuits.reproduce.common import SWEEPS, Claim, Reproduction, final, pick, run_grid
+from icl_circuits.reproduce.plan import Plan
 from icl_circuits.sweeps.phase import phase_diagram
+from icl_circuits.sweeps.spec import SweepSpec
 from probes.competition import detect_transition
 from probes.figures import save
 
@@ -50,30 +52,40 @@ def settings(scale: str) -> dict:
     }
 
 
-def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
-    s = settings(scale)
+def specs(s: dict) -> dict[str, SweepSpec]:
+    """The two sweeps: the (K, B) phase grid and the induction run (probed at every checkpoint)."""
     fixed = [f"train.steps={s['steps']}", "train.n_checkpoints=8", f"train.eval_size={s['eval_size']}", *s["extra"]]
     grid = {"data.n_classes": s["K"], "data.burst": s["B"], "seed": s["seeds"]}
-    results = run_grid(out, "phase", s["preset"], fixed, grid, workers, progress)
-    last = final(results)
-    phase = last[last["split"].isin(["IC", "IW"])][["data.n_classes", "data.burst", "seed", "split", "value"]]
-
     induction = [
         f"train.steps={s['induction_steps']}",
         f"train.n_checkpoints={s['induction_checkpoints']}",
         f"train.eval_size={s['eval_size']}",
         *s["extra"],
     ]
-    run_grid(
-        out,
-        "induction",
-        s["preset"],
-        induction,
-        {"data.n_classes": [1024], "data.burst": [4]},
-        workers,
-        progress,
-        probes=True,
-    )
+    return {
+        "phase": SweepSpec(s["preset"], tuple(fixed), grid),
+        "induction": SweepSpec(s["preset"], tuple(induction), {"data.n_classes": [1024], "data.burst": [4]}),
+    }
+
+
+def plan(scale: str) -> Plan:
+    """The dry run's plan: the phase grid, then the induction run."""
+    s = settings(scale)
+    sp = specs(s)
+    note = f"not timed: the probes of the induction run at its {s['induction_checkpoints']} checkpoints"
+    return Plan(stages=({"phase": sp["phase"]}, {"induction": sp["induction"]}), notes=(note,))
+
+
+def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
+    s = settings(scale)
+    sp = specs(s)
+    phase_spec = sp["phase"]
+    results = run_grid(out, "phase", phase_spec.base, phase_spec.overrides, phase_spec.grid, workers, progress)
+    last = final(results)
+    phase = last[last["split"].isin(["IC", "IW"])][["data.n_classes", "data.burst", "seed", "split", "value"]]
+
+    ind = sp["induction"]
+    run_grid(out, "induction", ind.base, ind.overrides, ind.grid, workers, progress, probes=True)
     from icl_circuits.sweeps import read_results
 
     probes = read_results(out / SWEEPS / "induction")

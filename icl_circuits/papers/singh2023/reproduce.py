@@ -65,6 +65,7 @@ from icl_circuits.papers.singh2023.claims import (  # noqa: F401 (re-exported fo
     claims,
 )
 from icl_circuits.reproduce.common import Reproduction, pick, run_grid
+from icl_circuits.reproduce.plan import Plan
 from icl_circuits.sweeps import SweepSpec, build_points
 from probes.competition import detect_transition
 from probes.figures import save
@@ -208,6 +209,11 @@ def condition_specs(s: dict) -> dict[str, SweepSpec]:
         spec = SweepSpec(base=where.get("preset", s["preset"]), overrides=(*common, *over), grid={"seed": list(seeds)})
         out[name] = spec
     return out
+
+
+def plan(scale: str) -> Plan:
+    """The dry run's plan: one sweep per condition, one after another."""
+    return Plan(stages=tuple({name: spec} for name, spec in condition_specs(settings(scale)).items()))
 
 
 def build_configs(scale: str) -> dict[str, list[RunConfig]]:

@@ -39,7 +39,9 @@ from icl_circuits.metrics import query_metrics
 from icl_circuits.models.build import query_logits
 from icl_circuits.papers.singh2024.mechanism import KEEPS, PATHS, layer1_ablation, position_ablation, read_paths
 from icl_circuits.reproduce.common import ABRUPT_SPAN, SWEEPS, Claim, Reproduction, abrupt, final, pick, run_grid
+from icl_circuits.reproduce.plan import Plan
 from icl_circuits.runs.read import load_config, load_model
+from icl_circuits.sweeps.spec import SweepSpec
 from probes.competition import detect_transition
 from probes.figures import save
 from probes.scores import attention_scores
@@ -101,8 +103,8 @@ def measure_run(run: Path, probe_size: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
-    s = settings(scale)
+def spec(s: dict) -> SweepSpec:
+    """The sweep: one run per seed."""
     overrides = [
         f"train.steps={s['steps']}",
         f"train.lr={s['lr']}",
@@ -110,7 +112,20 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
         f"train.eval_size={s['eval_size']}",
         *s["extra"],
     ]
-    results = run_grid(out, "singh2024", s["preset"], overrides, {"seed": s["seeds"]}, workers, progress)
+    return SweepSpec(s["preset"], tuple(overrides), {"seed": list(s["seeds"])})
+
+
+def plan(scale: str) -> Plan:
+    """The dry run's plan: the seeds' sweep."""
+    s = settings(scale)
+    note = f"not timed: the mechanism's measurements on {s['probe_size']:,} sequences per run"
+    return Plan(stages=({"singh2024": spec(s)},), notes=(note,))
+
+
+def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
+    s = settings(scale)
+    sp = spec(s)
+    results = run_grid(out, "singh2024", sp.base, sp.overrides, sp.grid, workers, progress)
     sweep_runs = out / SWEEPS / "singh2024" / "runs"
     measured = []
     for seed in s["seeds"]:
