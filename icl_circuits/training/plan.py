@@ -107,7 +107,12 @@ def estimate_group_seconds(cfgs: list[RunConfig], n_steps: int = 3, eval_members
     backend.start()
     batches = [[m.source.train_batch(i, tc.batch_size) for m in members] for i in range(n_steps + 1)]
     it = iter(range(10**9))
-    t_step = _clock(lambda: backend.step(tc.lr, backend.prepare(batches[next(it) % len(batches)])), n_steps)
+
+    def one_step() -> None:
+        k = next(it)
+        backend.step(tc.lr, backend.prepare(batches[k % len(batches)]), k)
+
+    t_step = _clock(one_step, n_steps)
     return {"step": t_step, "eval": t_eval, "setup": t_setup}
 
 

@@ -39,6 +39,8 @@ from icl_circuits.papers.nguyen_reddy2024.claims_mechanism import independence_c
 from icl_circuits.papers.nguyen_reddy2024.measure import per_run
 from icl_circuits.papers.nguyen_reddy2024.mechanism import paths_over_training
 from icl_circuits.reproduce.common import SWEEPS, Reproduction, pick, run_grids
+from icl_circuits.reproduce.plan import Plan
+from icl_circuits.sweeps import SweepSpec
 from icl_circuits.sweeps.sweep import run_path
 
 CHANCE = 0.5
@@ -105,6 +107,15 @@ def grids(s: dict) -> dict[str, tuple[str, list[str], dict[str, list]]]:
     for w in s["widths"]:
         out[f"width-{w}"] = (s["preset"], [*rate_base, f"model.readout_hidden=[{w},{w}]"], rate_grid)
     return out
+
+
+def plan(scale: str) -> Plan:
+    """The dry run's plan: the path and rate grids in one pool of jobs, as ``run`` trains them."""
+    stage = {name: SweepSpec(base, tuple(over), grid) for name, (base, over, grid) in grids(settings(scale)).items()}
+    return Plan(
+        stages=(stage,),
+        notes=("the path ablations at each checkpoint and the K* fits over the finished runs are not timed",),
+    )
 
 
 def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:

@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from icl_circuits.errors import ConfigError
 from icl_circuits.papers.singh2023.competition import (
     EFFECT,
     accuracy_curves,
@@ -41,6 +42,7 @@ from icl_circuits.papers.singh2023.competition import (
 )
 from icl_circuits.papers.singh2023.reproduce import condition_specs, settings
 from icl_circuits.reproduce.common import Claim, Reproduction, pick, run_grids
+from icl_circuits.reproduce.plan import Plan
 from icl_circuits.runs.store import list_checkpoints
 from icl_circuits.sweeps import build_points
 from probes.circuits_over_training import discover_run
@@ -146,9 +148,32 @@ def cut_claims(cut: pd.DataFrame) -> list[Claim]:
     return out
 
 
+def _no_conditions(scale: str, missing: list[str], specs: dict) -> str:
+    return (
+        f"singh2023-competition at {scale} scale: singh2023 has no {', '.join(missing)} condition there "
+        f"(it has {', '.join(specs)}); the competition is measured at cpu scale"
+    )
+
+
+def plan(scale: str) -> Plan:
+    """The dry run's plan: the transient conditions' sweeps, as ``run`` trains them first."""
+    specs = condition_specs(settings(scale))
+    if missing := [c for c in CONDITIONS if c not in specs]:
+        return Plan(stages=(), notes=(_no_conditions(scale, missing, specs),))
+    return Plan(
+        stages=({c: specs[c] for c in CONDITIONS},),
+        notes=(
+            "the forks from each run's ICL peak (direct path blocked, ICL heads frozen, and their random "
+            "controls) and the circuits over training run after the sweeps and are not timed",
+        ),
+    )
+
+
 def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
     s = settings(scale)
     specs = condition_specs(s)
+    if missing := [c for c in CONDITIONS if c not in specs]:
+        raise ConfigError(_no_conditions(scale, missing, specs))
     grids = {c: (specs[c].base, specs[c].overrides, specs[c].grid) for c in CONDITIONS}
     run_grids(out, grids, workers=workers, progress=progress)
     curves, scores, heads, shared, causal, readout, cut = [], [], [], [], [], [], []
