@@ -172,16 +172,16 @@ def chan2024_llm() -> Path:
 REDDY2023_K = [32, 128, 512, 2048, 8192]
 REDDY2023 = {
     "IC": {
-        0: (0.03, 0.03, 0.03, 0.02, 0.04),
-        1: (0.04, 0.08, 0.08, 1.00, 0.19),
-        2: (0.02, 0.10, 0.93, 0.99, 0.28),
-        4: (0.05, 0.31, 0.95, 1.00, 0.97),
+        0: (0.03, 0.03, 0.03, 0.02, 0.03),
+        1: (0.04, 0.08, 0.08, 0.98, 0.21),
+        2: (0.02, 0.09, 0.94, 0.98, 0.26),
+        4: (0.05, 0.31, 0.96, 1.00, 0.98),
     },
     "IW": {
-        0: (1.00, 1.00, 1.00, 1.00, 0.36),
-        1: (1.00, 0.98, 0.90, 0.05, 0.04),
-        2: (1.00, 0.84, 0.17, 0.06, 0.04),
-        4: (1.00, 0.70, 0.07, 0.03, 0.04),
+        0: (1.00, 1.00, 1.00, 1.00, 0.34),
+        1: (1.00, 0.98, 0.90, 0.06, 0.04),
+        2: (1.00, 0.93, 0.12, 0.04, 0.04),
+        4: (1.00, 0.72, 0.07, 0.04, 0.04),
     },
 }
 
@@ -195,7 +195,7 @@ def reddy2023(run: Path | None = None) -> Path:
     else:
         ks, bs = REDDY2023_K, sorted(REDDY2023["IC"])
         mean = {(sp, b, k): REDDY2023[sp][b][i] for sp in REDDY2023 for b in bs for i, k in enumerate(ks)}
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), layout="constrained")
     for ax, split in zip(axes, ("IC", "IW"), strict=True):
         grid = np.array([[mean[(split, b, k)] for k in ks] for b in bs])
         im = ax.imshow(grid, origin="lower", vmin=0, vmax=1, cmap="viridis", aspect="auto")

@@ -10,8 +10,8 @@ import pytest
 from icl_circuits.reproduce import REPRODUCTIONS, reproduce
 from icl_circuits.reproduce.common import CLAIMS, SUMMARY
 
-#: Claims docs/reproductions/chan2024_llm.md reports as not holding at cpu scale (measured).
-EXPECTED_MISSES: set[str] = set()
+#: Claims (by their opening words) that docs/reproductions/chan2024_llm.md reports as not holding at cpu scale.
+EXPECTED_MISSES = ("ICL falls as memorisation rises, not before",)
 
 
 def test_registered():
@@ -40,5 +40,5 @@ def test_smoke_scale_writes_everything(tmp_path):
 def test_cpu_scale_claims_hold(tmp_path):
     pytest.importorskip("gguf")
     rep = reproduce("chan2024-llm", tmp_path / "llm", scale="cpu", progress=False)
-    failed = [c.claim for c in rep.claims if c.holds is False and c.claim not in EXPECTED_MISSES]
+    failed = [c.claim for c in rep.claims if c.holds is False and not c.claim.startswith(EXPECTED_MISSES)]
     assert not failed, failed

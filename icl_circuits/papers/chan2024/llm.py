@@ -17,6 +17,7 @@ steps per run; ``full`` 600 steps, 3 p_relevant values, larger evaluation sets.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from icl_circuits.reproduce.plan import Plan, Task, linear_seconds
 from probes.figures import save
 
 RUNS = "runs"
+#: "Memorised": accuracy on the trained facts up by at least this from step 0.
+MEM_RISE = 0.3
 
 
 def load(model: str):
@@ -159,7 +162,7 @@ def _run(out: Path, scale: str, progress: bool) -> Reproduction:
         changes.append(S.head_changes(folder, k=st["k_heads"]).assign(p_relevant=p))
     curves = pd.concat([c.reset_index().assign(p_relevant=p) for p, c in comps.items()], ignore_index=True)
     heads_change = pd.concat(changes, ignore_index=True)
-    claims = make_claims(abl, comps, heads_change, scores, top, base, ts)
+    claims = make_claims(abl, comps, heads_change, scores, top, base, ts, st["eval_size"])
     fig = figure(comps, out / "chan2024_llm_curves.png", ts.chance)
     settings = {**st, "known_capitals": len(base["known"]), "cities": len(ts.cities), "chance": ts.chance}
     tables = {"head_scores": scores, "ablation": abl, "curves": curves, "head_changes": heads_change}
@@ -178,7 +181,8 @@ def _f(x: float) -> str:
     return f"{x:.2f}"
 
 
-def make_claims(abl, comps, heads_change, scores, top, base, ts) -> list[Claim]:
+def make_claims(abl, comps, heads_change, scores, top, base, ts, n_prompts: int) -> list[Claim]:
+    """The claims; each fine-tuning claim is one seed with ``n_prompts`` prompts per split, which it says."""
     summary = A.ablation_summary(abl)
     task = abl[(abl.split == "icl") & (abl.metric == "acc")]
     ps = sorted(comps)
@@ -221,23 +225,39 @@ def make_claims(abl, comps, heads_change, scores, top, base, ts) -> list[Claim]:
     corr = float(spearmanr(lo.ICL, lo.IWL, nan_policy="omit").statistic)
     peak_step = lo.ICL.idxmax()
     peak = lo.ICL.loc[peak_step]
+    risen = lo.IWL[lo.IWL >= mem0 + MEM_RISE]
+    mem_step = risen.index[0] if len(risen) else None
+    single = f"one seed, {n_prompts} prompts per split: a single observation"
     claims += [
         Claim(
-            f"fine-tuning memorises the trained facts (p_relevant={ps[0]})",
+            f"fine-tuning memorises the trained facts (p_relevant={ps[0]}: memorised accuracy up by >= {MEM_RISE}) "
+            "[checkpoint: last]",
             "memorisation possible by design",
             f"memorised acc {_f(mem0)} -> {_f(mem1)} (chance {_f(ts.chance)})",
-            bool(mem1 - mem0 >= 0.3),
+            bool(mem1 - mem0 >= MEM_RISE),
         ),
         Claim(
-            "as memorisation rises, ICL on held-out in-context prompts falls (from its peak)",
+            f"after fine-tuning to memorise (p_relevant={ps[0]}), ICL on held-out in-context prompts is below its "
+            f"peak by >= 0.15 and memorisation has risen by >= {MEM_RISE} since that peak ({single}) "
+            "[every checkpoint]",
             "Gemini Nano's ICL drops after such fine-tuning (§5)",
             f"p_relevant={ps[0]}: ICL {_f(icl0)} at step 0, peak {_f(peak)} at step {peak_step} "
             f"(memorised {_f(lo.IWL.loc[peak_step])}), final {_f(icl1)} (memorised {_f(mem1)}); "
             f"Spearman(ICL, memorised) over checkpoints {corr:.2f}",
-            bool(peak - icl1 >= 0.15 and mem1 - lo.IWL.loc[peak_step] >= 0.3),
+            bool(peak - icl1 >= 0.15 and mem1 - lo.IWL.loc[peak_step] >= MEM_RISE),
         ),
         Claim(
-            "rarer relevant context (lower p_relevant) costs more ICL",
+            f"ICL falls as memorisation rises, not before (p_relevant={ps[0]}): when memorisation first reaches "
+            f"{MEM_RISE} above its start, ICL is still >= half its peak ({single}) [every checkpoint]",
+            "not stated in the paper (it reports ICL after fine-tuning)",
+            f"memorisation {_f(mem0)} + {MEM_RISE} first reached at step "
+            f"{mem_step if mem_step is not None else 'never'}; ICL there "
+            f"{_f(lo.ICL.loc[mem_step]) if mem_step is not None else '–'} (peak {_f(peak)} at step {peak_step})",
+            bool(mem_step is not None and lo.ICL.loc[mem_step] >= peak / 2),
+        ),
+        Claim(
+            f"rarer relevant context (lower p_relevant) costs more ICL (final ICL at p_relevant={ps[0]} >= 0.1 "
+            f"below p_relevant={ps[-1]}; {single}) [checkpoint: last]",
             "ICL falls as p_relevant falls (stylized data, §3-4)",
             "; ".join(
                 f"p={p}: final ICL {_f(comps[p].ICL.iloc[-1])}, memorised {_f(comps[p].IWL.iloc[-1])}" for p in ps
@@ -280,7 +300,12 @@ def make_claims(abl, comps, heads_change, scores, top, base, ts) -> list[Claim]:
             bool(drop[ps[0]] < drop[ps[-1]]) if len(ps) > 1 else None,
         )
     )
-    return claims
+    # The first three are measured on the base model; the rest compare step 0 with the last checkpoint.
+    wheres = ["base model"] * 3 + ["checkpoint: step 0 and last"] * (len(claims) - 3)
+    return [
+        c if c.claim.endswith("]") else dataclasses.replace(c, claim=f"{c.claim} [{w}]")
+        for c, w in zip(claims, wheres, strict=True)
+    ]
 
 
 def figure(comps: dict, path: Path, chance: float) -> Path:
