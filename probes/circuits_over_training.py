@@ -94,8 +94,8 @@ def discover_run(
         cache: cache folder (default ``RUN/analysis``).
         progress: tqdm bar over the checkpoints not yet cached.
         threads: torch CPU threads while computing (restored after; None: leave as is). One
-            is the fastest for these small models and far faster than two on a busy 2-core
-            machine (measured 3.3 vs 39 s per demo checkpoint at load average 9).
+            is the fastest for these small models, above all on a busy machine
+            (``benchmarks/RESULTS.md``, "Threads for circuit discovery").
 
     Returns:
         ``(circuits, edges)``: ``circuits`` has one row per step and split (``step, split,

@@ -91,8 +91,8 @@ def base_study(lm, ts: T.TaskSet, st: dict) -> tuple[pd.DataFrame, pd.DataFrame,
 def threads() -> int:
     """Torch threads: all cores on a free machine, one when others keep the cores busy.
 
-    Measured on 2 shared cores at load 10: a fine-tuning step took 1.4-2.0 s on one thread and
-    6.9-13.5 s on two (threads waiting on each other's time slices).
+    On busy cores threads wait on each other's time slices, so one thread is faster there
+    (``benchmarks/RESULTS.md``, "Threads for fine-tuning the language model").
     """
     cores = os.cpu_count() or 1
     return 1 if os.getloadavg()[0] > cores else cores
