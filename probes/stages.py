@@ -70,7 +70,7 @@ def llc_boundaries(steps, llc, min_prominence: float = 0.1, plateau: float = 0.3
         if steep[i - 2] and steep[i - 1] and not steep[i]:
             rows.append({"step": at(i), "source": "LLC", "kind": "LLC plateau"})
         if not steep[i - 2] and not steep[i - 1] and steep[i] and (i + 1 == len(steep) or steep[i + 1]):
-            rows.append({"step": at(i), "source": "LLC", "kind": "LLC rise"})
+            rows.append({"step": at(i), "source": "LLC", "kind": "LLC rise" if y[i + 1] > y[i] else "LLC fall"})
     out = pd.DataFrame(rows, columns=BOUNDARY_COLUMNS).sort_values("step", kind="stable")
     return out.drop_duplicates().reset_index(drop=True)
 
