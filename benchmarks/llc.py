@@ -26,6 +26,8 @@ from icl_circuits.runs.store import list_checkpoints
 from probes import llc_over_training as lot
 
 GOALS = {"model": 600.0, "components": 900.0}
+#: This section's markers in benchmarks/RESULTS.md (``python -m benchmarks.run --section llc --run RUN``).
+BEGIN, END = "<!-- llc:begin -->", "<!-- llc:end -->"
 GIB = 2**30
 
 
@@ -59,6 +61,28 @@ def measure(run: Path, cache: Path, n_model: int = 60, n_components: int = 20) -
     rss = peak_rss()
     rows.append(("LLC peak RSS <= 2 GiB", f"{rss / 2**20:.0f} MiB", "met" if rss <= 2 * GIB else "**missed**"))
     return rows
+
+
+def section(rows: list[tuple[str, str, str]]) -> str:
+    """This benchmark's section of ``benchmarks/RESULTS.md``."""
+    head = [
+        BEGIN,
+        "## Local learning coefficient (devinterp 1.x) on the demo run",
+        "",
+        "`python -m benchmarks.run --section llc --run checkpoints/demo`: the default sampler settings, one torch "
+        "thread, every checkpoint computed afresh (module docstring of `benchmarks/llc.py`).",
+        "",
+        "| goal | measured | status |",
+        "| --- | --- | --- |",
+    ]
+    return "\n".join([*head, *("| " + " | ".join(row) + " |" for row in rows), END]) + "\n"
+
+
+def run_section(run: Path, n_model: int = 60, n_components: int = 20) -> str:
+    """Measure and return the section (a fresh cache, one torch thread)."""
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        return section(measure(run, Path(tmp), n_model, n_components))
 
 
 def main(argv: list[str] | None = None) -> None:

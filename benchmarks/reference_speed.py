@@ -78,7 +78,6 @@ REFERENCE_LOOP = """
 import sys, time, types
 for name in ("tensorflow", "tensorflow_datasets"):
     sys.modules.setdefault(name, types.ModuleType(name))
-sys.path.insert(0, sys.argv[1])
 from types import SimpleNamespace as NS
 import jax, jax.numpy as jnp, jax.random as jrandom, numpy as np, optax
 import src.models as models
@@ -119,7 +118,8 @@ print((time.process_time() - t0) / int(sys.argv[2]))
 
 def _theirs(steps: int, python: str, simple_icl: Path) -> float:
     """CPU seconds per step of the reference's jit-compiled step fed by its generator (after a warm-up)."""
-    env = {**os.environ, "XLA_FLAGS": XLA_ONE_THREAD, "JAX_PLATFORMS": "cpu"}
+    # The checkout is importable through PYTHONPATH (its ``src`` package), in the reference's own venv.
+    env = {**os.environ, "XLA_FLAGS": XLA_ONE_THREAD, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(simple_icl)}
     cmd = [python, "-c", REFERENCE_LOOP, str(simple_icl), str(steps), str(N)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return float(out.stdout.strip().splitlines()[-1])

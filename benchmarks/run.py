@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import reference_speed, step_rates, threads
+from benchmarks import llc, reference_speed, step_rates, threads
 from benchmarks.circuits import bench_circuits
 from benchmarks.common import DEV, FULL, OUT, QUICK, Goal, load, machine
 from benchmarks.llm import bench_llm
@@ -52,6 +52,7 @@ KEPT = {
     "threads": (threads.BEGIN, threads.END),
     "step-rates": (step_rates.BEGIN, step_rates.END),
     "reference-speed": (reference_speed.BEGIN, reference_speed.END),
+    "llc": (llc.BEGIN, llc.END),
 }
 
 
@@ -98,12 +99,17 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--steps", type=int, default=300, help="threads: training steps per run")
     parser.add_argument("--repro-steps", type=int, default=0, help="step-rates: also time chan2024's cpu grid")
     parser.add_argument("--simple-icl", type=Path, help="reference-speed: a checkout of chanb/simple_icl (iclr_2025)")
+    parser.add_argument("--run", type=Path, help="llc: a trained demo run folder (make demo: checkpoints/demo)")
     parser.add_argument("--ref-python", default="/tmp/refenv/bin/python", help="reference-speed: its venv's python")
     args = parser.parse_args(argv)
     old = args.out.read_text() if args.out.exists() else ""
     if args.section != "main":
         if args.section == "threads":
             section = threads.measure(args.steps, max(args.rounds or 2, 2))
+        elif args.section == "llc":
+            if args.run is None:
+                parser.error("--section llc: give --run RUN (a trained demo run, e.g. checkpoints/demo)")
+            section = llc.run_section(args.run)
         elif args.section == "reference-speed":
             if args.simple_icl is None:
                 parser.error("--section reference-speed: give --simple-icl PATH (scripts/reference_chan2024.py: setup)")
