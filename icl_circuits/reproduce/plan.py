@@ -30,6 +30,7 @@ from pathlib import Path
 
 from icl_circuits.config import RunConfig
 from icl_circuits.errors import ConfigError
+from icl_circuits.training.plan import duration
 
 #: Training steps each probe times (after one warm-up step).
 PROBE_STEPS = 3
@@ -150,14 +151,6 @@ def _quiet_rng():
     return torch.random.fork_rng(devices=[])
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -205,7 +198,7 @@ def describe(name: str, scale: str, out: Path, workers: int | None = None) -> st
             n_vec = sum(e.runs for e in estimates if e.runs > 1)
             lines.append(
                 f"  stage {i}: {sum(e.runs for e in estimates)} runs, all configs valid, in {len(estimates)} jobs "
-                f"({n_vec} runs vectorised) on {workers} workers: {_duration(wall)}, {_size(stage_disk)}"
+                f"({n_vec} runs vectorised) on {workers} workers: {duration(wall)}, {_size(stage_disk)}"
             )
             kinds: dict[tuple, list[Estimate]] = {}
             for e in estimates:
@@ -214,19 +207,19 @@ def describe(name: str, scale: str, out: Path, workers: int | None = None) -> st
                 e = same[0]
                 lines.append(
                     f"    {len(same)} job(s) of {e.runs} run(s), {e.steps:,} steps: {e.step * 1e3:.1f} ms per step, "
-                    f"{e.eval:.2f} s per evaluation -> {_duration(e.seconds)} each"
+                    f"{e.eval:.2f} s per evaluation -> {duration(e.seconds)} each"
                 )
         for task in plan.tasks:
             with _quiet_rng():
                 seconds = task.probe()
             total, disk = total + seconds, disk + task.disk
-            lines.append(f"task: {task.name}: {_duration(seconds)}")
+            lines.append(f"task: {task.name}: {duration(seconds)}")
     finally:
         torch.set_num_threads(threads)
     lines += [f"note: {n}" for n in plan.notes]
     load = _load()
     lines.append(
-        f"estimated wall time: {_duration(total)} on {workers} workers; disk: {_size(disk)} "
+        f"estimated wall time: {duration(total)} on {workers} workers; disk: {_size(disk)} "
         f"(timed here in {time.monotonic() - t0:.0f} s, one thread per worker{load})"
     )
     return "\n".join(lines)

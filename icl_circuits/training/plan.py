@@ -116,7 +116,8 @@ def estimate_group_seconds(cfgs: list[RunConfig], n_steps: int = 3, eval_members
     return {"step": t_step, "eval": t_eval, "setup": t_setup}
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A wall time for people: seconds under 90 s, minutes under 90 min, else hours."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -137,7 +138,7 @@ def describe_plan(cfg: RunConfig, out: Path, estimate: bool = True) -> str:
         with torch.random.fork_rng(devices=[]):
             est = estimate_seconds(cfg)
         lines.append(
-            f"estimated time: {_duration(est['total'])} ({est['step'] * 1e3:.1f} ms per step x {tc.steps} steps, "
+            f"estimated time: {duration(est['total'])} ({est['step'] * 1e3:.1f} ms per step x {tc.steps} steps, "
             f"{est['eval']:.2f} s per evaluation x {len(steps)} checkpoints; timed here on {torch.get_num_threads()} "
             "thread(s))"
         )
