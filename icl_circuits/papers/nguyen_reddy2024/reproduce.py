@@ -74,6 +74,20 @@ from icl_circuits.sweeps.spec import SweepSpec
 CHANCE = 0.5  # binary labels
 
 
+def common_overrides(scale: str, small: list[str]) -> list[str]:
+    """The training overrides every run of this paper's reproductions shares at ``scale``
+    (``small``: the smoke scale's shrunken model)."""
+    return [
+        f"train.lr={pick(scale, 0.1, 0.1, 0.01)}",
+        f"train.batch_size={pick(scale, 16, 64, 128)}",
+        "train.n_checkpoints=2",
+        f"train.checkpoint_every={pick(scale, 10, 100, 500)}",
+        f"train.eval_size={pick(scale, 64, 256, 2000)}",
+        f"train.device={pick(scale, 'cpu', 'cpu', 'auto')}",
+        *pick(scale, small, [], []),
+    ]
+
+
 def settings(scale: str) -> dict:
     small = ["model.readout_hidden=[16]", "data.d=15", "model.d_model=17"]
     return {
@@ -101,15 +115,7 @@ def settings(scale: str) -> dict:
         # A stronger decay, to compress the paper's 50,000 epochs into the cpu run (a deviation).
         "strong_K": pick(scale, 64, 1024, None),
         "strong_wd": pick(scale, 3e-2, 3e-2, None),
-        "common": [
-            f"train.lr={pick(scale, 0.1, 0.1, 0.01)}",
-            f"train.batch_size={pick(scale, 16, 64, 128)}",
-            "train.n_checkpoints=2",
-            f"train.checkpoint_every={pick(scale, 10, 100, 500)}",
-            f"train.eval_size={pick(scale, 64, 256, 2000)}",
-            f"train.device={pick(scale, 'cpu', 'cpu', 'auto')}",
-            *pick(scale, small, [], []),
-        ],
+        "common": common_overrides(scale, small),
         # The preset's early stop (the reference's), said explicitly; off where the whole run is measured.
         "stop": "train.stop_above=0.99",
         "no_stop": "train.stop_above=0.0",

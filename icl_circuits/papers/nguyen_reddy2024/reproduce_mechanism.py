@@ -38,6 +38,7 @@ from icl_circuits.papers.nguyen_reddy2024 import rates
 from icl_circuits.papers.nguyen_reddy2024.claims_mechanism import independence_claims, rate_claims
 from icl_circuits.papers.nguyen_reddy2024.measure import per_run
 from icl_circuits.papers.nguyen_reddy2024.mechanism import paths_over_training
+from icl_circuits.papers.nguyen_reddy2024.reproduce import common_overrides
 from icl_circuits.reproduce.common import SWEEPS, Reproduction, pick, run_grids
 from icl_circuits.reproduce.plan import Plan
 from icl_circuits.sweeps import SweepSpec
@@ -74,15 +75,7 @@ def settings(scale: str) -> dict:
         # The rate-ratio sweep's MLP width (128 at the cpu scale: a smaller step than the preset's 512).
         "ratio_width": pick(scale, 16, 128, 512),
         "ratios": pick(scale, [0.5, 2.0], [0.25, 0.5, 1.0, 2.0, 4.0], [0.25, 0.5, 1.0, 2.0, 4.0]),
-        "common": [
-            f"train.lr={pick(scale, 0.1, 0.1, 0.01)}",
-            f"train.batch_size={pick(scale, 16, 64, 128)}",
-            "train.n_checkpoints=2",
-            f"train.checkpoint_every={pick(scale, 10, 100, 500)}",
-            f"train.eval_size={pick(scale, 64, 256, 2000)}",
-            f"train.device={pick(scale, 'cpu', 'cpu', 'auto')}",
-            *pick(scale, small, [], []),
-        ],
+        "common": common_overrides(scale, small),
         "small": pick(scale, True, False, False),
     }
 
