@@ -35,7 +35,8 @@ matplotlib.use("Agg")
 import pandas as pd
 
 from icl_circuits.papers.nguyen_reddy2024 import rates
-from icl_circuits.papers.nguyen_reddy2024.claims_mechanism import independence_claims, rate_claims
+from icl_circuits.papers.nguyen_reddy2024.circuit_overlap import run_overlap
+from icl_circuits.papers.nguyen_reddy2024.claims_mechanism import circuit_claims, independence_claims, rate_claims
 from icl_circuits.papers.nguyen_reddy2024.measure import per_run
 from icl_circuits.papers.nguyen_reddy2024.mechanism import paths_over_training
 from icl_circuits.papers.nguyen_reddy2024.reproduce import common_overrides
@@ -43,14 +44,21 @@ from icl_circuits.reproduce.common import SWEEPS, Reproduction, pick, run_grids
 from icl_circuits.reproduce.plan import Plan
 from icl_circuits.sweeps import SweepSpec
 from icl_circuits.sweeps.sweep import run_path
+from probes.circuits_over_training import CircuitParams
 
 CHANCE = 0.5
+INTERLEAVED = "nguyen-reddy2024-interleaved"
+#: The two-layer interleaved contrast at the cpu scale (pilots, 1 seed, 3,000 steps at lr 0.1: at
+#: K = 1,024 ICL and IWL are both learned with 2 context items; with 4 or 8, ICL is not).
+INTER_N, INTER_KS, INTER_STEPS = 2, [1024], 3000
+INTER_AT = [0, 200, 500, 1000, 2000, 3000]
 
 
 def settings(scale: str) -> dict:
     small = ["model.readout_hidden=[16,16]", "data.d=15", "model.d_model=17"]
     return {
         "preset": "nguyen-reddy2024",
+        "inter_preset": INTERLEAVED,
         "N": pick(scale, 4, 8, 100),
         # Well below, near and well above K* (K* at N = 8: 523 in reproduce nguyen-reddy2024).
         "regimes": pick(
@@ -64,6 +72,16 @@ def settings(scale: str) -> dict:
         "ablation_n": pick(scale, 64, 512, 2000),
         # The checkpoints the paths are ablated at (None: every checkpoint).
         "path_steps": pick(scale, None, [0, 100, 200, 400, 700, 1000, 1500], None),
+        # Circuit discovery (ICL and IWL circuits, their shared edges) at these checkpoints, on
+        # this many sequences per split (None: every checkpoint).
+        "circuit_steps": pick(scale, None, [0, 100, 200, 400, 700, 1000, 1500], None),
+        "circuit_n": pick(scale, 32, 128, 512),
+        # The two-layer interleaved model for contrast: context items, K, seeds, steps.
+        "inter_N": pick(scale, 2, INTER_N, INTER_N),
+        "inter_Ks": pick(scale, [16], INTER_KS, INTER_KS),
+        "inter_seeds": pick(scale, [0], [0, 1], [0, 1]),
+        "inter_steps": pick(scale, 40, INTER_STEPS, 20_000),
+        "inter_steps_at": pick(scale, None, INTER_AT, None),
         # Rates against capacity: one N, a K grid per setting, one seed per K.
         "rate_N": pick(scale, 4, 4, 100),
         "rate_Ks": pick(scale, [8, 64], [64, 128, 256, 512, 1024, 2048], [2**i for i in range(9, 18)]),
@@ -76,6 +94,7 @@ def settings(scale: str) -> dict:
         "ratio_width": pick(scale, 16, 128, 512),
         "ratios": pick(scale, [0.5, 2.0], [0.25, 0.5, 1.0, 2.0, 4.0], [0.25, 0.5, 1.0, 2.0, 4.0]),
         "common": common_overrides(scale, small),
+        "inter_common": common_overrides(scale, ["model.readout_hidden=[16,16]", "data.d=15", "model.d_model=16"]),
         "small": pick(scale, True, False, False),
     }
 
@@ -84,6 +103,13 @@ def grids(s: dict) -> dict[str, tuple[str, list[str], dict[str, list]]]:
     """The reproduction's sweeps: name -> (preset, overrides, grid)."""
     base = [*s["common"], f"data.n_pairs={s['N'] - 1}", "train.stop_above=0.0", f"train.steps={s['steps']}"]
     out = {"paths": (s["preset"], base, {"data.n_classes": list(s["regimes"].values()), "seed": s["seeds"]})}
+    inter = [
+        *s["inter_common"],
+        f"data.n_pairs={s['inter_N']}",
+        "train.stop_above=0.0",
+        f"train.steps={s['inter_steps']}",
+    ]
+    out["interleaved"] = (INTERLEAVED, inter, {"data.n_classes": s["inter_Ks"], "seed": s["inter_seeds"]})
     rate_base = [
         *s["common"],
         f"data.n_pairs={s['rate_N'] - 1}",
@@ -127,6 +153,21 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
         parts.append(table.assign(regime=regime, K=k, seed=seed, N=N))
     paths = pd.concat(parts, ignore_index=True)
 
+    # The discovered ICL and IWL circuits over training and their shared edges: the one-layer
+    # runs above, and the two-layer interleaved runs for contrast.
+    cparams = CircuitParams(n=s["circuit_n"])
+    parts = []
+    for model, name, regimes, steps in (
+        ("one-layer", "paths", s["regimes"], s["circuit_steps"]),
+        ("two-layer", "interleaved", None, s["inter_steps_at"]),
+    ):
+        for point, g in results[name].groupby("point"):
+            k, seed = int(g["data.n_classes"].iloc[0]), int(g["seed"].iloc[0])
+            regime = "both learned" if regimes is None else next(r for r, v in regimes.items() if v == k)
+            table = run_overlap(run_path(out / SWEEPS / name, point), steps, cparams)
+            parts.append(table.assign(model=model, regime=regime, K=k, seed=seed))
+    overlap = pd.concat(parts, ignore_index=True)
+
     # Rates against capacity.
     widths_runs = pd.concat(
         [per_run(results[f"width-{w}"], s["rate_N"]).assign(mlp_width=w, ratio=1.0) for w in s["widths"]],
@@ -152,6 +193,7 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
     rep = Reproduction("nguyen-reddy2024-mechanism", scale, s)
     rep.tables = {
         "paths": paths,
+        "circuits_jaccard": overlap,
         "rate_runs": pd.concat([widths_runs, ratio_runs], ignore_index=True).drop_duplicates(
             ["K", "seed", "mlp_width", "ratio"]
         ),
@@ -160,5 +202,6 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
         "rate_fits": pd.DataFrame([fits]),
     }
     rep.figures = [figure]
-    rep.claims = independence_claims(paths, CHANCE) + rate_claims(kw, kr, fits)
+    how = f"EAP-IG, faithfulness {cparams.target:g}, mean patching, {cparams.n} sequences per split"
+    rep.claims = independence_claims(paths, CHANCE) + circuit_claims(overlap, how) + rate_claims(kw, kr, fits)
     return rep
