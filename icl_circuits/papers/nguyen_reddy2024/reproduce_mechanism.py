@@ -27,6 +27,9 @@ Same cpu-scale deviations as ``reproduce nguyen-reddy2024`` (lr 0.1, batch 64, e
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -34,17 +37,20 @@ import matplotlib
 matplotlib.use("Agg")
 import pandas as pd
 
+from icl_circuits.models.build import build_native, to_bridge
 from icl_circuits.papers.nguyen_reddy2024 import rates
 from icl_circuits.papers.nguyen_reddy2024.circuit_overlap import run_overlap
 from icl_circuits.papers.nguyen_reddy2024.claims_mechanism import circuit_claims, independence_claims, rate_claims
 from icl_circuits.papers.nguyen_reddy2024.measure import per_run
-from icl_circuits.papers.nguyen_reddy2024.mechanism import paths_over_training
+from icl_circuits.papers.nguyen_reddy2024.mechanism import path_rows, paths_over_training
 from icl_circuits.papers.nguyen_reddy2024.reproduce import common_overrides
 from icl_circuits.reproduce.common import SWEEPS, Reproduction, pick, run_grids
-from icl_circuits.reproduce.plan import Plan
-from icl_circuits.sweeps import SweepSpec
+from icl_circuits.reproduce.plan import Plan, Task
+from icl_circuits.sweeps import SweepSpec, build_points
 from icl_circuits.sweeps.sweep import run_path
+from icl_circuits.training.schedule import checkpoint_steps
 from probes.circuits_over_training import CircuitParams
+from probes.discovery import split_circuits
 
 CHANCE = 0.5
 INTERLEAVED = "nguyen-reddy2024-interleaved"
@@ -128,12 +134,63 @@ def grids(s: dict) -> dict[str, tuple[str, list[str], dict[str, list]]]:
     return out
 
 
+def _checkpoints(spec: SweepSpec, steps: list[int] | None) -> int:
+    """Checkpoints analysed per run of ``spec``: ``steps``, or all the run keeps."""
+    if steps is not None:
+        return len(steps)
+    tc = build_points(spec)[0].config.train
+    return len(checkpoint_steps(tc.steps, tc.n_checkpoints, tc.checkpoint_every))
+
+
+def _timed(spec: SweepSpec, work) -> Callable[[], float]:
+    """A probe: ``work(model, source)`` timed once (after a warm-up) on a fresh model of ``spec``'s first run."""
+
+    def probe() -> float:
+        cfg = build_points(spec)[0].config
+        model = to_bridge(build_native(cfg.model, seed=0, **cfg.data.model_shape()))
+        model.eval()
+        source = cfg.data.build_source(cfg.seed)
+        work(model, source)
+        t0 = time.perf_counter()
+        work(model, source)
+        return time.perf_counter() - t0
+
+    return probe
+
+
 def plan(scale: str) -> Plan:
-    """The dry run's plan: the path and rate grids in one pool of jobs, as ``run`` trains them."""
-    stage = {name: SweepSpec(base, tuple(over), grid) for name, (base, over, grid) in grids(settings(scale)).items()}
+    """The dry run's plan: the path and rate grids in one pool of jobs, as ``run`` trains them, then
+    the path ablations and the circuit discovery at their checkpoints (timed on a fresh model,
+    pruned all the way as a trained one is)."""
+    s = settings(scale)
+    stage = {name: SweepSpec(base, tuple(over), grid) for name, (base, over, grid) in grids(s).items()}
+    paths, inter = stage["paths"], stage["interleaved"]
+    n_paths, n_inter = len(build_points(paths)), len(build_points(inter))
+    ck_paths, ck_inter = _checkpoints(paths, s["path_steps"]), _checkpoints(inter, s["inter_steps_at"])
+    ck_circ = _checkpoints(paths, s["circuit_steps"])
+
+    def ablate(model, source):
+        path_rows(model, {sp: source.eval_batch(sp, s["ablation_n"]) for sp in (source.icl_split, source.iwl_split)})
+
+    def discover(model, source):
+        # min_effect -inf: the search over edges runs, as on a trained model with a behaviour.
+        split_circuits(model, source, n=s["circuit_n"], steps=CircuitParams().steps, min_effect=-math.inf)
+
+    ablate_one, discover_one, discover_two = _timed(paths, ablate), _timed(paths, discover), _timed(inter, discover)
     return Plan(
         stages=(stage,),
-        notes=("the path ablations at each checkpoint and the K* fits over the finished runs are not timed",),
+        tasks=(
+            Task(
+                f"path ablations: {n_paths} runs x {ck_paths} checkpoints, {s['ablation_n']} sequences per split",
+                lambda: n_paths * ck_paths * ablate_one(),
+            ),
+            Task(
+                f"circuit discovery: one-layer {n_paths} runs x {ck_circ} checkpoints, two-layer {n_inter} runs x "
+                f"{ck_inter} checkpoints, {s['circuit_n']} sequences per split",
+                lambda: n_paths * ck_circ * discover_one() + n_inter * ck_inter * discover_two(),
+            ),
+        ),
+        notes=("the K* fits over the finished runs are not timed",),
     )
 
 
