@@ -56,7 +56,8 @@ def test_every_config_of_the_larger_scales_builds(scale):
 #: scale (the claim text up to its first colon): the generalising path, both directions, near
 #: and above K*; the additive form above K*; K* flat in the MLP's width. Not holding: every
 #: claim on IWL (the memorisation runs through the attention too), the additive form near and
-#: below K*, and K* following the learning-rate ratio.
+#: below K*, the discovered circuits' overlap (Jaccard above 0.25 in both models), and K*
+#: following the learning-rate ratio.
 HOLD_AT_CPU = tuple(
     claim.format(where=where)
     for where in ("near K* (K = 566)", "above K* (K = 6,400)")
@@ -78,3 +79,12 @@ def test_cpu_scale_reproduces_the_claims_that_hold(tmp_path):
     for claim in HOLD_AT_CPU:
         assert holds[claim], claim
     assert len(rep.tables["kstar_width"]) == 5 and len(rep.tables["kstar_ratio"]) == 5
+    # The circuits of both models at every analysed checkpoint; the two-layer model has both
+    # behaviours learned (with their Jaccard) at some checkpoints, the one-layer model near K*.
+    jac = rep.tables["circuits_jaccard"]
+    assert jac.groupby(["model", "regime", "seed"])["step"].nunique().to_dict() == {
+        **{("one-layer", r, seed): 7 for r in ("below", "near", "above") for seed in (0, 1)},
+        **{("two-layer", "both learned", seed): 6 for seed in (0, 1)},
+    }
+    both = jac.dropna(subset=["jaccard"])
+    assert set(both["regime"]) == {"near", "both learned"}
