@@ -25,7 +25,7 @@ def test_smoke_writes_tables_figure_and_claims(tmp_path):
     assert paths.groupby(["regime", "seed"])["step"].nunique().min() >= 4
     # The circuits at every checkpoint of every one-layer and two-layer run.
     jac = rep.tables["circuits_jaccard"]
-    assert set(zip(jac["model"], jac["regime"])) == {
+    assert set(zip(jac["model"], jac["regime"], strict=True)) == {
         ("one-layer", "below"),
         ("one-layer", "near"),
         ("one-layer", "above"),
