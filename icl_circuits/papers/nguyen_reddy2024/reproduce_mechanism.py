@@ -10,7 +10,10 @@ early stop, checkpoints every 100 steps. At every checkpoint, on the run's ICL a
 evaluation splits, each path is mean-ablated alone and both together; at the last
 checkpoint, ablating the attention should remove ICL and leave IWL, and ablating the
 memorising path should remove IWL and leave ICL. The interaction term of the additive form
-is measured over training against each path's own contribution.
+is measured over training against each path's own contribution. The ICL and IWL circuits are
+discovered at checkpoints over training and their shared edges counted (Jaccard;
+:mod:`.circuit_overlap`), on these runs and, for contrast, on the two-layer
+``nguyen-reddy2024-interleaved`` preset at a K where it learns both (:data:`INTER_KS`).
 
 **Rates, not capacity** (:mod:`.rates`): at one N, K* (the same sigmoid fit as the main
 reproduction) against the MLP readout's width, and against the MLP-to-attention
