@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from icl_circuits.data.batch import Batch
+from icl_circuits.models.build import model_layout
 from probes.eap import edge_scores
 from probes.edge_patching import (
     Metric,
@@ -264,6 +265,10 @@ def split_circuits(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Circuits of the ICL and IWL splits (or ``splits``) of a run's data source.
 
+    A packed-layout model (one token per item, :func:`icl_circuits.models.build.model_layout`)
+    has one embedding node ``emb`` (``build_graph(model, split_embed=False)``): its tokens hold
+    exemplar and label together.
+
     Returns:
         ``(circuits, edges)``: one row per split (``split``, ``role`` ICL/IWL/"", the
         :meth:`Circuit.summary` columns, ``edges`` joined by spaces, and ``jaccard_icl_iwl``),
@@ -271,7 +276,7 @@ def split_circuits(
     """
     roles = {source.icl_split: "ICL", source.iwl_split: "IWL"}
     splits = splits or [s for s in (source.icl_split, source.iwl_split) if s]
-    graph = build_graph(model)
+    graph = build_graph(model, split_embed=model_layout(model) != "packed")
     rows, edges, found = [], [], {}
     for split in splits:
         batch = source.eval_batch(split, n)

@@ -13,6 +13,8 @@ ACC_TOL = 0.05
 LEARNED = 0.1
 #: The additive form holds where |interaction| is at most this share of the path's own contribution.
 INTERACTION_SHARE = 0.25
+#: "Largely independent" circuits: the Jaccard index of their edge sets at most this.
+JACCARD_MAX = 0.25
 #: "Much less than capacity predicts": the measured slope in the parameter count at most this share of 1.
 WIDTH_SHARE = 0.25
 
@@ -122,3 +124,57 @@ def rate_claims(kw: pd.DataFrame, kr: pd.DataFrame, f: dict) -> list[Claim]:
             bool(f["slope_params_hi"] <= WIDTH_SHARE),
         ),
     ]
+
+
+def _jaccard_text(g: pd.DataFrame) -> str:
+    both = g.dropna(subset=["jaccard"])
+    learned = [r for r in ("ICL", "IWL") if g[f"{r.lower()}_reported"].any()]
+    text = (
+        f"{len(both)} of {len(g)} checkpoints ({g['seed'].nunique()} seeds) with both circuits"
+        if len(both)
+        else f"no checkpoint of {len(g)} ({g['seed'].nunique()} seeds) with both circuits"
+    )
+    if len(both):
+        text += f": Jaccard median {both['jaccard'].median():.2f}, range {both['jaccard'].min():.2f}-{both['jaccard'].max():.2f}"
+        last = both[both["step"] == both["step"].max()].iloc[0]
+        shared = sorted(set(last["icl_edges"].split()) & set(last["iwl_edges"].split()))
+        text += (
+            f"; at step {int(last['step'])} (seed {int(last['seed'])}): ICL {int(last['icl_n_edges'])}, IWL "
+            f"{int(last['iwl_n_edges'])} of {int(last['n_total'])} edges, shared: {', '.join(shared) or 'none'}"
+        )
+    return text + f"; circuits reported: {', '.join(learned) or 'neither'}"
+
+
+def circuit_claims(overlap: pd.DataFrame, params: str) -> list[Claim]:
+    """Per model and regime: the discovered ICL and IWL circuits share few edges, where both are learned.
+
+    Args:
+        overlap: :func:`.circuit_overlap.overlap_table` rows with ``model, regime, K, seed``.
+        params: how the circuits were found, for the claim's text.
+    """
+    claims, medians = [], {}
+    for (model, regime), g in overlap.groupby(["model", "regime"], sort=False):
+        both = g["jaccard"].dropna()
+        where = f"{model}, {regime} (K = {int(g['K'].iloc[0]):,})"
+        if len(both):
+            medians[(model, regime)] = float(both.median())
+        claims.append(
+            Claim(
+                f"the discovered ICL and IWL circuits are largely independent, {where}: the Jaccard index of their edge "
+                f"sets at most {JACCARD_MAX} at every checkpoint where both behaviours are learned ({params})",
+                PAPER,
+                _jaccard_text(g),
+                bool((both <= JACCARD_MAX).all()) if len(both) else None,
+            )
+        )
+    if medians:
+        claims.append(
+            Claim(
+                "the one-layer and the two-layer models compared: median Jaccard of the ICL and IWL circuits, where both are "
+                "learned (a contrast; the paper's model is the one-layer one)",
+                "-",
+                "; ".join(f"{m}, {r}: {v:.2f}" for (m, r), v in medians.items()),
+                None,
+            )
+        )
+    return claims

@@ -174,6 +174,10 @@ def escape_time(cfg: KineticsConfig, N: float, beta0: float) -> float:
 
 
 # --------------------------------------------------------------------------- fits
+#: Evaluations :func:`fit_sigmoid` allows ``curve_fit``.
+MAX_NFEV = 2000
+
+
 def fit_sigmoid(log_k, acc, lo: float, hi: float) -> tuple[float, float]:
     """Least-squares ``acc = lo + (hi - lo) sigma((log_k - x0) / width)``; returns ``(x0, width)``.
 
@@ -183,7 +187,9 @@ def fit_sigmoid(log_k, acc, lo: float, hi: float) -> tuple[float, float]:
     fit at the edge), the width to ``[span / 200, 2 span]``. The squared error has several
     local minima where the data barely rise, so the best point of a coarse grid over these
     bounds (61 x 31 in ``x0`` and ``log width``) is the start that ``scipy.optimize.curve_fit``
-    (trust region reflective, bounded) refines.
+    (trust region reflective, bounded) refines, with up to :data:`MAX_NFEV` evaluations (its
+    default, 200, is too few where a width near its lower bound makes the fit a step: a
+    bootstrap resample of points at two K only).
     """
     x = np.asarray(log_k, dtype=float)
     y = np.asarray(acc, dtype=float)
@@ -202,7 +208,7 @@ def fit_sigmoid(log_k, acc, lo: float, hi: float) -> tuple[float, float]:
     i, j = np.unravel_index(int(np.argmin(sse)), sse.shape)
     start = (float(x0s[i, 0, 0]), float(lws[0, j, 0]))
     try:
-        params, _ = curve_fit(curve, x, y, p0=start, bounds=(lower, upper), method="trf")
+        params, _ = curve_fit(curve, x, y, p0=start, bounds=(lower, upper), method="trf", max_nfev=MAX_NFEV)
     except RuntimeError as err:  # no convergence within curve_fit's evaluation budget
         raise ValueError(f"fit_sigmoid: the least-squares fit did not converge ({err})") from err
     return float(params[0]), math.exp(float(params[1]))
