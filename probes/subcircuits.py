@@ -28,7 +28,7 @@ from torch import Tensor
 
 from icl_circuits.data.batch import Batch
 from icl_circuits.metrics import query_metrics
-from icl_circuits.models.build import query_logits
+from icl_circuits.models.build import chunked_query_logits, query_logits
 from probes.ablation import (
     METHODS,
     Head,
@@ -213,10 +213,14 @@ def subcircuit_effects(
     splits = list(eval_batches)
     every = Batch.cat([eval_batches[s] for s in splits]) if splits else None
     bounds = torch.tensor([0] + [len(eval_batches[s]) for s in splits]).cumsum(0).tolist()
+    tokens = every.tokens() if every is not None else None
 
     def record_all(condition: str) -> None:
-        # One forward over every split at once: the per-forward hook overhead dominates.
-        logits = query_logits(model, every.tokens())
+        # Every split in chunks that fit a core's cache: zero and mean ablations read no row's
+        # place in the batch, so chunks change no value; resample draws its donors by row
+        # index, so its ablated passes run as one forward.
+        one_pass = method == "resample" and condition != "clean"
+        logits = query_logits(model, tokens) if one_pass else chunked_query_logits(model, tokens)
         for i, split in enumerate(splits):
             batch = eval_batches[split]
             for metric, value in query_metrics(logits[bounds[i] : bounds[i + 1]], batch, n_labels).items():

@@ -184,13 +184,56 @@ def to_bridge(native: NativeModel, copy_module: bool = True) -> TransformerBridg
     return bridge
 
 
+def _keep_query(x: torch.Tensor, hook) -> torch.Tensor:
+    # x: [batch, pos, d_model] -> [batch, 1, d_model], the query position only
+    return x[:, -1:]
+
+
 def query_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """``[batch, n_labels]`` logits at the query (last) position, native or bridge."""
+    """``[batch, n_labels]`` logits at the query (last) position, native or bridge.
+
+    A bridge runs its final norm and readout at the query only (the other positions' logits
+    are never read): a hook on ``ln_final.hook_in``, added after every hook already active
+    there, keeps the last position, so hooks of the final norm and the readout see ``pos`` 1.
+    Each position's norm and readout is its own, so the query's logits are those of the full
+    forward.
+    """
     if isinstance(model, TransformerBridge):
-        return model(tokens)[:, -1]
+        point = "ln_final.hook_in" if "ln_final.hook_in" in model.hook_dict else "unembed.hook_in"
+        with model.hooks(fwd_hooks=[(point, _keep_query)]):
+            return model(tokens)[:, -1]
     if isinstance(getattr(model, "_orig_mod", model), ICLNativeModel):
         return model(input_ids=tokens, query_only=True)
     return model(input_ids=tokens)[:, -1]
+
+
+#: Bytes of one residual-stream activation ``[batch, pos, d_model]`` per forward of
+#: :func:`chunked_query_logits`: a core's L2 cache (1 MiB here), the rule of the stacked
+#: forward's chunks of seeds (:data:`icl_circuits.models.stacked.CHUNK_BYTES`). Past it every
+#: elementwise op of the bridge's forward streams its activations from memory (measured:
+#: ``benchmarks/RESULTS.md``, "Sequences per analysis forward").
+ANALYSIS_CHUNK_BYTES = 2**20
+
+
+def sequences_per_chunk(n: int, seq: int, d_model: int, budget: int = ANALYSIS_CHUNK_BYTES) -> int:
+    """Sequences per forward: as few equal chunks of ``n`` as keep ``[chunk, seq, d_model]`` float32 within ``budget``."""
+    n_chunks = max(1, -(-n * seq * d_model * 4 // budget))
+    return -(-n // n_chunks)
+
+
+def chunked_query_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """:func:`query_logits` of ``tokens`` in chunks of :func:`sequences_per_chunk` sequences.
+
+    Each sequence's logits are those of one forward over all of them (no op mixes sequences).
+    Hooks in place fire once per chunk, each chunk a forward of its own: a hook whose edit
+    depends on a row's index in the batch, or on the batch's size (resample donors,
+    :func:`probes.ablation.resample_index`), needs the unchunked :func:`query_logits`.
+    """
+    n = tokens.shape[0]
+    chunk = sequences_per_chunk(n, tokens.shape[1], model.cfg.d_model)
+    if chunk >= n:
+        return query_logits(model, tokens)
+    return torch.cat([query_logits(model, tokens[i : i + chunk]) for i in range(0, n, chunk)])
 
 
 def model_layout(model: torch.nn.Module) -> str:
