@@ -38,7 +38,7 @@ from probes.ablation import (
     check_method,
     head_ablation_hooks,
     reference_cache,
-    replacement,
+    replacer,
     z_name,
 )
 
@@ -140,9 +140,11 @@ def ablate_subcircuit(
     hooks: list[tuple[str, HookFn]] = head_ablation_hooks(model, heads, method, ref, seed)
 
     def ablate_mlp(name: str) -> HookFn:
+        replace = replacer(method, ref.get(name), seed)
+
         def hook(out: Tensor, hook) -> Tensor:
             # out: [batch, pos, d_model]
-            return replacement(method, ref.get(name), out, seed).expand_as(out)
+            return replace(out).expand_as(out)
 
         return hook
 
@@ -150,6 +152,7 @@ def ablate_subcircuit(
 
     if embed_names:
         ref_direct = sum(ref[n][:, -1] for n in embed_names) if ref else None  # [n_ref, d_model]
+        replace_direct = replacer(method, ref_direct, seed)
         direct: dict[str, Tensor] = {}
 
         def grab(name: str) -> HookFn:
@@ -162,7 +165,7 @@ def ablate_subcircuit(
         def edit_final(resid: Tensor, hook) -> Tensor:
             # resid: [batch, pos, d_model]; only the query position's direct path changes.
             own = sum(direct.pop(n) for n in embed_names)  # [batch, d_model]
-            rep = replacement(method, ref_direct, own, seed).expand_as(own)
+            rep = replace_direct(own).expand_as(own)
             resid = resid.clone()
             resid[:, -1] = resid[:, -1] - own + rep
             return resid
@@ -184,6 +187,12 @@ def subcircuit_effects(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Metrics of every evaluation split, clean and with each subcircuit ablated.
+
+    Each condition is one pass over every split at once, in chunks of sequences
+    (:func:`icl_circuits.models.build.chunked_query_logits`; ``resample``'s ablated passes
+    whole, as its donors depend on a row's index). When ``reference`` is one of
+    ``eval_batches``' batches (the same object), the clean pass also records its activations,
+    so no reference pass of its own is run.
 
     Args:
         model: a TransformerBridge in eval mode.
@@ -226,11 +235,31 @@ def subcircuit_effects(
             for metric, value in query_metrics(logits[bounds[i] : bounds[i + 1]], batch, n_labels).items():
                 rows.append({"condition": condition, "split": split, "metric": metric, "value": value})
 
-    record_all("clean")
-    # One reference pass serves every subcircuit and every split.
+    # One reference pass serves every subcircuit and every split: the clean pass itself when
+    # the reference is one of the splits' batches.
+    wanted: set[str] = set()
+    if reference is not None and method != "zero":
+        wanted = set().union(*(subcircuit_names(model, s) for s in subcircuits))
+    among = [i for i, split in enumerate(splits) if eval_batches[split] is reference]
     shared = None
-    if reference is not None and method != "zero" and method in METHODS:
-        shared = reference_cache(model, reference, set().union(*(subcircuit_names(model, s) for s in subcircuits)))
+    if wanted and among:
+        taken: dict[str, list[Tensor]] = {name: [] for name in wanted}
+
+        def take(name: str) -> HookFn:
+            def hook(act: Tensor, hook) -> Tensor:
+                taken[name].append(act.detach())
+                return act
+
+            return hook
+
+        with model.hooks(fwd_hooks=[(name, take(name)) for name in sorted(wanted)]):
+            record_all("clean")
+        lo, hi = bounds[among[0]], bounds[among[0] + 1]
+        shared = {name: torch.cat(acts)[lo:hi] for name, acts in taken.items()}
+    else:
+        record_all("clean")
+        if wanted:
+            shared = reference_cache(model, reference, wanted)
     for sub in subcircuits:
         if reference is not None:
             with ablate_subcircuit(model, sub, method, reference, seed, ref_cache=shared):
