@@ -13,11 +13,10 @@ from icl_circuits.metrics import eval_sets, query_metrics
 from icl_circuits.models import build
 from icl_circuits.runs.read import BridgeLoader, load_config, load_model
 from icl_circuits.runs.store import list_checkpoints
-from probes import over_training
+from probes import over_training, scores
 from probes.builtin.ablations import controls
 from probes.circuits import FoundCircuit
 from probes.over_training import COLUMNS, analyze_run
-from probes.scores import head_scores
 from probes.subcircuits import ablate_subcircuit, icl_circuit, iwl_path
 
 
@@ -63,10 +62,32 @@ def test_bad_steps(tiny_run):
         analyze_run(tiny_run, ablation="median", progress=False)
 
 
+def _plain_scores(model, batch: Batch) -> pd.DataFrame:
+    """Every head score from full caches (the readout at every position), one per batch."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch.tokens())
+        tokens, ids = scores.repeated_sequence(batch, model.cfg.n_ctx)
+        _, repeated = model.run_with_cache(tokens)
+
+    def patterns(c) -> torch.Tensor:
+        return torch.stack([c[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)])
+
+    olsson = scores._tidy("prefix_matching", scores.prefix_matching(patterns(repeated), ids))
+    olsson += scores._tidy("copying", scores.copying_scores(model))
+    return pd.concat(
+        [
+            scores.pattern_scores(patterns(cache), batch),
+            pd.DataFrame(olsson),
+            scores.direct_logit_attribution(model, batch, cache),
+        ],
+        ignore_index=True,
+    )
+
+
 def _plain_table(run, steps, circuit, method: str, eval_size: int) -> pd.DataFrame:
     """The ablation rows and head scores the plainest way: a fresh bridge per checkpoint, one full
-    forward (the readout at every position) over every split per condition, and a reference
-    pass of its own per subcircuit."""
+    forward (the readout at every position) over every split per condition, a reference pass of
+    its own per subcircuit, the head scores from full caches."""
     cfg = load_config(run)
     source = build_source(cfg.data, cfg.seed, "cpu")
     evals = eval_sets(source, eval_size)
@@ -97,7 +118,7 @@ def _plain_table(run, steps, circuit, method: str, eval_size: int) -> pd.DataFra
         df = pd.DataFrame(rows)
         df["condition"] = df.condition.str.replace(r"^random heads \d+$", "random heads", regex=True)
         df = df.groupby(["condition", "split", "metric"], sort=False).value.mean().reset_index()
-        scores = head_scores(model, evals[source.icl_split]).assign(split=source.icl_split, condition="clean")
+        scores = _plain_scores(model, evals[source.icl_split]).assign(split=source.icl_split, condition="clean")
         frames.append(pd.concat([df, scores], ignore_index=True).assign(step=step))
     return pd.concat(frames, ignore_index=True)
 
@@ -112,7 +133,8 @@ def _plain_table(run, steps, circuit, method: str, eval_size: int) -> pd.DataFra
 )
 def test_analysis_equals_the_plain_path(tiny_run, tmp_path, monkeypatch, method, circuit):
     """The analysis (forwards in chunks, the readout at the query only, one bridge refilled per
-    checkpoint, one reference pass) gives the plain path's table within float32 rounding (1e-6)."""
+    checkpoint, the reference read from the clean pass) gives the plain path's table within
+    float32 rounding (1e-6)."""
     steps = list_checkpoints(tiny_run)[1:4]
     seq_bytes = 9 * 16 * 4  # tiny run: 9 tokens of d_model 16, float32
     monkeypatch.setattr(build, "ANALYSIS_CHUNK_BYTES", 7 * seq_bytes)  # chunks of 7 sequences across the splits

@@ -13,7 +13,9 @@ module's, so a checkpoint's ``state_dict`` loads into either.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 from transformer_lens.config import TransformerBridgeConfig
@@ -189,18 +191,28 @@ def _keep_query(x: torch.Tensor, hook) -> torch.Tensor:
     return x[:, -1:]
 
 
+@contextlib.contextmanager
+def query_readout(bridge: TransformerBridge) -> Iterator[TransformerBridge]:
+    """Inside, ``bridge`` runs its final norm and readout at the query (last) position only.
+
+    A hook on ``ln_final.hook_in`` (``unembed.hook_in`` without one), added after every hook
+    already active there, keeps the last position: the final norm's and the readout's hooks,
+    a cache of them and the logits hold ``pos`` 1. Each position's norm and readout is its
+    own, so the query's values are those of the full forward; every other hook is untouched.
+    """
+    point = "ln_final.hook_in" if "ln_final.hook_in" in bridge.hook_dict else "unembed.hook_in"
+    with bridge.hooks(fwd_hooks=[(point, _keep_query)]):
+        yield bridge
+
+
 def query_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """``[batch, n_labels]`` logits at the query (last) position, native or bridge.
 
-    A bridge runs its final norm and readout at the query only (the other positions' logits
-    are never read): a hook on ``ln_final.hook_in``, added after every hook already active
-    there, keeps the last position, so hooks of the final norm and the readout see ``pos`` 1.
-    Each position's norm and readout is its own, so the query's logits are those of the full
-    forward.
+    A bridge runs its final norm and readout at the query only (:func:`query_readout`): the
+    other positions' logits are never read.
     """
     if isinstance(model, TransformerBridge):
-        point = "ln_final.hook_in" if "ln_final.hook_in" in model.hook_dict else "unembed.hook_in"
-        with model.hooks(fwd_hooks=[(point, _keep_query)]):
+        with query_readout(model):
             return model(tokens)[:, -1]
     if isinstance(getattr(model, "_orig_mod", model), ICLNativeModel):
         return model(input_ids=tokens, query_only=True)
