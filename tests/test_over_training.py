@@ -137,7 +137,8 @@ def test_analysis_equals_the_plain_path(tiny_run, tmp_path, monkeypatch, method,
     float32 rounding (1e-6)."""
     steps = list_checkpoints(tiny_run)[1:4]
     seq_bytes = 9 * 16 * 4  # tiny run: 9 tokens of d_model 16, float32
-    monkeypatch.setattr(build, "ANALYSIS_CHUNK_BYTES", 7 * seq_bytes)  # chunks of 7 sequences across the splits
+    monkeypatch.setattr(build, "ANALYSIS_CHUNK_BYTES", 7 * seq_bytes)
+    assert build.chunks(96, 9, 16)[:2] == [slice(0, 7), slice(7, 14)]  # 3 splits x 32 in chunks of 7 across them
     fast = analyze_run(
         tiny_run, steps=steps, circuit=circuit, eval_size=32, ablation=method, progress=False, cache=tmp_path
     )
@@ -160,11 +161,13 @@ def test_chunked_query_logits_equal_one_forward(tiny_run, monkeypatch):
     cfg = load_config(tiny_run)
     batch = build_source(cfg.data, cfg.seed, "cpu").eval_batch("IC", 50)
     monkeypatch.setattr(build, "ANALYSIS_CHUNK_BYTES", 8 * 9 * 16 * 4)
-    assert build.sequences_per_chunk(50, 9, 16, build.ANALYSIS_CHUNK_BYTES) == 8  # 7 chunks: 6 of 8, one of 2
+    assert [r.stop - r.start for r in build.chunks(50, 9, 16)] == [8] * 6 + [2]
+    calls = []
+    with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", lambda x, hook: calls.append(len(x)))]):
+        chunked = build.chunked_query_logits(model, batch.tokens())
+    assert calls == [8] * 6 + [2]
     with torch.no_grad():
-        torch.testing.assert_close(
-            build.chunked_query_logits(model, batch.tokens()), model(batch.tokens())[:, -1], rtol=0, atol=1e-6
-        )
+        torch.testing.assert_close(chunked, model(batch.tokens())[:, -1], rtol=0, atol=1e-6)
 
 
 def test_bridge_loader_refills_one_bridge(tiny_run):

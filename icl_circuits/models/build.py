@@ -22,6 +22,7 @@ from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 from transformer_lens.model_bridge.sources.native import NativeModel, initialize_native_model
+from transformer_lens.utilities.activation_functions import apply_softcap
 
 from icl_circuits.errors import LayoutError
 from icl_circuits.models.config import ModelConfig
@@ -59,6 +60,20 @@ class ICLNativeModel(NativeModel):
         for block in self.layers:
             (hidden,) = block(hidden, position_ids=position_ids)
         return self.head(self.ln_out(hidden[:, -1]))
+
+    def forward_from(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Logits ``[batch, pos, d_vocab_out]`` from the residual stream ``hidden`` entering block ``layer``.
+
+        Blocks ``layer`` onwards, the final norm and the readout, called as the native
+        forward calls them (behind a bridge, the same hooked modules fire their hooks), so
+        with ``hidden`` the forward's own residual stream at that block the logits are the
+        forward's. The embedding stage and the blocks below ``layer`` do not run.
+        """
+        batch, seq = hidden.shape[:2]
+        position_ids = torch.arange(seq, device=hidden.device).unsqueeze(0).expand(batch, -1)
+        for block in self.layers[layer:]:
+            (hidden,) = block(hidden, attention_mask=None, position_ids=position_ids)
+        return apply_softcap(self.head(self.ln_out(hidden)), self.output_logits_soft_cap)
 
 
 def tl_config(cfg: ModelConfig, d_in: int, n_labels: int, n_ctx: int, seed: int) -> TransformerBridgeConfig:
@@ -227,25 +242,32 @@ def query_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 ANALYSIS_CHUNK_BYTES = 2**20
 
 
-def sequences_per_chunk(n: int, seq: int, d_model: int, budget: int = ANALYSIS_CHUNK_BYTES) -> int:
-    """Sequences per forward: as few equal chunks of ``n`` as keep ``[chunk, seq, d_model]`` float32 within ``budget``."""
+def sequences_per_chunk(n: int, seq: int, d_model: int, budget: int | None = None) -> int:
+    """Sequences per forward: as few equal chunks of ``n`` as keep ``[chunk, seq, d_model]`` float32
+    within ``budget`` bytes (default :data:`ANALYSIS_CHUNK_BYTES`)."""
+    budget = ANALYSIS_CHUNK_BYTES if budget is None else budget
     n_chunks = max(1, -(-n * seq * d_model * 4 // budget))
     return -(-n // n_chunks)
 
 
+def chunks(n: int, seq: int, d_model: int) -> list[slice]:
+    """The rows of ``n`` sequences of ``seq`` tokens in chunks of :func:`sequences_per_chunk`."""
+    step = sequences_per_chunk(n, seq, d_model)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 def chunked_query_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """:func:`query_logits` of ``tokens`` in chunks of :func:`sequences_per_chunk` sequences.
+    """:func:`query_logits` of ``tokens`` in :func:`chunks` of sequences.
 
     Each sequence's logits are those of one forward over all of them (no op mixes sequences).
     Hooks in place fire once per chunk, each chunk a forward of its own: a hook whose edit
     depends on a row's index in the batch, or on the batch's size (resample donors,
     :func:`probes.ablation.resample_index`), needs the unchunked :func:`query_logits`.
     """
-    n = tokens.shape[0]
-    chunk = sequences_per_chunk(n, tokens.shape[1], model.cfg.d_model)
-    if chunk >= n:
+    rows = chunks(tokens.shape[0], tokens.shape[1], model.cfg.d_model)
+    if len(rows) == 1:
         return query_logits(model, tokens)
-    return torch.cat([query_logits(model, tokens[i : i + chunk]) for i in range(0, n, chunk)])
+    return torch.cat([query_logits(model, tokens[r]) for r in rows])
 
 
 def model_layout(model: torch.nn.Module) -> str:
