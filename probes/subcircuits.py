@@ -233,12 +233,14 @@ def subcircuit_effects(
     every = Batch.cat([eval_batches[s] for s in splits]) if splits else None
     bounds = torch.tensor([0] + [len(eval_batches[s]) for s in splits]).cumsum(0).tolist()
     tokens = every.tokens() if every is not None else None
-    names = {sub.name: subcircuit_names(model, sub) for sub in subcircuits}  # checks every subcircuit
+    reads = {sub.name: subcircuit_names(model, sub) for sub in subcircuits}  # checks every subcircuit
     # A subcircuit that leaves the embedding stage and the blocks below ``first`` untouched is
-    # run from the clean pass's residual stream at block ``first`` (the same values, less work).
+    # run from the clean pass's residual stream entering block ``first`` (the same values).
     native = getattr(model, "original_model", None)
-    first = {sub.name: _first_block(sub) if isinstance(native, ICLNativeModel) else 0 for sub in subcircuits}
-    resid: dict[int, Tensor] = {}
+    resumable = reference is not None and isinstance(native, ICLNativeModel)
+    first = {sub.name: _first_block(sub) if resumable else 0 for sub in subcircuits}
+    starts = {start for start in first.values() if start}
+    resid: dict[int, Tensor] = {}  # block -> the clean residual stream entering it, every row
 
     def logits_of(rows: slice, start: int) -> Tensor:
         if not start:
@@ -264,11 +266,9 @@ def subcircuit_effects(
     # stream where a subcircuit's run starts.
     wanted: set[str] = set()
     if reference is not None and method != "zero":
-        wanted = set().union(*names.values())
+        wanted = set().union(*reads.values())
     among = [i for i, split in enumerate(splits) if eval_batches[split] is reference]
-    recorded = (wanted if among else set()) | {
-        f"blocks.{start}.hook_resid_pre" for start in first.values() if start and reference is not None
-    }
+    recorded = (wanted if among else set()) | {f"blocks.{start}.hook_resid_pre" for start in starts}
     taken: dict[str, list[Tensor]] = {name: [] for name in recorded}
 
     def take(name: str) -> HookFn:
@@ -280,11 +280,7 @@ def subcircuit_effects(
 
     with model.hooks(fwd_hooks=[(name, take(name)) for name in sorted(recorded)]):
         record_all("clean")
-    resid = {
-        start: torch.cat(taken[f"blocks.{start}.hook_resid_pre"])
-        for start in set(first.values())
-        if start and reference is not None
-    }
+    resid.update({start: torch.cat(taken[f"blocks.{start}.hook_resid_pre"]) for start in starts})
     shared = None
     if wanted and among:
         lo, hi = bounds[among[0]], bounds[among[0] + 1]

@@ -17,7 +17,7 @@ from probes import over_training, scores
 from probes.builtin.ablations import controls
 from probes.circuits import FoundCircuit
 from probes.over_training import COLUMNS, analyze_run
-from probes.subcircuits import ablate_subcircuit, icl_circuit, iwl_path
+from probes.subcircuits import Subcircuit, ablate_subcircuit, icl_circuit, iwl_path, subcircuit_effects
 
 
 def test_tidy_table_and_cache(tiny_run, monkeypatch):
@@ -156,18 +156,21 @@ def test_analysis_equals_the_plain_path(tiny_run, tmp_path, monkeypatch, method,
     assert diff.max() <= 1e-6, diff.sort_values().tail()
 
 
-def test_chunked_query_logits_equal_one_forward(tiny_run, monkeypatch):
+def test_ablation_passes_run_in_chunks_of_the_budget(tiny_run, monkeypatch):
     model = load_model(tiny_run)
     cfg = load_config(tiny_run)
     batch = build_source(cfg.data, cfg.seed, "cpu").eval_batch("IC", 50)
-    monkeypatch.setattr(build, "ANALYSIS_CHUNK_BYTES", 8 * 9 * 16 * 4)
+    monkeypatch.setattr(build, "ANALYSIS_CHUNK_BYTES", 8 * 9 * 16 * 4)  # 8 sequences of 9 tokens, d_model 16
     assert [r.stop - r.start for r in build.chunks(50, 9, 16)] == [8] * 6 + [2]
     calls = []
-    with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", lambda x, hook: calls.append(len(x)))]):
-        chunked = build.chunked_query_logits(model, batch.tokens())
-    assert calls == [8] * 6 + [2]
-    with torch.no_grad():
-        torch.testing.assert_close(chunked, model(batch.tokens())[:, -1], rtol=0, atol=1e-6)
+    with model.hooks(fwd_hooks=[("hook_embed", lambda x, hook: calls.append(len(x)))]):
+        chunked = subcircuit_effects(
+            model, {"IC": batch}, cfg.data.n_labels, [Subcircuit("L1", ((1, 0),))], "mean", batch
+        )
+    assert calls == [8] * 6 + [2], "the clean pass in chunks; the ablated one from block 1 (no embedding)"
+    monkeypatch.setattr(build, "ANALYSIS_CHUNK_BYTES", 2**20)
+    whole = subcircuit_effects(model, {"IC": batch}, cfg.data.n_labels, [Subcircuit("L1", ((1, 0),))], "mean", batch)
+    assert (chunked.value - whole.value).abs().max() <= 1e-6
 
 
 def test_bridge_loader_refills_one_bridge(tiny_run):

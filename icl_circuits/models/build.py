@@ -234,8 +234,8 @@ def query_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return model(input_ids=tokens)[:, -1]
 
 
-#: Bytes of one residual-stream activation ``[batch, pos, d_model]`` per forward of
-#: :func:`chunked_query_logits`: a core's L2 cache (1 MiB here), the rule of the stacked
+#: Bytes of one residual-stream activation ``[batch, pos, d_model]`` per forward over
+#: :func:`chunks` of sequences (the analysis' ablations): a core's L2 cache (1 MiB here), the rule of the stacked
 #: forward's chunks of seeds (:data:`icl_circuits.models.stacked.CHUNK_BYTES`). Past it every
 #: elementwise op of the bridge's forward streams its activations from memory (measured:
 #: ``benchmarks/RESULTS.md``, "Sequences per analysis forward").
@@ -251,23 +251,15 @@ def sequences_per_chunk(n: int, seq: int, d_model: int, budget: int | None = Non
 
 
 def chunks(n: int, seq: int, d_model: int) -> list[slice]:
-    """The rows of ``n`` sequences of ``seq`` tokens in chunks of :func:`sequences_per_chunk`."""
+    """The rows of ``n`` sequences of ``seq`` tokens in chunks of :func:`sequences_per_chunk`.
+
+    A forward per chunk gives each sequence the logits of one forward over all of them (no
+    op mixes sequences), but hooks fire once per chunk: one whose edit depends on a row's
+    index in the batch or on the batch's size (resample donors,
+    :func:`probes.ablation.resample_index`) needs the whole batch in one forward.
+    """
     step = sequences_per_chunk(n, seq, d_model)
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
-
-
-def chunked_query_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """:func:`query_logits` of ``tokens`` in :func:`chunks` of sequences.
-
-    Each sequence's logits are those of one forward over all of them (no op mixes sequences).
-    Hooks in place fire once per chunk, each chunk a forward of its own: a hook whose edit
-    depends on a row's index in the batch, or on the batch's size (resample donors,
-    :func:`probes.ablation.resample_index`), needs the unchunked :func:`query_logits`.
-    """
-    rows = chunks(tokens.shape[0], tokens.shape[1], model.cfg.d_model)
-    if len(rows) == 1:
-        return query_logits(model, tokens)
-    return torch.cat([query_logits(model, tokens[r]) for r in rows])
 
 
 def model_layout(model: torch.nn.Module) -> str:
