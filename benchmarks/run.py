@@ -13,7 +13,9 @@ Sections (ratios first in the report, then absolute numbers and the machine):
         full preset run.
     ensemble: per-seed throughput of ``train_ensemble`` at S = 16 against separate runs.
     analysis: the full probe suite per checkpoint, 100 demo checkpoints, growth with the
-        number of checkpoints and of heads.
+        number of checkpoints and of heads; ``--section analysis [--run RUN]`` measures it
+        alone (on RUN, a demo run of 100 checkpoints, or one trained first) and updates its
+        rows of the summary.
     circuits: discovered ICL and IWL circuits (EAP-IG + pruning) at 100 demo checkpoints.
     memory: peak RSS of a training run and of an analysis run, each in a subprocess.
     reference: Nguyen & Reddy 2024's reference loop rebuilt here, against our preset.
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import llc, reference_speed, step_rates, threads
+from benchmarks import llc, reference_speed, scaling, step_rates, threads
 from benchmarks.circuits import bench_circuits
 from benchmarks.common import DEV, FULL, OUT, QUICK, Goal, load, machine
 from benchmarks.llm import bench_llm
@@ -54,6 +56,34 @@ KEPT = {
     "reference-speed": (reference_speed.BEGIN, reference_speed.END),
     "llc": (llc.BEGIN, llc.END),
 }
+#: Sections of the main report that ``--section`` also measures alone: their markers (the main
+#: run writes them afresh, so they are not kept).
+ALSO_APART = {"analysis": (scaling.BEGIN, scaling.END)}
+
+
+def update_goals(text: str, goals: list[Goal]) -> str:
+    """``text`` with the summary rows and notes of ``goals`` replaced (rows matched by goal name).
+
+    A goal without a row in the summary table is left out of it (the section carries its own
+    table); a note is replaced, dropped when the goal has no note now, or added after the notes.
+    """
+    mark = {True: "met", False: "**missed**", None: "reported"}
+    lines = text.split("\n")
+    for g in goals:
+        row = [i for i, line in enumerate(lines) if line.startswith(f"| {g.name} | ")]
+        if row:
+            lines[row[0]] = f"| {g.name} | {g.measured} | {mark[g.met]} |"
+        note = [i for i, line in enumerate(lines) if line.startswith(f"- **{g.name}** (")]
+        new = f"- **{g.name}** ({g.measured}): {g.why}"
+        if note and g.why:
+            lines[note[0]] = new
+        elif note:
+            del lines[note[0]]
+        elif g.why and row:
+            notes = [i for i, line in enumerate(lines) if line.startswith("- **")]
+            if notes:
+                lines.insert(notes[-1] + 1, new)
+    return "\n".join(lines)
 
 
 def splice(old: str, begin: str, end: str, section: str) -> str:
@@ -94,15 +124,28 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="a smoke run in under a minute")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the report")
-    parser.add_argument("--section", choices=["main", *KEPT], default="main", help="what to measure")
+    parser.add_argument("--section", choices=["main", *KEPT, *ALSO_APART], default="main", help="what to measure")
     parser.add_argument("--rounds", type=int, default=None, help="threads / step-rates: rounds (2 / 3)")
     parser.add_argument("--steps", type=int, default=300, help="threads: training steps per run")
     parser.add_argument("--repro-steps", type=int, default=0, help="step-rates: also time chan2024's cpu grid")
     parser.add_argument("--simple-icl", type=Path, help="reference-speed: a checkout of chanb/simple_icl (iclr_2025)")
-    parser.add_argument("--run", type=Path, help="llc: a trained demo run folder (make demo: checkpoints/demo)")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        help="llc, analysis: a trained demo run folder (llc: make demo; analysis: default trains one)",
+    )
     parser.add_argument("--ref-python", default="/tmp/refenv/bin/python", help="reference-speed: its venv's python")
     args = parser.parse_args(argv)
     old = args.out.read_text() if args.out.exists() else ""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.section in ALSO_APART:
+        with tempfile.TemporaryDirectory() as tmp:
+            goals, lines = bench_analysis(Path(tmp), QUICK if args.quick else FULL, args.run)
+        section = "\n".join(lines).rstrip("\n")
+        args.out.write_text(update_goals(splice(old, *ALSO_APART[args.section], section), goals))
+        print(section)
+        return section
     if args.section != "main":
         if args.section == "threads":
             section = threads.measure(args.steps, max(args.rounds or 2, 2))
@@ -119,8 +162,6 @@ def main(argv: list[str] | None = None) -> str:
         args.out.write_text(splice(old, *KEPT[args.section], section))
         print(section)
         return section
-    if args.threads:
-        torch.set_num_threads(args.threads)
     scale = QUICK if args.quick else FULL
     start, load0 = time.perf_counter(), load()
     goals: list[Goal] = []

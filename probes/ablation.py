@@ -144,6 +144,25 @@ def replacement(method: str, ref: Tensor | None, like: Tensor, seed: int) -> Ten
     return ref[resample_index(like.shape[0], ref.shape[0], seed, ref.device)]
 
 
+def replacer(method: str, ref: Tensor | None, seed: int) -> Callable[[Tensor], Tensor]:
+    """``like -> replacement(method, ref, like, seed)``, a ``mean`` computed once per dtype and shape.
+
+    A hook fires at every forward (and every chunk of one); the mean over the reference batch
+    is the same each time, so it is taken once.
+    """
+    if method != "mean":
+        return lambda like: replacement(method, ref, like, seed)
+    memo: dict[tuple, Tensor] = {}
+
+    def rep(like: Tensor) -> Tensor:
+        key = (like.dtype, tuple(like.shape[1:]))
+        if key not in memo:
+            memo[key] = replacement(method, ref, like, seed)
+        return memo[key]
+
+    return rep
+
+
 def head_ablation_hooks(
     model, heads: list[Head], method: str, ref: dict[str, Tensor], seed: int
 ) -> list[tuple[str, HookFn]]:
@@ -153,9 +172,11 @@ def head_ablation_hooks(
         by_layer.setdefault(layer, []).append(head)
 
     def make(layer: int, hs: list[int]) -> HookFn:
+        replace = replacer(method, ref.get(z_name(layer)), seed)
+
         def hook(z: Tensor, hook) -> Tensor:
             # z: [batch, pos, head_index, d_head]
-            rep = replacement(method, ref.get(z_name(layer)), z, seed).expand_as(z)
+            rep = replace(z).expand_as(z)
             z = z.clone()
             z[:, :, hs] = rep[:, :, hs]
             return z

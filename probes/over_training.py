@@ -34,7 +34,7 @@ from icl_circuits.errors import CheckpointError, ICLError, RunFolderError
 from icl_circuits.fileio import write_atomic
 from icl_circuits.metrics import eval_sets
 from icl_circuits.runs import layout
-from icl_circuits.runs.read import load_config, load_model
+from icl_circuits.runs.read import BridgeLoader, load_config, load_model
 from icl_circuits.runs.store import latest_good_checkpoint, list_checkpoints, read_json
 from probes import registry
 from probes.circuits import FoundCircuit, find_icl_circuit
@@ -209,9 +209,11 @@ def analyze_run(
         else:
             frames[step] = df
 
+    loader = BridgeLoader(run)  # one bridge, refilled at each checkpoint
+
     def compute(step: int, path: Path) -> None:
         try:
-            model = load_model(run, step)
+            model = loader(step)
         except CheckpointError as err:
             skipped.append((step, str(err).split("; nearest good")[0]))
             return

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from icl_circuits.data.batch import Batch
+from icl_circuits.models.build import query_readout
 
 COLUMNS = ["metric", "layer", "head_index", "value"]
 
@@ -50,7 +51,7 @@ def _tidy(metric: str, values: Tensor) -> list[dict]:
 
 def _patterns(model, tokens: Tensor) -> Tensor:
     """``[n_layers, batch, head_index, query_pos, key_pos]`` attention patterns."""
-    with torch.no_grad():
+    with torch.no_grad(), query_readout(model):  # no logits are read
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
     return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)])
 
@@ -230,10 +231,11 @@ def direct_logit_attribution(model, batch: Batch, cache=None) -> pd.DataFrame:
 def head_scores(model, icl_batch: Batch) -> pd.DataFrame:
     """Every per-head score on an ICL batch: patterns, token-sequence scores and DLA.
 
-    The pattern scores and DLA share one forward pass of the batch (one full cache).
+    The pattern scores and DLA share one forward pass of the batch (one full cache, the final
+    norm and readout at the query only: :func:`icl_circuits.models.build.query_readout`).
     """
     tokens = token_sequence_scores(model, icl_batch)
-    with torch.no_grad():
+    with torch.no_grad(), query_readout(model):
         _, cache = model.run_with_cache(icl_batch.tokens())
     patterns = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)])
     out = pd.concat(

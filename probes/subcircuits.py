@@ -28,7 +28,7 @@ from torch import Tensor
 
 from icl_circuits.data.batch import Batch
 from icl_circuits.metrics import query_metrics
-from icl_circuits.models.build import query_logits
+from icl_circuits.models.build import ICLNativeModel, chunks, query_logits, query_readout
 from probes.ablation import (
     METHODS,
     Head,
@@ -38,7 +38,7 @@ from probes.ablation import (
     check_method,
     head_ablation_hooks,
     reference_cache,
-    replacement,
+    replacer,
     z_name,
 )
 
@@ -140,9 +140,11 @@ def ablate_subcircuit(
     hooks: list[tuple[str, HookFn]] = head_ablation_hooks(model, heads, method, ref, seed)
 
     def ablate_mlp(name: str) -> HookFn:
+        replace = replacer(method, ref.get(name), seed)
+
         def hook(out: Tensor, hook) -> Tensor:
             # out: [batch, pos, d_model]
-            return replacement(method, ref.get(name), out, seed).expand_as(out)
+            return replace(out).expand_as(out)
 
         return hook
 
@@ -150,6 +152,7 @@ def ablate_subcircuit(
 
     if embed_names:
         ref_direct = sum(ref[n][:, -1] for n in embed_names) if ref else None  # [n_ref, d_model]
+        replace_direct = replacer(method, ref_direct, seed)
         direct: dict[str, Tensor] = {}
 
         def grab(name: str) -> HookFn:
@@ -162,7 +165,7 @@ def ablate_subcircuit(
         def edit_final(resid: Tensor, hook) -> Tensor:
             # resid: [batch, pos, d_model]; only the query position's direct path changes.
             own = sum(direct.pop(n) for n in embed_names)  # [batch, d_model]
-            rep = replacement(method, ref_direct, own, seed).expand_as(own)
+            rep = replace_direct(own).expand_as(own)
             resid = resid.clone()
             resid[:, -1] = resid[:, -1] - own + rep
             return resid
@@ -171,6 +174,13 @@ def ablate_subcircuit(
 
     with model.hooks(fwd_hooks=hooks):
         yield model
+
+
+def _first_block(subcircuit: Subcircuit) -> int:
+    """The first block whose computation ablating ``subcircuit`` changes (0: the embedding stage
+    on, as the direct path edits with the query's own embedding)."""
+    layers = [layer for layer, _ in subcircuit.heads] + list(subcircuit.mlps)
+    return 0 if subcircuit.direct_path or not layers else min(layers)
 
 
 @torch.no_grad()
@@ -184,6 +194,15 @@ def subcircuit_effects(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Metrics of every evaluation split, clean and with each subcircuit ablated.
+
+    Each condition is one pass over every split at once, in chunks of sequences
+    (:func:`icl_circuits.models.build.chunks`; ``resample``'s ablated passes whole, as its
+    donors depend on a row's index). With a ``reference``, a subcircuit whose components all
+    sit in block ``l > 0`` or above (no direct path) runs from the clean pass's residual stream
+    entering block ``l`` (:meth:`icl_circuits.models.build.ICLNativeModel.forward_from`): the
+    blocks below compute what they computed clean. When ``reference`` is one of
+    ``eval_batches``' batches (the same object), the clean pass also records its activations,
+    so no reference pass of its own is run.
 
     Args:
         model: a TransformerBridge in eval mode.
@@ -204,35 +223,76 @@ def subcircuit_effects(
         raise ValueError(f"subcircuits: names must be unique and not 'clean', got {names}")
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
-    rows = []
+    rows_out: list[dict] = []
 
     def record(condition: str, split: str, batch: Batch) -> None:
         for metric, value in query_metrics(query_logits(model, batch.tokens()), batch, n_labels).items():
-            rows.append({"condition": condition, "split": split, "metric": metric, "value": value})
+            rows_out.append({"condition": condition, "split": split, "metric": metric, "value": value})
 
     splits = list(eval_batches)
     every = Batch.cat([eval_batches[s] for s in splits]) if splits else None
     bounds = torch.tensor([0] + [len(eval_batches[s]) for s in splits]).cumsum(0).tolist()
+    tokens = every.tokens() if every is not None else None
+    reads = {sub.name: subcircuit_names(model, sub) for sub in subcircuits}  # checks every subcircuit
+    # A subcircuit that leaves the embedding stage and the blocks below ``first`` untouched is
+    # run from the clean pass's residual stream entering block ``first`` (the same values).
+    native = getattr(model, "original_model", None)
+    resumable = reference is not None and isinstance(native, ICLNativeModel)
+    first = {sub.name: _first_block(sub) if resumable else 0 for sub in subcircuits}
+    starts = {start for start in first.values() if start}
+    resid: dict[int, Tensor] = {}  # block -> the clean residual stream entering it, every row
 
-    def record_all(condition: str) -> None:
-        # One forward over every split at once: the per-forward hook overhead dominates.
-        logits = query_logits(model, every.tokens())
+    def logits_of(rows: slice, start: int) -> Tensor:
+        if not start:
+            return query_logits(model, tokens[rows])
+        with query_readout(model):
+            return native.forward_from(resid[start][rows], start)[:, -1]
+
+    def record_all(condition: str, start: int = 0) -> None:
+        # Every split in chunks that fit a core's cache: zero and mean ablations read no row's
+        # place in the batch, so chunks change no value; resample draws its donors by row
+        # index, so its ablated passes run as one forward.
+        whole = [slice(0, len(tokens))]
+        one_pass = method == "resample" and condition != "clean"
+        rows = whole if one_pass else chunks(len(tokens), tokens.shape[1], model.cfg.d_model)
+        logits = torch.cat([logits_of(r, start) for r in rows])
         for i, split in enumerate(splits):
             batch = eval_batches[split]
             for metric, value in query_metrics(logits[bounds[i] : bounds[i + 1]], batch, n_labels).items():
-                rows.append({"condition": condition, "split": split, "metric": metric, "value": value})
+                rows_out.append({"condition": condition, "split": split, "metric": metric, "value": value})
 
-    record_all("clean")
-    # One reference pass serves every subcircuit and every split.
+    # One reference pass serves every subcircuit and every split: the clean pass itself when
+    # the reference is one of the splits' batches. The clean pass also keeps the residual
+    # stream where a subcircuit's run starts.
+    wanted: set[str] = set()
+    if reference is not None and method != "zero":
+        wanted = set().union(*reads.values())
+    among = [i for i, split in enumerate(splits) if eval_batches[split] is reference]
+    recorded = (wanted if among else set()) | {f"blocks.{start}.hook_resid_pre" for start in starts}
+    taken: dict[str, list[Tensor]] = {name: [] for name in recorded}
+
+    def take(name: str) -> HookFn:
+        def hook(act: Tensor, hook) -> Tensor:
+            taken[name].append(act.detach())
+            return act
+
+        return hook
+
+    with model.hooks(fwd_hooks=[(name, take(name)) for name in sorted(recorded)]):
+        record_all("clean")
+    resid.update({start: torch.cat(taken[f"blocks.{start}.hook_resid_pre"]) for start in starts})
     shared = None
-    if reference is not None and method != "zero" and method in METHODS:
-        shared = reference_cache(model, reference, set().union(*(subcircuit_names(model, s) for s in subcircuits)))
+    if wanted and among:
+        lo, hi = bounds[among[0]], bounds[among[0] + 1]
+        shared = {name: torch.cat(taken[name])[lo:hi] for name in wanted}
+    elif wanted:
+        shared = reference_cache(model, reference, wanted)
     for sub in subcircuits:
         if reference is not None:
             with ablate_subcircuit(model, sub, method, reference, seed, ref_cache=shared):
-                record_all(sub.name)
+                record_all(sub.name, first[sub.name])
             continue
         for split, batch in eval_batches.items():
             with ablate_subcircuit(model, sub, method, batch, seed):
                 record(sub.name, split, batch)
-    return pd.DataFrame(rows, columns=["condition", "split", "metric", "value"])
+    return pd.DataFrame(rows_out, columns=["condition", "split", "metric", "value"])

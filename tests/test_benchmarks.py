@@ -115,3 +115,44 @@ def test_run_writes_the_report_and_keeps_or_replaces_the_measured_apart_sections
     after = out.read_text()
     assert "threads v2 7 2" in after and "threads v1" not in after
     assert after.replace("threads v2 7 2", "threads v1") == text
+
+
+def test_section_analysis_replaces_its_section_and_its_summary_rows(tmp_path, monkeypatch):
+    """``--section analysis``: its marked section and its goals' summary rows and notes change, nothing else."""
+    from benchmarks import run
+
+    begin, end = run.ALSO_APART["analysis"]
+    out = tmp_path / "RESULTS.md"
+    before = (
+        "# head\n\n| goal | measured | status |\n| --- | --- | --- |\n| other | 1x | met |\n"
+        "| analysis: fast | 90 s | **missed** |\n| analysis: linear | exp 1.0 | met |\n\n"
+        "### Missed goals and notes\n\n- **other** (1x): why not\n- **analysis: fast** (90 s): slow\n\n"
+        f"## training\n\n{begin}\n## Analysis\nold\n{end}\n\n## circuits\n"
+    )
+    out.write_text(before)
+    seen = {}
+
+    def fake(root, scale, run_folder):
+        seen["scale"], seen["run"] = scale, run_folder
+        return [run.Goal("analysis: fast", "50 s", True), run.Goal("analysis: linear", "exp 0.9", True)], [
+            begin,
+            "## Analysis",
+            "new",
+            end,
+            "",
+        ]
+
+    monkeypatch.setattr(run, "bench_analysis", fake)
+    run.main(["--section", "analysis", "--quick", "--run", str(tmp_path / "demo"), "--out", str(out)])
+    after = out.read_text()
+    assert seen == {"scale": run.QUICK, "run": tmp_path / "demo"}
+    expect = (
+        before.replace("| analysis: fast | 90 s | **missed** |", "| analysis: fast | 50 s | met |")
+        .replace("| analysis: linear | exp 1.0 | met |", "| analysis: linear | exp 0.9 | met |")
+        .replace("- **analysis: fast** (90 s): slow\n", "")
+        .replace("## Analysis\nold", "## Analysis\nnew")
+    )
+    assert after == expect
+    missed = run.update_goals(after, [run.Goal("analysis: fast", "70 s", False, "still slow")])
+    assert "| analysis: fast | 70 s | **missed** |" in missed
+    assert "- **other** (1x): why not\n- **analysis: fast** (70 s): still slow\n" in missed

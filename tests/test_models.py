@@ -35,6 +35,25 @@ def test_bridge_matches_native(kw):
     torch.testing.assert_close(query_logits(bridge, tokens), query_logits(native, tokens), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"n_layers": 3, "readout": "mlp", "readout_hidden": (8,)},
+        {"n_layers": 3, "attn_only": False, "positional": "rotary", "n_heads": 2},
+        {"n_layers": 2, "positional": "sinusoidal", "normalization": "none"},
+    ],
+)
+def test_forward_from_a_block_equals_the_forward(kw):
+    """Behind the bridge, the blocks from ``l`` on, fed the forward's residual stream at ``l``, give its logits."""
+    bridge = to_bridge(_model(**kw))
+    tokens = BATCH.tokens()
+    with torch.no_grad():
+        logits, cache = bridge.run_with_cache(tokens)
+        for layer in range(1, bridge.cfg.n_layers):
+            resumed = bridge.original_model.forward_from(cache[f"blocks.{layer}.hook_resid_pre"], layer)
+            torch.testing.assert_close(resumed, logits, atol=1e-6, rtol=0)
+
+
 def test_same_seed_same_weights():
     a, b = _model(), _model()
     for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):

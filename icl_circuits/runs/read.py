@@ -79,10 +79,15 @@ def load_native(run: Path, step: int | None = None, device: str = "cpu") -> torc
     return native_from_checkpoint(run, cfg, step, device)
 
 
-def native_from_checkpoint(run: Path, cfg: RunConfig, step: int, device: str = "cpu") -> torch.nn.Module:
-    """Checkpoint ``step`` of ``run`` (whose config is ``cfg``) as the plain native model, verified."""
+def native_from_checkpoint(
+    run: Path, cfg: RunConfig, step: int, device: str = "cpu", into: torch.nn.Module | None = None
+) -> torch.nn.Module:
+    """Checkpoint ``step`` of ``run`` (whose config is ``cfg``) as the plain native model, verified.
+
+    ``into``: a native model of ``cfg`` to load the weights into (none is built then).
+    """
     ckpt = load_checkpoint(run, step)
-    model = build_native(cfg.model, seed=cfg.seed, **model_shape(cfg))
+    model = build_native(cfg.model, seed=cfg.seed, **model_shape(cfg)) if into is None else into
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
@@ -102,6 +107,43 @@ def bridge_from_checkpoint(run: Path, cfg: RunConfig, step: int, device: str = "
 def load_model(run: Path, step: int | None = None, device: str = "cpu"):
     """Checkpoint ``step`` as a TransformerLens bridge (``run_with_cache``, hooks, patching)."""
     return to_bridge(load_native(run, step, device), copy_module=False)
+
+
+class BridgeLoader:
+    """Checkpoints of one run as one TransformerLens bridge, built once and refilled.
+
+    Building a bridge costs more than a small model's forward; a loop over checkpoints
+    (:func:`probes.over_training.analyze_run`) calls this instead of :func:`load_model`.
+    Each call verifies the checkpoint as :func:`load_model` does (the same errors), loads it
+    into a plain native model and copies every tensor of its state dict into the bridge's
+    own (the bridge wraps its native model's modules in place, so the tensors are shared).
+    The bridge returned is the same object every call: it holds the latest checkpoint.
+
+    Args:
+        run: run folder.
+        device: where the model goes.
+    """
+
+    def __init__(self, run: Path, device: str = "cpu") -> None:
+        self.run, self.device = Path(run), device
+        self.cfg = load_config(self.run)
+        self.bridge = None
+        self._native: torch.nn.Module | None = None
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, step: int):
+        """Checkpoint ``step`` in the bridge (raises CheckpointError as :func:`load_model`)."""
+        if self.bridge is None:
+            native = native_from_checkpoint(self.run, self.cfg, step, self.device)
+            self._tensors = native.state_dict(keep_vars=True)  # the bridge's tensors, once wrapped
+            self.bridge = to_bridge(native, copy_module=False)
+            self._native = build_native(self.cfg.model, seed=self.cfg.seed, **model_shape(self.cfg)).to(self.device)
+            return self.bridge
+        state = native_from_checkpoint(self.run, self.cfg, step, self.device, into=self._native).state_dict()
+        for name, tensor in self._tensors.items():
+            tensor.copy_(state[name])
+        return self.bridge
 
 
 def load_source(run: Path) -> DataSource:
