@@ -143,6 +143,7 @@ def test_paper_scale_trains_most_informative_n_first_and_summarises(tmp_path):
     paper_scale.main(["--out", str(tmp_path / "o"), "--scale", "smoke", "--workers", "1"])
     table = pd.read_csv(tmp_path / "o" / paper_scale.SUMMARY_CSV)
     assert set(table["N"]) == {64, 256} and set(table["last_step"]) == {10}
+    assert (tmp_path / "o" / paper_scale.SUMMARY_PNG).stat().st_size > 10_000  # the figure, drawn from the table
     # Re-evaluated on 40 sequences per split: equal to evaluating the chosen checkpoint directly.
     rescored, _ = paper_scale.summary(tmp_path / "o", "smoke", n_eval=40)
     row = rescored[(rescored["N"] == 64) & (rescored["split"] == "OOBD-low") & (rescored["metric"] == "acc")].iloc[0]

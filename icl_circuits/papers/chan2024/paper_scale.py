@@ -16,8 +16,10 @@ Usage (in the background)::
     python -m icl_circuits.papers.chan2024.paper_scale --out reproductions/chan2024-full --summary
 
 ``--summary`` writes ``OUT/paper_scale.csv`` (every run at its chosen checkpoint so far,
-re-evaluated on 3,000 sequences per split) and prints the seed means by N, plus each
-unfinished run's progress and the time the rest needs at the rate measured so far.
+re-evaluated on 3,000 sequences per split) and ``OUT/paper_scale.png`` (rare-class ICL, IBD and
+rare-class IWL against N, next to the authors' code from ``reference_code.csv``), and prints the
+seed means by N, plus each unfinished run's progress and the time the rest needs at the rate
+measured so far.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ NAME = "transformer"
 #: log2 N in training order: the cpu scale's peak (2^10) and its two sides, then the ends.
 ORDER = (10, 12, 8, 14, 16, 20, 18, 6)
 SUMMARY_CSV = "paper_scale.csv"
+SUMMARY_PNG = "paper_scale.png"
+#: The figure's panels: split -> title (accuracy at each run's chosen checkpoint).
+PANELS = {"OOBD-low": "rare-class ICL (OOBD-low)", "IBD": "IBD", "IBD-irr-low": "rare-class IWL (IBD-irr-low)"}
 COLUMNS = ["N", "seed", "last_step", "step", "split", "metric", "value"]
 
 
@@ -129,6 +134,37 @@ def summary(out: Path, scale: str = "full", n_eval: int | None = None) -> tuple[
     return table, pd.DataFrame(progress)
 
 
+def figure(table: pd.DataFrame, path: Path, steps: int = 50_000) -> Path:
+    """The grid's seed means (seeds' range shaded) against N, one panel per :data:`PANELS` split,
+    next to the authors' code (``reference_code.csv``) at 10,000 steps and at ``steps``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from icl_circuits.papers.chan2024.figures import _line, _log2_axis
+    from icl_circuits.papers.chan2024.reference import reference_table
+    from probes.figures import save
+
+    ours = table[table["metric"] == "acc"].assign(p_relevant=0.9)
+    refs = {f"authors' code, {k:,} steps": reference_table(k) for k in (10_000, steps)}
+    ns = sorted(ours["N"].unique())
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
+    for ax, (split, title) in zip(axes, PANELS.items(), strict=True):
+        _line(ax, ours, split, "acc", 0.9, color="C0", label=f"ours, {steps:,} steps, 5 seeds")
+        for (label, ref), style in zip(refs.items(), (("C1", "--"), ("C3", ":")), strict=True):
+            _line(ax, ref, split, "acc", 0.9, color=style[0], ls=style[1], label=label)
+        _log2_axis(ax, ns)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training-set size N")
+    axes[0].set_ylabel("accuracy (3,000 sequences)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Chan et al. 2024 at the paper's scale: p_relevant 0.9, σ 0.2", fontsize=10)
+    fig.tight_layout()
+    save(fig, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m icl_circuits.papers.chan2024.paper_scale", description=__doc__.splitlines()[0]
@@ -150,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
             train_grid(out, args.workers, args.scale)
     table, progress = summary(out, args.scale)
     table.to_csv(out / SUMMARY_CSV, index=False)
+    if len(table):
+        figure(table, out / SUMMARY_PNG)
     acc = table[table["metric"] == "acc"].pivot_table(
         index="split", columns=["N", "last_step"], values="value", aggfunc="mean"
     )
