@@ -30,6 +30,7 @@ import pandas as pd
 from icl_circuits.config import RunConfig
 from icl_circuits.data import build_source
 from icl_circuits.intervention_config import InterventionConfig
+from icl_circuits.papers.singh2023.forks import Fork, train_forks
 from icl_circuits.runs.read import load_config, load_model, read_metrics
 from icl_circuits.runs.store import list_checkpoints
 from probes.scores import attention_scores
@@ -174,13 +175,33 @@ def causal_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def verdict(table: pd.DataFrame, shared: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per condition and seed: each test's final ICL against the plain run's and its control's.
+#: The verdicts :func:`verdict_of` gives.
+INDEPENDENT = "independent paths (ICL intact, outvoted at the readout)"
+SHARED = "competition in the ICL circuit (its own weights fade)"
+UNDECIDED = "undecided"
+
+
+def verdict_of(block_effect: float, freeze_effect: float, effect: float = EFFECT) -> str:
+    """The verdict of one run's two tests.
+
+    Competition for shared heads: keeping the ICL circuit's heads as they were at the peak
+    stops the fade (``freeze_effect > effect``). Independent paths competing only at the
+    readout: blocking the replacing route keeps ICL (``block_effect > effect``) while freezing
+    the ICL heads does not change it (``|freeze_effect| <= effect``). Anything else (a test
+    without its control included) is :data:`UNDECIDED`.
+    """
+    if pd.notna(freeze_effect) and freeze_effect > effect:
+        return SHARED
+    if pd.notna(block_effect) and pd.notna(freeze_effect) and block_effect > effect and abs(freeze_effect) <= effect:
+        return INDEPENDENT
+    return UNDECIDED
+
+
+def verdict(table: pd.DataFrame) -> pd.DataFrame:
+    """Per condition and seed: each test's final ICL against the plain run's and its control's,
+    and :func:`verdict_of` the two effects.
 
     ``block_effect`` = ICL_end(block) - ICL_end(block-control); ``freeze_effect`` likewise.
-    Competition for shared components would show as the fade stopping when the replacing route
-    is blocked (block_effect > :data:`EFFECT`) or when the ICL heads are kept as they were at the
-    peak (freeze_effect > EFFECT); independent paths as neither.
     """
     rows = []
     for (cond, seed), g in table.groupby(["condition", "seed"]):
@@ -191,6 +212,7 @@ def verdict(table: pd.DataFrame, shared: pd.DataFrame | None = None) -> pd.DataF
             row[f"{test}_control"] = end.get(f"{test}-control")
             both = test in end and f"{test}-control" in end
             row[f"{test}_effect"] = float(end[test] - end[f"{test}-control"]) if both else float("nan")
+        row["verdict"] = verdict_of(row["block_effect"], row["freeze_effect"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -244,21 +266,26 @@ def peak_forks(base: Path) -> tuple[int, set[str], dict[str, RunConfig]]:
     return peak, icl_heads, causal_configs(cfg, peak, icl_heads, seed=cfg.seed)
 
 
-def run_causal(base: Path, out: Path, horizon: int | None = None, progress: bool = False) -> list[dict]:
-    """Discover the ICL circuit at ``base``'s peak, fork the four tests from there and train
-    each to ``horizon`` (default: the run's end); resumable. One row per test and ``plain``."""
-    from icl_circuits.training import train
-    from icl_circuits.training.interventions import fork_run
+def causal_forks(base: Path, out: Path, horizon: int | None = None) -> tuple[int, set[str], list[Fork]]:
+    """Discover the ICL circuit at ``base``'s peak and name the four tests' forks from there
+    (folders ``out/NAME``), each to be trained to ``horizon`` (default: the run's end)."""
+    peak, icl_heads, configs = peak_forks(base)
+    forks = [Fork(name, base, peak, cfg, out / name, horizon) for name, cfg in configs.items()]
+    return peak, icl_heads, forks
 
-    peak, icl_heads, forks = peak_forks(base)
-    end = horizon or load_config(base).train.steps
+
+def causal_rows(base: Path, peak: int, icl_heads: set[str], forks: list[Fork]) -> list[dict]:
+    """One row per trained fork and ``plain`` (the base run): ICL and IWL at the peak and at the end."""
+    end = forks[0].last if forks else load_config(base).train.steps
     rows = [{"test": "plain", "targets": "", **fork_summary(base, peak, end)}]
-    for name, fcfg in forks.items():
-        folder = out / name
-        if not folder.exists():
-            fork_run(base, peak, fcfg, folder)
-        if list_checkpoints(folder)[-1] < end:
-            train(fcfg, folder, progress=progress, stop_after=horizon)
-        targets = " ".join(t for iv in fcfg.train.interventions for t in iv.targets)
-        rows.append({"test": name, "targets": targets, **fork_summary(folder, peak, end)})
+    for fork in forks:
+        targets = " ".join(t for iv in fork.cfg.train.interventions for t in iv.targets)
+        rows.append({"test": fork.name, "targets": targets, **fork_summary(fork.folder, peak, end)})
     return [{"peak": peak, "icl_heads": " ".join(sorted(icl_heads)), **r} for r in rows]
+
+
+def run_causal(base: Path, out: Path, horizon: int | None = None, workers: int | None = 1) -> list[dict]:
+    """:func:`causal_forks`, trained (:func:`train_forks`; resumable), and :func:`causal_rows`."""
+    peak, icl_heads, forks = causal_forks(base, out, horizon)
+    train_forks(forks, workers)
+    return causal_rows(base, peak, icl_heads, forks)
