@@ -59,28 +59,30 @@ def test_causal_controls_are_of_equal_size_and_outside_the_icl_circuit():
 
 def test_verdict_is_the_difference_from_the_control():
     rows = [
-        {"condition": "c", "seed": 0, "test": t, "ICL_end": v}
+        {"condition": "c", "seed": 0, "test": t, "ICL_end": v, "ICL_end_cut": 0.8}
         for t, v in [("plain", 0.3), ("block", 0.9), ("block-control", 0.35), ("freeze", 0.4), ("freeze-control", 0.32)]
     ]
     v = comp.verdict(pd.DataFrame(rows)).iloc[0]
     assert v["block_effect"] == pytest.approx(0.55) and v["freeze_effect"] == pytest.approx(0.08)
+    assert v["cut_gain"] == pytest.approx(0.5) and v["freeze_cut"] == 0.8
     assert v["plain"] == 0.3 and v["verdict"] == comp.INDEPENDENT
 
 
 @pytest.mark.parametrize(
-    ("block", "freeze", "expected"),
+    ("block", "freeze", "cut", "expected"),
     [
-        (0.3, 0.05, comp.INDEPENDENT),
-        (0.3, -0.1, comp.INDEPENDENT),
-        (0.3, 0.2, comp.SHARED),
-        (0.0, 0.2, comp.SHARED),
-        (0.05, 0.0, comp.UNDECIDED),
-        (0.3, -0.2, comp.UNDECIDED),
-        (0.3, float("nan"), comp.UNDECIDED),
+        (0.3, 0.05, 0.4, comp.INDEPENDENT),
+        (0.3, -0.1, 0.4, comp.INDEPENDENT),
+        (0.3, 0.05, 0.02, comp.READOUT),
+        (0.3, 0.2, 0.4, comp.SHARED),
+        (0.0, 0.2, 0.0, comp.SHARED),
+        (0.05, 0.0, 0.4, comp.UNDECIDED),
+        (0.3, -0.2, 0.4, comp.UNDECIDED),
+        (0.3, float("nan"), 0.4, comp.UNDECIDED),
     ],
 )
-def test_the_verdict_follows_from_the_two_effects(block, freeze, expected):
-    assert comp.verdict_of(block, freeze, effect=0.1) == expected
+def test_the_verdict_follows_from_the_effects(block, freeze, cut, expected):
+    assert comp.verdict_of(block, freeze, cut, effect=0.1) == expected
 
 
 def test_the_claims_hold_only_where_every_seed_passes():
@@ -88,8 +90,8 @@ def test_the_claims_hold_only_where_every_seed_passes():
         rows = []
         for seed, (b, f) in enumerate(zip(block_effects, freeze_effects, strict=True)):
             for test, v in [("plain", 0.3), ("block", 0.3 + b), ("block-control", 0.3), ("freeze", 0.3 + f)]:
-                rows.append({"condition": "c", "seed": seed, "test": test, "ICL_end": v})
-            rows.append({"condition": "c", "seed": seed, "test": "freeze-control", "ICL_end": 0.3})
+                rows.append({"condition": "c", "seed": seed, "test": test, "ICL_end": v, "ICL_end_cut": 0.9})
+            rows.append({"condition": "c", "seed": seed, "test": "freeze-control", "ICL_end": 0.3, "ICL_end_cut": 0.9})
         return comp.verdict(pd.DataFrame(rows))
 
     shared = pd.DataFrame(columns=["condition", "seed", "step"])

@@ -157,16 +157,20 @@ def causal_configs(cfg: RunConfig, peak: int, icl_heads: set[str], seed: int = 0
     return out
 
 
-def fork_summary(run: Path, peak: int, end: int) -> dict:
-    """ICL and IWL of a run at the peak and at checkpoint ``end`` (or its last one before)."""
+def fork_summary(run: Path, peak: int, end: int | None) -> dict:
+    """ICL and IWL of a run at the peak and at checkpoint ``end`` (or its last one before; None:
+    the last), as trained, and ICL there with the query's direct path cut at evaluation only
+    (``ICL_end_cut``, :func:`accuracy_with_path_cut`)."""
     curve = accuracy_curves(run).set_index("step")
     last = curve.loc[:end].iloc[-1]
+    step = int(curve.loc[:end].index[-1])
     return {
         "ICL_peak": float(curve.loc[peak, "ICL"]),
-        "end": int(curve.loc[:end].index[-1]),
+        "end": step,
         "ICL_end": float(last["ICL"]),
         "IWL_end": float(last["IWL"]),
         "loss_end": float(last["loss"]),
+        "ICL_end_cut": float(accuracy_with_path_cut(run, [step])["ICL_cut"].iloc[0]),
     }
 
 
@@ -176,43 +180,57 @@ def causal_table(rows: list[dict]) -> pd.DataFrame:
 
 
 #: The verdicts :func:`verdict_of` gives.
-INDEPENDENT = "independent paths (ICL intact, outvoted at the readout)"
+INDEPENDENT = "independent paths (the ICL circuit intact, outvoted at the readout)"
+READOUT = "competition at the shared readout (it stops reading the ICL circuit)"
 SHARED = "competition in the ICL circuit (its own weights fade)"
 UNDECIDED = "undecided"
 
 
-def verdict_of(block_effect: float, freeze_effect: float, effect: float = EFFECT) -> str:
-    """The verdict of one run's two tests.
+def verdict_of(block_effect: float, freeze_effect: float, cut_gain: float, effect: float = EFFECT) -> str:
+    """The verdict of one run's tests.
 
-    Competition for shared heads: keeping the ICL circuit's heads as they were at the peak
-    stops the fade (``freeze_effect > effect``). Independent paths competing only at the
-    readout: blocking the replacing route keeps ICL (``block_effect > effect``) while freezing
-    the ICL heads does not change it (``|freeze_effect| <= effect``). Anything else (a test
-    without its control included) is :data:`UNDECIDED`.
+    Args:
+        block_effect: ICL at the end of the ``block`` fork minus its control's.
+        freeze_effect: ICL at the end of the ``freeze`` fork minus its control's.
+        cut_gain: the plain run's ICL at the same step with the query's direct path cut at
+            evaluation only, minus its ICL as trained.
+        effect: the margin each comparison must pass.
+
+    Competition in the ICL circuit: keeping its heads as they were at the peak stops the fade
+    (``freeze_effect > effect``). Otherwise, when blocking the replacing route keeps ICL
+    (``block_effect > effect``) and freezing the ICL heads leaves ICL within ``effect`` of its
+    control: independent paths if the plain run's ICL circuit still answers once the direct path
+    is cut (``cut_gain > effect``: it is outvoted), competition at the shared readout if it does
+    not (the readout no longer reads it). Anything else is :data:`UNDECIDED`.
     """
     if pd.notna(freeze_effect) and freeze_effect > effect:
         return SHARED
     if pd.notna(block_effect) and pd.notna(freeze_effect) and block_effect > effect and abs(freeze_effect) <= effect:
-        return INDEPENDENT
+        return INDEPENDENT if cut_gain > effect else READOUT
     return UNDECIDED
 
 
 def verdict(table: pd.DataFrame) -> pd.DataFrame:
     """Per condition and seed: each test's final ICL against the plain run's and its control's,
-    and :func:`verdict_of` the two effects.
+    the plain run's gain from the evaluation-time cut, and :func:`verdict_of` them.
 
-    ``block_effect`` = ICL_end(block) - ICL_end(block-control); ``freeze_effect`` likewise.
+    ``block_effect`` = ICL_end(block) - ICL_end(block-control); ``freeze_effect`` likewise;
+    ``cut_gain`` = ICL_end_cut(plain) - ICL_end(plain).
     """
     rows = []
     for (cond, seed), g in table.groupby(["condition", "seed"]):
-        end = g.set_index("test")["ICL_end"]
+        t = g.set_index("test")
+        end = t["ICL_end"]
         row = {"condition": cond, "seed": int(seed), "plain": end.get("plain")}
+        row["plain_cut"] = t["ICL_end_cut"].get("plain", float("nan")) if "ICL_end_cut" in t else float("nan")
+        row["cut_gain"] = row["plain_cut"] - row["plain"]
         for test in ("block", "freeze"):
             row[test] = end.get(test)
             row[f"{test}_control"] = end.get(f"{test}-control")
             both = test in end and f"{test}-control" in end
             row[f"{test}_effect"] = float(end[test] - end[f"{test}-control"]) if both else float("nan")
-        row["verdict"] = verdict_of(row["block_effect"], row["freeze_effect"])
+        row["freeze_cut"] = t["ICL_end_cut"].get("freeze", float("nan")) if "ICL_end_cut" in t else float("nan")
+        row["verdict"] = verdict_of(row["block_effect"], row["freeze_effect"], row["cut_gain"])
         rows.append(row)
     return pd.DataFrame(rows)
 
