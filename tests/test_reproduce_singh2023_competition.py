@@ -187,14 +187,48 @@ def test_main_heads_carry_the_asked_share_of_the_edge_weight():
     assert r["direct_path"] == -3.0 and r["heads_to_readout"] == 13.0
 
 
-@pytest.mark.slow
-def test_cpu_scale_claims_that_hold(tmp_path):
-    """The claims docs/reproductions/singh2023_competition.md reports as holding."""
-    rep = reproduce("singh2023-competition", tmp_path, scale="cpu", workers=2, progress=False)
-    holding = (
+#: The claims that hold at cpu scale (docs/reproductions/singh2023_competition.md), by their start.
+HOLDING = {
+    "singh2023-competition": (
         "mixed-none: cutting the query's direct path into the readout from the ICL peak keeps more ICL",
+        "mixed-none: freezing the ICL circuit's main heads at the ICL peak leaves ICL within 0.1",
+        "mixed-none: the verdict in every seed is 'independent paths",
         "mixed-none: cutting the query's direct path at evaluation only brings ICL back",
-    )
-    for start in holding:
-        (claim,) = [c for c in rep.claims if c.claim.startswith(start)]
+        "Nguyen & Reddy's model (N 8, K 1,024, decay 0.03 on the attention): ICL peaks at >= 0.9",
+        "Nguyen & Reddy's model (N 8, K 1,024, decay 0.03 on the attention): cutting the query's direct path into",
+    ),
+    "singh2023-competition-threshold": (
+        "threshold: freezing the ICL circuit's main heads at the ICL peak leaves ICL within 0.1",
+        "threshold: cutting the query's direct path at evaluation only brings ICL back",
+    ),
+}
+#: Measured, and not holding: Nguyen & Reddy's model does not read its ICL head by the end (the
+#: readout stops reading it, frozen or not), and freezing its head does not keep ICL.
+MISSING = {
+    "singh2023-competition": (
+        "Nguyen & Reddy's model (N 8, K 1,024, decay 0.03 on the attention): freezing the attention head",
+        "Nguyen & Reddy's model (N 8, K 1,024, decay 0.03 on the attention): the verdict in every seed",
+        "Nguyen & Reddy's model (N 8, K 1,024, decay 0.03 on the attention): cutting the query's direct path at",
+    ),
+    "singh2023-competition-threshold": (),
+}
+
+
+def _claim(rep, start: str):
+    (claim,) = [c for c in rep.claims if c.claim.startswith(start)]
+    return claim
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(HOLDING))
+def test_cpu_scale_claims_that_hold(tmp_path, name):
+    """Every claim docs/reproductions/singh2023_competition.md reports as holding holds; the
+    ones it reports as not holding on Nguyen & Reddy's model do not. (threshold's block test
+    sits at its margin, +0.10 / +0.09 against 0.1, so neither way is asserted.)"""
+    rep = reproduce(name, tmp_path, scale="cpu", workers=2, progress=False)
+    for start in HOLDING[name]:
+        claim = _claim(rep, start)
         assert claim.holds, claim
+    for start in MISSING[name]:
+        claim = _claim(rep, start)
+        assert claim.holds is False, claim
