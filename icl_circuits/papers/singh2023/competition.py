@@ -15,8 +15,11 @@ ICL transience may be caused by competition between ICL and IWL circuits"):
   the query's own embedding) cut, against ``block-control``: the direct path of one random head
   outside the ICL circuit; ``freeze``: the ICL circuit's heads frozen, against
   ``freeze-control``: as many random heads outside it frozen.
-* :func:`causal_table` and :func:`verdict`: ICL at the end of each fork against the plain run
-  and the control.
+* :func:`causal_forks` names the forks of a run (:class:`~icl_circuits.papers.singh2023.forks.Fork`),
+  :func:`causal_rows` reads them once trained (ICL as trained and with the direct path cut at
+  evaluation), and :func:`verdict` sets each fork's ICL against its control's and the plain run's,
+  with :func:`verdict_of` the verdict those numbers give; :func:`run_causal` does all three for
+  one run.
 """
 
 from __future__ import annotations
@@ -172,11 +175,6 @@ def fork_summary(run: Path, peak: int, end: int | None) -> dict:
         "loss_end": float(last["loss"]),
         "ICL_end_cut": float(accuracy_with_path_cut(run, [step])["ICL_cut"].iloc[0]),
     }
-
-
-def causal_table(rows: list[dict]) -> pd.DataFrame:
-    """Tidy ``condition, seed, test, targets, ICL_peak, end, ICL_end, IWL_end, loss_end``."""
-    return pd.DataFrame(rows)
 
 
 #: The verdicts :func:`verdict_of` gives.
