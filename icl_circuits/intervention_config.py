@@ -24,6 +24,8 @@ from icl_circuits.configbase import FrozenConfig, require
 HEAD_RE = re.compile(r"L(\d+)H(\d+)")
 #: The ``path`` sender that is the query's own input (token embedding plus position).
 EMBED = "embed"
+#: A ``freeze`` target that is rows ``a`` to ``b - 1`` of one parameter: ``NAME[a:b]``.
+ROWS_RE = re.compile(r"([A-Za-z_][\w.]*)\[(\d+):(\d+)\]")
 #: ``method`` values per ``kind`` (the first is the default that ``""`` stands for).
 METHODS = {
     "ablate": ("zero", "mean"),
@@ -39,6 +41,12 @@ def parse_head(target: str) -> tuple[int, int] | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
+def parse_rows(target: str) -> tuple[str, int, int] | None:
+    """``(parameter name, first row, end row)`` of a row target ``NAME[a:b]``; None for anything else."""
+    match = ROWS_RE.fullmatch(target)
+    return (match[1], int(match[2]), int(match[3])) if match else None
+
+
 @dataclasses.dataclass(frozen=True)
 class InterventionConfig(FrozenConfig):
     """One intervention during training.
@@ -50,8 +58,10 @@ class InterventionConfig(FrozenConfig):
             bitwise unchanged).
         targets: ``ablate``, ``pattern``: heads ``L{layer}H{head}``. ``path``: senders, heads or
             ``embed`` (the query token's embedding plus its position). ``freeze``: heads (their
-            rows of W_Q, W_K, W_V and the biases, their columns of W_O) or parameter-name
-            prefixes of the model (``layers.0.attn``, ``head``, ``tok_embed`` ...).
+            rows of W_Q, W_K, W_V and the biases, their columns of W_O), parameter-name
+            prefixes of the model (``layers.0.attn``, ``head``, ``tok_embed`` ...) or rows
+            ``a`` to ``b - 1`` of one parameter, ``NAME[a:b]`` (``head.mlp.0.weight[0:195]``:
+            the input weights of 195 hidden units of the readout).
         method: ``ablate`` and ``path``: ``zero`` (default) or ``mean`` (the mean over the
             step's batch, per position, detached). ``pattern``: ``previous_token`` or
             ``induction``. ``freeze``: empty.
@@ -89,6 +99,9 @@ class InterventionConfig(FrozenConfig):
                     f"{EMBED!r} or heads written L{{layer}}H{{head}}",
                     target,
                 )
+            elif "[" in target:
+                rows = parse_rows(target)
+                require(rows is not None and rows[2] > rows[1], "targets", "rows written NAME[a:b] with a < b", target)
             else:
                 require(bool(target), "targets", "a head L{layer}H{head} or a parameter-name prefix", target)
 

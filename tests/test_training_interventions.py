@@ -57,6 +57,8 @@ def test_interventions_round_trip_through_config_json_and_overrides(tmp_path):
         ({"kind": "ablate", "targets": ["L0H7"]}, "train.interventions[0].targets: head L0H7 does not exist"),
         ({"kind": "freeze", "targets": ["layers.5"]}, "train.interventions[0].targets: no parameter of the model"),
         ({"kind": "freeze", "targets": ["L2H0"]}, "train.interventions[0].targets: head L2H0 does not exist"),
+        ({"kind": "freeze", "targets": ["head.nope[0:2]"]}, "train.interventions[0].targets: no parameter"),
+        ({"kind": "freeze", "targets": ["layers.0.attn.q.weight[0:999]"]}, "train.interventions[0].targets: layers"),
     ],
 )
 def test_a_missing_head_or_module_is_one_line(tmp_path, iv, message):
@@ -75,6 +77,7 @@ def test_a_missing_head_or_module_is_one_line(tmp_path, iv, message):
         ({"kind": "ablate", "targets": ["L0H0"], "start": 5, "end": 3}, "train.interventions[0].end"),
         ({"kind": "path", "targets": ["mlp"]}, "train.interventions[0].targets"),
         ({"kind": "kill", "targets": ["L0H0"]}, "train.interventions[0].kind"),
+        ({"kind": "freeze", "targets": ["head.mlp.0.weight[4:2]"]}, "train.interventions[0].targets"),
     ],
 )
 def test_bad_intervention_fields_are_one_line(iv, field):
@@ -205,6 +208,17 @@ def test_a_frozen_module_and_head_stay_bitwise_unchanged(tmp_path):
         head_frozen = all(torch.equal(w[n], start[n]) for n in start if n.startswith("head."))
         assert head_frozen == (step <= 8), step
         assert not torch.equal(w["tok_embed.encoder.weight"], start["tok_embed.encoder.weight"])
+
+
+def test_frozen_rows_of_one_parameter_stay_bitwise_unchanged_and_the_others_train(tmp_path):
+    name = "layers.0.attn.q.weight"
+    cfg = with_interventions(InterventionConfig(kind="freeze", targets=(f"{name}[1:3]",), start=2), n_checkpoints=12)
+    run = trainer.train(cfg, tmp_path / "run", progress=False)
+    start = weights(run, 2)[name]
+    for step in [s for s in list_checkpoints(run) if s > 2]:
+        w = weights(run, step)[name]
+        assert torch.equal(w[1:3], start[1:3]), step
+        assert not torch.equal(w[3:], start[3:]) and not torch.equal(w[:1], start[:1]), "the other rows train"
 
 
 @pytest.mark.parametrize("method", ["zero", "mean"])

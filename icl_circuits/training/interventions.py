@@ -21,7 +21,8 @@ training step (:class:`icl_circuits.training.trainer.SingleModel`):
   Everything else the sender writes (to later heads, to other positions) is kept.
 * ``freeze``: the named weights stay bitwise unchanged: their gradients are zeroed before
   clipping and the optimiser step, and their values restored after it (whole parameters by
-  name prefix, or a head's rows of W_Q, W_K, W_V and their biases and its columns of W_O).
+  name prefix, rows ``a:b`` of one parameter, or a head's rows of W_Q, W_K, W_V and their
+  biases and its columns of W_O).
 
 Forward interventions run the training model behind a :class:`TransformerBridge` that shares
 its parameters (the hook points); a step where none is active runs the ordinary fast path, so
@@ -46,7 +47,7 @@ from transformer_lens.model_bridge.sources import build_bridge_from_module
 from icl_circuits.config import RunConfig
 from icl_circuits.data.batch import Batch
 from icl_circuits.errors import ConfigError, RunFolderError
-from icl_circuits.intervention_config import EMBED, InterventionConfig, parse_head
+from icl_circuits.intervention_config import EMBED, InterventionConfig, parse_head, parse_rows
 from icl_circuits.metrics import evaluate
 from icl_circuits.models.build import ARCHITECTURE, model_layout
 from icl_circuits.runs import layout
@@ -95,6 +96,14 @@ def check_interventions(model: torch.nn.Module, interventions: Sequence[Interven
                 if not (layer < cfg.n_layers and h < cfg.n_heads):
                     raise ConfigError(
                         f"{where}: head {target} does not exist (the model has {cfg.n_layers} layers x {cfg.n_heads} heads)"
+                    )
+            elif iv.kind == "freeze" and (rows := parse_rows(target)) is not None:
+                params = dict(model.named_parameters())
+                if rows[0] not in params:
+                    raise ConfigError(f"{where}: no parameter of the model is named {rows[0]!r} (in {target})")
+                if rows[2] > params[rows[0]].shape[0]:
+                    raise ConfigError(
+                        f"{where}: {target}: {rows[0]} has {params[rows[0]].shape[0]} rows, fewer than {rows[2]}"
                     )
             elif iv.kind == "freeze" and not any(n == target or n.startswith(target + ".") for n in names):
                 prefixes = sorted({n.rsplit(".", 1)[0] for n in names})
@@ -265,9 +274,11 @@ class Interventions:
             if iv.kind != "freeze" or not iv.active(step):
                 continue
             for target in iv.targets:
-                head = parse_head(target)
+                head, rows = parse_head(target), parse_rows(target)
                 if head is not None:
                     slices += head_slices(self.model, head)
+                elif rows is not None:
+                    slices.append((dict(self.model.named_parameters())[rows[0]], (slice(rows[1], rows[2]),)))
                 else:
                     slices += [
                         (p, (...,))

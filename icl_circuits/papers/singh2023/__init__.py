@@ -10,6 +10,10 @@ REPRODUCTIONS = {
     ),
     "singh2023-competition": (
         "reproduce_competition",
-        "Singh et al. 2023: is transience a competition between circuits? circuits and interventions during training",
+        "Singh et al. 2023: is transience a competition between circuits? Chan's mix and Nguyen & Reddy's model",
+    ),
+    "singh2023-competition-threshold": (
+        "reproduce_competition_threshold",
+        "Singh et al. 2023: is transience a competition between circuits? the 40,000-step threshold condition",
     ),
 }

@@ -15,8 +15,11 @@ ICL transience may be caused by competition between ICL and IWL circuits"):
   the query's own embedding) cut, against ``block-control``: the direct path of one random head
   outside the ICL circuit; ``freeze``: the ICL circuit's heads frozen, against
   ``freeze-control``: as many random heads outside it frozen.
-* :func:`causal_table` and :func:`verdict`: ICL at the end of each fork against the plain run
-  and the control.
+* :func:`causal_forks` names the forks of a run (:class:`~icl_circuits.papers.singh2023.forks.Fork`),
+  :func:`causal_rows` reads them once trained (ICL as trained and with the direct path cut at
+  evaluation), and :func:`verdict` sets each fork's ICL against its control's and the plain run's,
+  with :func:`verdict_of` the verdict those numbers give; :func:`run_causal` does all three for
+  one run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import pandas as pd
 from icl_circuits.config import RunConfig
 from icl_circuits.data import build_source
 from icl_circuits.intervention_config import InterventionConfig
+from icl_circuits.papers.singh2023.forks import Fork, train_forks
 from icl_circuits.runs.read import load_config, load_model, read_metrics
 from icl_circuits.runs.store import list_checkpoints
 from probes.scores import attention_scores
@@ -156,41 +160,75 @@ def causal_configs(cfg: RunConfig, peak: int, icl_heads: set[str], seed: int = 0
     return out
 
 
-def fork_summary(run: Path, peak: int, end: int) -> dict:
-    """ICL and IWL of a run at the peak and at checkpoint ``end`` (or its last one before)."""
+def fork_summary(run: Path, peak: int, end: int | None) -> dict:
+    """ICL and IWL of a run at the peak and at checkpoint ``end`` (or its last one before; None:
+    the last), as trained, and ICL there with the query's direct path cut at evaluation only
+    (``ICL_end_cut``, :func:`accuracy_with_path_cut`)."""
     curve = accuracy_curves(run).set_index("step")
     last = curve.loc[:end].iloc[-1]
+    step = int(curve.loc[:end].index[-1])
     return {
         "ICL_peak": float(curve.loc[peak, "ICL"]),
-        "end": int(curve.loc[:end].index[-1]),
+        "end": step,
         "ICL_end": float(last["ICL"]),
         "IWL_end": float(last["IWL"]),
         "loss_end": float(last["loss"]),
+        "ICL_end_cut": float(accuracy_with_path_cut(run, [step])["ICL_cut"].iloc[0]),
     }
 
 
-def causal_table(rows: list[dict]) -> pd.DataFrame:
-    """Tidy ``condition, seed, test, targets, ICL_peak, end, ICL_end, IWL_end, loss_end``."""
-    return pd.DataFrame(rows)
+#: The verdicts :func:`verdict_of` gives.
+INDEPENDENT = "independent paths (the ICL circuit intact, outvoted at the readout)"
+READOUT = "competition at the shared readout (it stops reading the ICL circuit)"
+SHARED = "competition in the ICL circuit (its own weights fade)"
+UNDECIDED = "undecided"
 
 
-def verdict(table: pd.DataFrame, shared: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per condition and seed: each test's final ICL against the plain run's and its control's.
+def verdict_of(block_effect: float, freeze_effect: float, cut_gain: float, effect: float = EFFECT) -> str:
+    """The verdict of one run's tests.
 
-    ``block_effect`` = ICL_end(block) - ICL_end(block-control); ``freeze_effect`` likewise.
-    Competition for shared components would show as the fade stopping when the replacing route
-    is blocked (block_effect > :data:`EFFECT`) or when the ICL heads are kept as they were at the
-    peak (freeze_effect > EFFECT); independent paths as neither.
+    Args:
+        block_effect: ICL at the end of the ``block`` fork minus its control's.
+        freeze_effect: ICL at the end of the ``freeze`` fork minus its control's.
+        cut_gain: the plain run's ICL at the same step with the query's direct path cut at
+            evaluation only, minus its ICL as trained.
+        effect: the margin each comparison must pass.
+
+    Competition in the ICL circuit: keeping its heads as they were at the peak stops the fade
+    (``freeze_effect > effect``). Otherwise, when blocking the replacing route keeps ICL
+    (``block_effect > effect``) and freezing the ICL heads leaves ICL within ``effect`` of its
+    control: independent paths if the plain run's ICL circuit still answers once the direct path
+    is cut (``cut_gain > effect``: it is outvoted), competition at the shared readout if it does
+    not (the readout no longer reads it). Anything else is :data:`UNDECIDED`.
+    """
+    if pd.notna(freeze_effect) and freeze_effect > effect:
+        return SHARED
+    if pd.notna(block_effect) and pd.notna(freeze_effect) and block_effect > effect and abs(freeze_effect) <= effect:
+        return INDEPENDENT if cut_gain > effect else READOUT
+    return UNDECIDED
+
+
+def verdict(table: pd.DataFrame) -> pd.DataFrame:
+    """Per condition and seed: each test's final ICL against the plain run's and its control's,
+    the plain run's gain from the evaluation-time cut, and :func:`verdict_of` them.
+
+    ``block_effect`` = ICL_end(block) - ICL_end(block-control); ``freeze_effect`` likewise;
+    ``cut_gain`` = ICL_end_cut(plain) - ICL_end(plain).
     """
     rows = []
     for (cond, seed), g in table.groupby(["condition", "seed"]):
-        end = g.set_index("test")["ICL_end"]
+        t = g.set_index("test")
+        end = t["ICL_end"]
         row = {"condition": cond, "seed": int(seed), "plain": end.get("plain")}
+        row["plain_cut"] = t["ICL_end_cut"].get("plain", float("nan")) if "ICL_end_cut" in t else float("nan")
+        row["cut_gain"] = row["plain_cut"] - row["plain"]
         for test in ("block", "freeze"):
             row[test] = end.get(test)
             row[f"{test}_control"] = end.get(f"{test}-control")
             both = test in end and f"{test}-control" in end
             row[f"{test}_effect"] = float(end[test] - end[f"{test}-control"]) if both else float("nan")
+        row["freeze_cut"] = t["ICL_end_cut"].get("freeze", float("nan")) if "ICL_end_cut" in t else float("nan")
+        row["verdict"] = verdict_of(row["block_effect"], row["freeze_effect"], row["cut_gain"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -244,21 +282,26 @@ def peak_forks(base: Path) -> tuple[int, set[str], dict[str, RunConfig]]:
     return peak, icl_heads, causal_configs(cfg, peak, icl_heads, seed=cfg.seed)
 
 
-def run_causal(base: Path, out: Path, horizon: int | None = None, progress: bool = False) -> list[dict]:
-    """Discover the ICL circuit at ``base``'s peak, fork the four tests from there and train
-    each to ``horizon`` (default: the run's end); resumable. One row per test and ``plain``."""
-    from icl_circuits.training import train
-    from icl_circuits.training.interventions import fork_run
+def causal_forks(base: Path, out: Path, horizon: int | None = None) -> tuple[int, set[str], list[Fork]]:
+    """Discover the ICL circuit at ``base``'s peak and name the four tests' forks from there
+    (folders ``out/NAME``), each to be trained to ``horizon`` (default: the run's end)."""
+    peak, icl_heads, configs = peak_forks(base)
+    forks = [Fork(name, base, peak, cfg, out / name, horizon) for name, cfg in configs.items()]
+    return peak, icl_heads, forks
 
-    peak, icl_heads, forks = peak_forks(base)
-    end = horizon or load_config(base).train.steps
+
+def causal_rows(base: Path, peak: int, icl_heads: set[str], forks: list[Fork]) -> list[dict]:
+    """One row per trained fork and ``plain`` (the base run): ICL and IWL at the peak and at the end."""
+    end = forks[0].last if forks else load_config(base).train.steps
     rows = [{"test": "plain", "targets": "", **fork_summary(base, peak, end)}]
-    for name, fcfg in forks.items():
-        folder = out / name
-        if not folder.exists():
-            fork_run(base, peak, fcfg, folder)
-        if list_checkpoints(folder)[-1] < end:
-            train(fcfg, folder, progress=progress, stop_after=horizon)
-        targets = " ".join(t for iv in fcfg.train.interventions for t in iv.targets)
-        rows.append({"test": name, "targets": targets, **fork_summary(folder, peak, end)})
+    for fork in forks:
+        targets = " ".join(t for iv in fork.cfg.train.interventions for t in iv.targets)
+        rows.append({"test": fork.name, "targets": targets, **fork_summary(fork.folder, peak, end)})
     return [{"peak": peak, "icl_heads": " ".join(sorted(icl_heads)), **r} for r in rows]
+
+
+def run_causal(base: Path, out: Path, horizon: int | None = None, workers: int | None = 1) -> list[dict]:
+    """:func:`causal_forks`, trained (:func:`train_forks`; resumable), and :func:`causal_rows`."""
+    peak, icl_heads, forks = causal_forks(base, out, horizon)
+    train_forks(forks, workers)
+    return causal_rows(base, peak, icl_heads, forks)

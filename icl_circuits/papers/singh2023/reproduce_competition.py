@@ -1,20 +1,22 @@
-"""Singh et al. 2023's competition question on the transient runs: circuits and causal tests.
+"""Singh et al. 2023's competition question on Chan's mix, and on Nguyen & Reddy's model.
 
-The runs are two transient conditions of the ``singh2023`` reproduction, the same sweeps
-(so an output folder shared with it trains nothing twice): ``threshold`` (both-strategies data
-at the memorisation threshold, 2 x 8 heads, 40,000 steps) and ``mixed-none`` (Chan's mix,
-p_bursty 0.9, 2 x 2 heads, 5,000 steps), seeds 0 and 1. For each run
+``icl-circuits reproduce singh2023-competition`` measures ``mixed-none`` (Chan's mix, p_bursty
+0.9, 2 x 2 heads, 5,000 steps, seeds 0 and 1: the ``singh2023`` sweep of that name, so an output
+folder shared with it trains nothing twice) and Nguyen & Reddy's one-layer model where its ICL
+fades (:mod:`icl_circuits.papers.singh2023.competition_nguyen_reddy`);
+``singh2023-competition-threshold`` measures the 40,000-step ``threshold`` condition the same
+way (:mod:`.reproduce_competition_threshold`). For each ``singh2023`` run
 (:mod:`icl_circuits.papers.singh2023.competition`):
 
 * per-head induction and previous-token scores over training next to ICL and IWL accuracy;
-* the ICL and IWL circuits (``discover_run``) at the checkpoints in :data:`CIRCUIT_STEPS` of
-  the run's schedule, the heads they share and where the heads the ICL circuit loses go;
+* the ICL and IWL circuits (``discover_run``) at :data:`CIRCUIT_STEPS` checkpoints of the run's
+  schedule, the heads they share and where the heads the ICL circuit loses go;
+* ICL with the query's direct path into the readout cut at evaluation only;
 * four forks from the ICL peak with interventions during training (``block``: the query's
-  direct path into the readout cut; ``freeze``: the ICL circuit's heads frozen; each with a
-  control of equal size), trained to :data:`HORIZON` (``threshold``: step 6,316, 1,900-3,900
-  steps past the peaks; ``mixed-none``: step 3,571, 2,300 steps past its peak, where the plain
-  runs have lost 0.25 or more of their ICL). The ICL circuit's heads are its main heads
-  (:func:`~icl_circuits.papers.singh2023.competition.main_heads`: half its edge weight).
+  direct path into the readout cut; ``freeze``: the ICL circuit's main heads frozen; each with
+  a control of equal size), trained to :data:`HORIZON` (``mixed-none``: step 3,571, 2,300 steps
+  past its peak, where the plain runs have lost 0.25 or more of their ICL; ``threshold``: step
+  6,316), in parallel (:func:`~icl_circuits.papers.singh2023.forks.train_forks`).
 """
 
 from __future__ import annotations
@@ -28,31 +30,42 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from icl_circuits.errors import ConfigError
+from icl_circuits.papers.singh2023 import competition_nguyen_reddy as nr
 from icl_circuits.papers.singh2023.competition import (
     EFFECT,
     accuracy_curves,
     accuracy_with_path_cut,
+    causal_forks,
+    causal_rows,
     circuit_heads,
     head_scores_over_training,
     peak_step,
     readout_scores,
-    run_causal,
     shared_components,
     verdict,
 )
+from icl_circuits.papers.singh2023.competition_claims import claims, cut_claims, nr_claims
+from icl_circuits.papers.singh2023.forks import train_forks
 from icl_circuits.papers.singh2023.reproduce import condition_specs, settings
-from icl_circuits.reproduce.common import Claim, Reproduction, pick, run_grids
-from icl_circuits.reproduce.plan import Plan
+from icl_circuits.reproduce.common import Reproduction, pick, run_grids
+from icl_circuits.reproduce.plan import Plan, Task
 from icl_circuits.runs.store import list_checkpoints
-from icl_circuits.sweeps import build_points
+from icl_circuits.sweeps import SweepSpec, build_points
 from probes.circuits_over_training import discover_run
 from probes.figures import save
 
-CONDITIONS = ("threshold", "mixed-none")
+CONDITIONS = ("mixed-none",)
 #: Fork horizon per condition at the cpu scale (None: the run's end).
 HORIZON = {"threshold": 6316, "mixed-none": 3571}
 #: How many checkpoints (spread over the schedule, the peak and the last always in) get circuits.
 CIRCUIT_STEPS = 10
+#: The sweep folder of Nguyen & Reddy's runs.
+NR_SWEEP = "nguyen-reddy2024-" + nr.SWEEP
+#: For the dry run's estimate of the forks only: the earliest ICL peak measured per condition
+#: (seed 0 or 1, docs/reproductions/singh2023_competition.md); the run itself finds each peak.
+PEAK_GUESS = {"mixed-none": 1250, "threshold": 2460, NR_SWEEP: 400}
+#: ICL of Nguyen & Reddy's plain runs must reach this and lose more than ``EFFECT`` of it.
+NR_PEAK = 0.9
 
 
 def _run_folder(out: Path, cond: str, point: str) -> Path:
@@ -87,67 +100,6 @@ def plot(curves: pd.DataFrame, scores: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def claims(verdicts: pd.DataFrame, shared: pd.DataFrame) -> list[Claim]:
-    out = []
-    for cond, g in verdicts.groupby("condition"):
-        for test, what in (
-            ("block", "cutting the query's direct path into the readout from the ICL peak"),
-            ("freeze", "freezing the ICL circuit's heads at the ICL peak"),
-        ):
-            eff = g[f"{test}_effect"]
-            text = "; ".join(
-                f"s{int(r.seed)}: ICL at the end {getattr(r, test):.2f} vs control {getattr(r, test + '_control'):.2f} "
-                f"(plain run {r.plain:.2f})"
-                for r in g.itertuples()
-                if pd.notna(getattr(r, f"{test}_effect"))
-            )
-            out.append(
-                Claim(
-                    f"{cond}: {what} keeps more ICL than the equal-size random control (by > {EFFECT})",
-                    "Singh 2023: transience may come from competition between ICL and IWL circuits",
-                    text or "no control could be drawn",
-                    bool(len(eff.dropna())) and bool((eff > EFFECT).all()),
-                )
-            )
-    for cond, g in shared.groupby("condition"):
-        last = g[g["step"] == g["step"].max()]
-        text = "; ".join(
-            f"s{int(r.seed)}: ICL {r.icl_heads or '-'} / IWL {r.iwl_heads or '-'}, shared {r.n_shared}, "
-            f"lost by ICL since the peak {r.icl_lost_since_peak or '-'} ({r.lost_taken_by_iwl} taken by IWL)"
-            for r in last.itertuples()
-        )
-        out.append(
-            Claim(
-                f"{cond}: the circuits at the last checkpoint (measured, not asserted)",
-                "competition: the IWL circuit takes the heads ICL loses",
-                text,
-                None,
-            )
-        )
-    return out
-
-
-def cut_claims(cut: pd.DataFrame) -> list[Claim]:
-    """At each run's last checkpoint: ICL as trained and with the direct path cut at evaluation."""
-    out = []
-    for cond, g in cut.groupby("condition"):
-        last = g[g["step"] == g.groupby("seed")["step"].transform("max")]
-        text = "; ".join(
-            f"s{int(r.seed)} step {int(r.step)}: ICL {r.ICL:.2f} as trained, {r.ICL_cut:.2f} with the cut"
-            for r in last.itertuples()
-        )
-        out.append(
-            Claim(
-                f"{cond}: cutting the query's direct path at evaluation only brings ICL back above its faded value "
-                f"(by > {EFFECT}) at the last checkpoint: the ICL circuit is outvoted, not gone",
-                "independent paths (Nguyen & Reddy) vs competition (Singh 2023)",
-                text,
-                bool(len(last)) and bool((last["ICL_cut"] - last["ICL"] > EFFECT).all()),
-            )
-        )
-    return out
-
-
 def _no_conditions(scale: str, missing: list[str], specs: dict) -> str:
     return (
         f"singh2023-competition at {scale} scale: singh2023 has no {', '.join(missing)} condition there "
@@ -155,33 +107,77 @@ def _no_conditions(scale: str, missing: list[str], specs: dict) -> str:
     )
 
 
-def plan(scale: str) -> Plan:
-    """The dry run's plan: the transient conditions' sweeps, as ``run`` trains them first."""
+def _specs(scale: str, conditions: tuple[str, ...]) -> dict[str, SweepSpec]:
     specs = condition_specs(settings(scale))
-    if missing := [c for c in CONDITIONS if c not in specs]:
-        return Plan(stages=(), notes=(_no_conditions(scale, missing, specs),))
+    if missing := [c for c in conditions if c not in specs]:
+        raise ConfigError(_no_conditions(scale, missing, specs))
+    return {c: specs[c] for c in conditions}
+
+
+def fork_seconds(specs: dict[str, SweepSpec], horizon: dict[str, int | None], workers: int) -> float:
+    """Estimated wall seconds of the forks: each run's three or four forks from
+    :data:`PEAK_GUESS` to its horizon, at the step time of a fork's intervention (timed here)."""
+    from icl_circuits.intervention_config import EMBED, InterventionConfig
+    from icl_circuits.sweeps.backends import default_workers
+    from icl_circuits.training.plan import estimate_group_seconds
+
+    total = 0.0
+    for name, spec in specs.items():
+        for point in build_points(spec):
+            cfg = point.config
+            end = horizon.get(name) or cfg.train.steps
+            steps = max(0, end - min(PEAK_GUESS.get(name, 0), end))
+            ivs = {
+                "path": InterventionConfig(kind="path", targets=(EMBED,)),
+                "freeze": InterventionConfig(kind="freeze", targets=("L0H0",)),
+            }
+            for iv, n in ((ivs["path"], 2 if name != NR_SWEEP else 1), (ivs["freeze"], 2)):
+                c = cfg.replace(train=cfg.train.replace(interventions=(iv,)))
+                t = estimate_group_seconds([c], 3)
+                total += n * (steps * t["step"] + t["setup"])
+    return total / max(1, min(workers or default_workers(), 2 * len(specs)))
+
+
+def plan_for(scale: str, conditions: tuple[str, ...], extra: dict[str, SweepSpec] | None = None) -> Plan:
+    """The dry run's plan: the sweeps as ``run`` trains them (one stage), then the forks."""
+    try:
+        specs = _specs(scale, conditions)
+    except ConfigError as err:
+        return Plan(stages=(), notes=(str(err),))
+    stage = {**specs, **(extra or {})}
+    horizon = {c: (HORIZON[c] if scale != "smoke" else None) for c in conditions}
+    task = Task(
+        "the forks from each run's ICL peak (timed from the earliest measured peak, on 2 workers)",
+        lambda: fork_seconds(stage, horizon, 2),
+    )
     return Plan(
-        stages=({c: specs[c] for c in CONDITIONS},),
+        stages=(stage,),
+        tasks=(task,),
         notes=(
-            "the forks from each run's ICL peak (direct path blocked, ICL heads frozen, and their random "
-            "controls) and the circuits over training run after the sweeps and are not timed",
+            "not timed: the circuits over training (about 1-2 s per checkpoint and split here), "
+            "the head scores and the evaluation-time cuts",
         ),
     )
 
 
-def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
-    s = settings(scale)
-    specs = condition_specs(s)
-    if missing := [c for c in CONDITIONS if c not in specs]:
-        raise ConfigError(_no_conditions(scale, missing, specs))
-    grids = {c: (specs[c].base, specs[c].overrides, specs[c].grid) for c in CONDITIONS}
-    run_grids(out, grids, workers=workers, progress=progress)
-    curves, scores, heads, shared, causal, readout, cut = [], [], [], [], [], [], []
-    for cond in CONDITIONS:
+def plan(scale: str) -> Plan:
+    return plan_for(scale, CONDITIONS, {NR_SWEEP: nr.sweep_spec(scale)})
+
+
+def train_sweeps(out: Path, specs: dict[str, SweepSpec], workers: int | None, progress: bool) -> None:
+    """Every sweep in one pool of jobs (:func:`~icl_circuits.reproduce.common.run_grids`)."""
+    run_grids(out, {c: (s.base, s.overrides, s.grid) for c, s in specs.items()}, workers=workers, progress=progress)
+
+
+def measure_runs(out: Path, scale: str, conditions: tuple[str, ...]) -> tuple[dict[str, pd.DataFrame], list]:
+    """The measurements of each trained ``singh2023`` run, and its forks (not yet trained) as
+    ``(tag, base, peak, ICL heads, forks)``."""
+    specs = _specs(scale, conditions)
+    curves, scores, heads, shared, readout, cut, causal_plan = [], [], [], [], [], [], []
+    for cond in conditions:
         for point in build_points(specs[cond]):
             base = _run_folder(out, cond, point.name)
-            seed = point.config.seed
-            tag = {"condition": cond, "seed": seed}
+            tag = {"condition": cond, "seed": point.config.seed}
             peak = peak_step(base)
             steps = circuit_steps(list_checkpoints(base), peak, pick(scale, 3, CIRCUIT_STEPS, CIRCUIT_STEPS))
             curves.append(accuracy_curves(base).assign(**tag))
@@ -193,29 +189,72 @@ def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: boo
             cut.append(accuracy_with_path_cut(base, steps).assign(**tag))
             shared.append(shared_components(h, peak).assign(**tag))
             horizon = HORIZON[cond] if scale != "smoke" else None
-            for row in run_causal(base, out / "causal" / cond / point.name, horizon, progress):
-                causal.append({**tag, **row})
+            causal_plan.append((tag, base, *causal_forks(base, out / "causal" / cond / point.name, horizon)))
+    tables = {
+        "curves": pd.concat(curves, ignore_index=True),
+        "head_scores": pd.concat(scores, ignore_index=True),
+        "circuits": pd.concat(heads, ignore_index=True),
+        "shared": pd.concat(shared, ignore_index=True),
+        "readout": pd.concat(readout, ignore_index=True),
+        "path_cut": pd.concat(cut, ignore_index=True),
+    }
+    return tables, causal_plan
+
+
+def causal_tables(causal_plan: list) -> dict[str, pd.DataFrame]:
+    """``causal`` and ``verdict`` once the forks of ``causal_plan`` are trained."""
+    rows = [{**tag, **row} for tag, base, peak, ih, forks in causal_plan for row in causal_rows(base, peak, ih, forks)]
+    return {"causal": pd.DataFrame(rows), "verdict": verdict(pd.DataFrame(rows))}
+
+
+def measure_nguyen_reddy(out: Path, scale: str) -> tuple[dict[str, pd.DataFrame], list]:
+    """Nguyen & Reddy's trained runs: their curves and evaluation-time cuts, and their forks
+    (not yet trained) as ``(tag, base, peak, forks)``."""
+    curves, cut, plan_ = [], [], []
+    for point in build_points(nr.sweep_spec(scale)):
+        base = _run_folder(out, NR_SWEEP, point.name)
+        tag = {"condition": NR_SWEEP, "seed": point.config.seed}
+        curves.append(accuracy_curves(base).assign(**tag))
+        peak, forks = nr.forks(base, out / "causal" / NR_SWEEP / point.name)
+        cut.append(accuracy_with_path_cut(base, sorted({peak, list_checkpoints(base)[-1]})).assign(**tag))
+        plan_.append((tag, base, peak, forks))
     curve_t = pd.concat(curves, ignore_index=True)
-    score_t = pd.concat(scores, ignore_index=True)
-    shared_t = pd.concat(shared, ignore_index=True)
-    causal_t = pd.DataFrame(causal)
-    verdict_t = verdict(causal_t)
-    cut_t = pd.concat(cut, ignore_index=True)
-    figures = [plot(curve_t, score_t, out / "competition.png")]
+    tables = {
+        "nr_curves": curve_t,
+        "nr_transience": nr.transient(curve_t, NR_PEAK, EFFECT),
+        "nr_path_cut": pd.concat(cut, ignore_index=True),
+    }
+    return tables, plan_
+
+
+def nr_causal_tables(plan_: list) -> dict[str, pd.DataFrame]:
+    """``nr_causal`` and ``nr_verdict`` once the forks of ``plan_`` are trained."""
+    causal = pd.DataFrame([{**tag, **row} for tag, base, peak, forks in plan_ for row in nr.rows(base, peak, forks)])
+    return {"nr_causal": causal, "nr_verdict": verdict(causal)}
+
+
+def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
+    specs = _specs(scale, CONDITIONS)
+    train_sweeps(out, {**specs, NR_SWEEP: nr.sweep_spec(scale)}, workers, progress)
+    tables, causal_plan = measure_runs(out, scale, CONDITIONS)
+    nr_tables, nr_plan = measure_nguyen_reddy(out, scale)
+    train_forks([f for *_, forks in causal_plan for f in forks] + [f for *_, forks in nr_plan for f in forks], workers)
+    tables |= causal_tables(causal_plan) | nr_tables | nr_causal_tables(nr_plan)
+    figures = [plot(tables["curves"], tables["head_scores"], out / "competition.png")]
     return Reproduction(
         name="singh2023-competition",
         scale=scale,
-        settings={"conditions": {c: list(specs[c].overrides) for c in CONDITIONS}, "horizon": HORIZON},
-        claims=[*claims(verdict_t, shared_t), *cut_claims(cut_t)],
-        tables={
-            "curves": curve_t,
-            "head_scores": score_t,
-            "circuits": pd.concat(heads, ignore_index=True),
-            "shared": shared_t,
-            "readout": pd.concat(readout, ignore_index=True),
-            "path_cut": cut_t,
-            "causal": causal_t,
-            "verdict": verdict_t,
+        settings={
+            "conditions": {c: list(specs[c].overrides) for c in CONDITIONS},
+            "horizon": {c: HORIZON[c] for c in CONDITIONS},
+            "nguyen_reddy": list(nr.sweep_spec(scale).overrides),
+            "effect": EFFECT,
         },
+        claims=[
+            *claims(tables["verdict"], tables["shared"]),
+            *cut_claims(tables["path_cut"]),
+            *nr_claims(tables["nr_transience"], tables["nr_verdict"], tables["nr_path_cut"], nr.describe(scale)),
+        ],
+        tables=tables,
         figures=figures,
     )
