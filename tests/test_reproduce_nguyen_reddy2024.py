@@ -125,25 +125,26 @@ def test_transience_summary_finds_the_peak_and_the_fade():
     assert (t["final_icl"], t["final_iwl"], t["final_step"]) == (0.6, 0.98, 300)
 
 
-#: The claims docs/reproductions/nguyen_reddy2024.md reports as holding at the cpu scale (the claim text up to
-#: its first parenthesis). Not reproduced there: b = 1.43 (ours 1.15 [0.93, 1.35]), nu = 0.7
-#: (ours 0.88), bimodality (runs near K* end in between), transience at decay 3e-3 within
-#: 6,000 steps, and at 3e-2 one seed's peak (0.949) misses the 0.95 bar.
+#: The claims docs/reproductions/nguyen_reddy2024.md reports as holding at the cpu scale (the start of
+#: the claim's text). Not reproduced there: the sigmoid fit's R^2 >= 0.9 at every N (0.90 at N = 16,
+#: just under), b = 1.43 (ours 1.17 [0.94, 1.36]), nu = 0.7 (ours 0.88), t_ICL linear in N (slope
+#: 0.84 [0.72, 0.96]), its long tail, bimodality near K*, the K* exponents inside each other's
+#: intervals against the authors' code, and transience within 6,000 steps.
 HOLD_AT_CPU = (
-    "ICL accuracy is a sigmoid of log K at every N",
     "the threshold K*",
     "the K* exponent equals 1/nu of the memorisation law",
     "median t_ICL",
     "the minimal model's K* matches the measured one within x1.5 at the N it was not calibrated on",
+    "Transformer vs the authors' code (anhhuyalex/icl-kinetics run at our grid: N = 4, 8, 16): K* within x1.5",
 )
 
 
 @pytest.mark.slow
 def test_cpu_scale_reproduces_the_claims_that_hold(tmp_path):
     rep = reproduce("nguyen-reddy2024", tmp_path, scale="cpu", workers=2, progress=False)
-    holds = {c.claim.split(" (")[0]: c.holds for c in rep.claims}
-    for claim in HOLD_AT_CPU:
-        assert holds[claim], claim
+    for start in HOLD_AT_CPU:
+        (claim,) = [c for c in rep.claims if c.claim.startswith(start)]
+        assert claim.holds, claim.claim
     thr = rep.tables["kstar"]
     thr = thr[thr["source"] == "transformer"]
     assert len(thr) >= 5 and thr["N"].max() >= 32
