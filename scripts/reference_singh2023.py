@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -49,7 +51,12 @@ SETTINGS = {
     "threshold": {"K": 144, "D": 8, "eps": 0.5, "N": 2, "heads": 8, "mix": ["1.0"], "burst": ["1"], "wd": 0.0},
     "l2": {"K": 1024, "D": 63, "eps": 0.1, "N": 8, "heads": 2, "mix": ["0.9", "0.1"], "burst": ["4", "0"], "wd": 1e-3},
 }
-EVAL_BS = 512
+#: Held-out classes (``--class_split K 0 NOVEL``) for the novel-class ICL evaluator.
+NOVEL = 64
+EVAL_SEQS = 1000  # their default --eval_iters; one eval batch of all of them compiles one shape
+#: Steps of training loss averaged into each evaluation's ``train_loss`` (one batch's loss is noisy).
+LOSS_WINDOW = 50
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def write_data(path: Path, k: int, d: int, eps: float, seed: int, python: str) -> None:
@@ -63,70 +70,88 @@ def write_data(path: Path, k: int, d: int, eps: float, seed: int, python: str) -
     subprocess.run([python, "-c", code], check=True)
 
 
-def run(repo: Path, python: str, setting: str, steps: int, seed: int, work: Path) -> dict:
+def run(repo: Path, python: str, setting: str, steps: int, seed: int, work: Path, evals: int, ckpt_steps: int) -> float:
     s = SETTINGS[setting]
     work.mkdir(parents=True, exist_ok=True)
     data = work / f"gauss_{setting}_s{seed}.h5"
-    write_data(data, s["K"], s["D"], s["eps"], seed, python)
+    if not data.exists():
+        write_data(data, s["K"] + NOVEL, s["D"], s["eps"], seed, python)
     bs = 128
-    n_eval = 20
-    every = max(bs, steps * bs // n_eval)
+    every = max(bs, steps * bs // evals)
     noise = s["eps"] / math.sqrt(s["D"]) / math.sqrt(1 + s["eps"] ** 2)
     name = f"{setting}_s{seed}_{steps}"
+    icl_burst = str(max(1, int(s["burst"][0])))
+    folder = work / name
+    ckpts = sorted((folder / "checkpoints").glob("*.eqx")) if folder.exists() else []
+    resume = ["--load_from_ckpt", str(ckpts[-1]), "--load_from_ckpt_cfg", str(folder / "config.json")] if ckpts else []
     args = [
         *("--run", name, "--raw_name", "--base_folder", str(work), "--suppress_output"),
         *("--data_type", "file", "--data_file", str(data), "--data_path_in_file", "means"),
-        *("--class_split", str(s["K"]), "0", "0", "--exemplar_split", "1", "0", "0"),
+        *("--class_split", str(s["K"]), "0", str(NOVEL), "--exemplar_split", "1", "0", "0"),
         *("--noise_scale_train", repr(noise)),
         *("--depth", "2", "--d_model", "64", "--num_heads", str(s["heads"]), "--pos_embedding_type", "ape"),
         *("--init_seed", str(100 + seed), "--train_seed", str(200 + seed), "--eval_seed", str(300 + seed)),
         *("--mixing_coeffs", *s["mix"], "--pt_burstiness", *s["burst"], "--train_context_len", str(s["N"])),
         *("--train_iters", str(steps * bs), "--train_bs", str(bs), "--train_microbs", str(bs)),
-        *("--eval_every", str(every), "--eval_bs", str(EVAL_BS)),
+        *("--eval_every", str(every), "--eval_iters", str(EVAL_SEQS), "--eval_bs", str(EVAL_SEQS)),
+        *("--ckpt_every", str(ckpt_steps * bs), *resume),
         *("--lr", "1e-3", "--optimizer", "adam", "--weight_decay", repr(s["wd"])),
-        *("--pe_names", "icl", "iwl", "train_eval"),
-        *("--pe_classes", "train", "train", "train", "--pe_exemplars", "train", "train", "train"),
-        *("--pe_burstiness", str(max(1, int(s["burst"][0]))), "0", s["burst"][0]),
-        *("--pe_fs_relabel_scheme", "01", "None", "None"),
-        *("--pe_no_support", "0", "1", "0", "--pe_unique_rest", "0", "1", "0"),
-        *("--pe_assign_query_label_random", "0", "0", "0"),
+        *("--pe_names", "icl", "iwl", "train_eval", "icl_novel"),
+        *("--pe_classes", "train", "train", "train", "test", "--pe_exemplars", "train", "train", "train", "train"),
+        *("--pe_burstiness", icl_burst, "0", s["burst"][0], icl_burst),
+        *("--pe_fs_relabel_scheme", "01", "None", "None", "01"),
+        *("--pe_no_support", "0", "1", "0", "0", "--pe_unique_rest", "0", "1", "0", "0"),
+        *("--pe_assign_query_label_random", "0", "0", "0", "0"),
     ]
     start = time.time()
-    proc = subprocess.run([python, "main.py", *args], cwd=repo, capture_output=True, text=True)
+    env = {**os.environ, "XLA_FLAGS": XLA_ONE_THREAD}
+    proc = subprocess.run([python, "main.py", *args], cwd=repo, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"reference_singh2023: {setting} failed:\n{proc.stderr[-3000:]}")
-    return {
-        "setting": setting,
-        "seed": seed,
-        "steps": steps,
-        "seconds": round(time.time() - start),
-        **curves(work / name / "log.h5", python, bs),
-    }
+    return time.time() - start
 
 
-def curves(log: Path, python: str, bs: int) -> dict:
-    """Peak and final ICL / IWL accuracy (mean over each evaluator's sequences) from their log.h5."""
+def rows(folder: Path, python: str, setting: str, seed: int, steps: int, seconds: float | None) -> list[dict]:
+    """Tidy ``setting, seed, steps, step, metric, value, seconds`` rows from a run's ``log.h5``.
+
+    Metrics: ``icl`` / ``iwl`` / ``train_eval`` (accuracy of each evaluator, mean over its 1000
+    sequences) at every evaluation, and ``train_loss`` (mean of the per-step training loss over the
+    ``LOSS_WINDOW`` steps up to it). A resumed run evaluates its resume step again: the last
+    evaluation of each step is kept. ``seconds``: the wall time of the (last) invocation.
+    """
     code = (
         "import h5py, json\n"
-        f"f = h5py.File({str(log)!r}, 'r')\n"
-        "it = [int(i) for i in f['eval_iter'][:]]\n"
-        "out = {k: [float(v.mean()) for v in f[k + '/acc'][:]] for k in ('icl', 'iwl', 'train_eval')}\n"
-        "print(json.dumps({'iter': it, **out}))\n"
+        f"f = h5py.File({str(folder / 'log.h5')!r}, 'r')\n"
+        "out = {k: [float(v.mean()) for v in f[k + '/acc'][:]] for k in ('icl', 'iwl', 'train_eval', 'icl_novel')}\n"
+        "out['iter'] = [int(i) for i in f['eval_iter'][:]]\n"
+        "out['train_iter'] = [int(i) for i in f['train_iter'][:]]\n"
+        "out['train_loss'] = [float(v) for v in f['train_loss'][:]]\n"
+        "print(json.dumps(out))\n"
     )
-    import json
-
     got = json.loads(subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout)
-    icl, iwl = got["icl"], got["iwl"]
-    peak = max(range(len(icl)), key=icl.__getitem__)
-    return {
-        "icl_peak": round(icl[peak], 4),
-        "icl_peak_step": got["iter"][peak] // bs,
-        "icl_final": round(icl[-1], 4),
-        "iwl_final": round(iwl[-1], 4),
-        "train_final": round(got["train_eval"][-1], 4),
-        "final_step": got["iter"][-1] // bs,
-        "icl_curve": " ".join(f"{v:.3f}" for v in icl),
-    }
+    bs = 128
+    loss = dict(zip((i // bs for i in got["train_iter"]), got["train_loss"], strict=True))
+    last = {it // bs: j for j, it in enumerate(got["iter"])}
+    out = []
+    for step in sorted(last):
+        j = last[step]
+        window = [loss[t] for t in range(max(1, step - LOSS_WINDOW + 1), step + 1) if t in loss]
+        vals = {k: got[k][j] for k in ("icl", "iwl", "train_eval", "icl_novel")}
+        if window:
+            vals["train_loss"] = sum(window) / len(window)
+        for metric, value in vals.items():
+            out.append(
+                {
+                    "setting": setting,
+                    "seed": seed,
+                    "steps": steps,
+                    "step": step,
+                    "metric": metric,
+                    "value": round(value, 5),
+                    "seconds": None if seconds is None else round(seconds),
+                }
+            )
+    return out
 
 
 def main() -> None:
@@ -137,16 +162,29 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("/tmp/icldyn-runs"))
+    p.add_argument("--evals", type=int, default=20, help="evaluations over the run (each: 3 x 1000 sequences)")
+    p.add_argument("--ckpt-steps", type=int, default=1000, help="checkpoint interval in steps (a rerun resumes)")
+    p.add_argument("--collect", action="store_true", help="only read the run folder's log (a partial run's too)")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
-    row = run(a.repo, a.python, a.setting, a.steps, a.seed, a.work)
-    new = not a.out.exists()
-    with a.out.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-    print(row)
+    seconds = None
+    if not a.collect:
+        seconds = run(a.repo, a.python, a.setting, a.steps, a.seed, a.work, a.evals, a.ckpt_steps)
+    got = rows(a.work / f"{a.setting}_s{a.seed}_{a.steps}", a.python, a.setting, a.seed, a.steps, seconds)
+    keep = []
+    if a.out.exists():  # replace this run's earlier rows
+        with a.out.open(newline="") as f:
+            keep = [
+                r
+                for r in csv.DictReader(f)
+                if (r["setting"], int(r["seed"]), int(r["steps"])) != (a.setting, a.seed, a.steps)
+            ]
+    with a.out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(got[0]))
+        w.writeheader()
+        w.writerows(keep + got)
+    icl = [r for r in got if r["metric"] == "icl"]
+    print(a.setting, "step", icl[-1]["step"], "ICL", " ".join(f"{r['value']:.3f}" for r in icl))
 
 
 if __name__ == "__main__":
