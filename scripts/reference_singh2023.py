@@ -114,8 +114,10 @@ def run(repo: Path, python: str, setting: str, steps: int, seed: int, work: Path
 def rows(folder: Path, python: str, setting: str, seed: int, steps: int, seconds: float | None) -> list[dict]:
     """Tidy ``setting, seed, steps, step, metric, value, seconds`` rows from a run's ``log.h5``.
 
-    Metrics: ``icl`` / ``iwl`` / ``train_eval`` (accuracy of each evaluator, mean over its 1000
-    sequences) at every evaluation, and ``train_loss`` (mean of the per-step training loss over the
+    Metrics: ``icl`` / ``iwl`` / ``train_eval`` / ``icl_novel`` (accuracy of each evaluator, mean
+    over its 1000 sequences) at every evaluation, ``icl_in_context`` / ``icl_novel_in_context``
+    (their ``in_context_acc``: the argmax over the labels in the context only, 0.5 without
+    matching), and ``train_loss`` (mean of the per-step training loss over the
     ``LOSS_WINDOW`` steps up to it). A resumed run evaluates its resume step again: the last
     evaluation of each step is kept. ``seconds``: the wall time of the (last) invocation.
     """
@@ -123,6 +125,7 @@ def rows(folder: Path, python: str, setting: str, seed: int, steps: int, seconds
         "import h5py, json\n"
         f"f = h5py.File({str(folder / 'log.h5')!r}, 'r')\n"
         "out = {k: [float(v.mean()) for v in f[k + '/acc'][:]] for k in ('icl', 'iwl', 'train_eval', 'icl_novel')}\n"
+        "out.update({k + '_in_context': [float(v.mean()) for v in f[k + '/in_context_acc'][:]] for k in ('icl', 'icl_novel')})\n"
         "out['iter'] = [int(i) for i in f['eval_iter'][:]]\n"
         "out['train_iter'] = [int(i) for i in f['train_iter'][:]]\n"
         "out['train_loss'] = [float(v) for v in f['train_loss'][:]]\n"
@@ -136,7 +139,9 @@ def rows(folder: Path, python: str, setting: str, seed: int, steps: int, seconds
     for step in sorted(last):
         j = last[step]
         window = [loss[t] for t in range(max(1, step - LOSS_WINDOW + 1), step + 1) if t in loss]
-        vals = {k: got[k][j] for k in ("icl", "iwl", "train_eval", "icl_novel")}
+        vals = {
+            k: got[k][j] for k in ("icl", "iwl", "train_eval", "icl_novel", "icl_in_context", "icl_novel_in_context")
+        }
         if window:
             vals["train_loss"] = sum(window) / len(window)
         for metric, value in vals.items():
@@ -164,21 +169,26 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/icldyn-runs"))
     p.add_argument("--evals", type=int, default=20, help="evaluations over the run (each: 3 x 1000 sequences)")
     p.add_argument("--ckpt-steps", type=int, default=1000, help="checkpoint interval in steps (a rerun resumes)")
-    p.add_argument("--collect", action="store_true", help="only read the run folder's log (a partial run's too)")
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="only read the run folder's log (a partial run's too); keeps the seconds --out has for it",
+    )
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
+    key = (a.setting, a.seed, a.steps)
     seconds = None
+    if a.collect and a.out.exists():  # keep the wall time an earlier invocation measured for this run
+        with a.out.open(newline="") as f:
+            this = [r for r in csv.DictReader(f) if (r["setting"], int(r["seed"]), int(r["steps"])) == key]
+        seconds = float(this[0]["seconds"]) if this and this[0]["seconds"] else None
     if not a.collect:
         seconds = run(a.repo, a.python, a.setting, a.steps, a.seed, a.work, a.evals, a.ckpt_steps)
     got = rows(a.work / f"{a.setting}_s{a.seed}_{a.steps}", a.python, a.setting, a.seed, a.steps, seconds)
     keep = []
     if a.out.exists():  # replace this run's earlier rows
         with a.out.open(newline="") as f:
-            keep = [
-                r
-                for r in csv.DictReader(f)
-                if (r["setting"], int(r["seed"]), int(r["steps"])) != (a.setting, a.seed, a.steps)
-            ]
+            keep = [r for r in csv.DictReader(f) if (r["setting"], int(r["seed"]), int(r["steps"])) != key]
     with a.out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(got[0]))
         w.writeheader()
