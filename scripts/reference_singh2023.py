@@ -6,11 +6,22 @@ we write one with Gaussian class means (our Gaussian family: ``mu_k ~ N(0, I/D)`
 ``1 / sqrt(1 + eps^2)``), and their fresh per-exemplar Gaussian noise (``--noise_scale_train``,
 std per coordinate) is set to ``eps / sqrt(D) / sqrt(1 + eps^2)``: the exemplars then have our
 family's law. What differs, by their code's design: every class is its own label (no ``k mod
-L``), their ICL evaluator relabels the two context classes of a *trained* class pair to labels
-0 / 1 (``--pe_fs_relabel_scheme 01``, burstiness 4 in 8 pairs) where ours uses novel classes,
-and their IWL evaluator has no copy of the query's class in context (``--pe_no_support 1``).
+L``). Four evaluators of 1000 sequences each: ``icl``, their ICL evaluator, relabels the two
+context classes of a *trained* class pair to labels 0 / 1 (``--pe_fs_relabel_scheme 01``, the
+training burstiness), so recalling a class's own label is wrong; ``icl_novel`` does the same on
+``NOVEL`` held-out classes (``--class_split K 0 NOVEL``; the data file holds them after the K
+trained ones), ICL with nothing to recall, as our ICL split; ``iwl`` has no copy of the query's
+class in context (``--pe_no_support 1``); ``train_eval`` is the training layout.
 
-Usage (one run per setting; each writes its run folder under ``--work`` and a row into ``--out``)::
+Run time: their jitted step compiles once (``JAX_LOG_COMPILES=1``: one ``train_step``, one
+``eval_step`` per eval batch shape); all 1000 evaluation sequences go in one batch (one shape),
+evaluations are spaced ``--evals`` over the run, and XLA runs on one thread per process
+(``XLA_ONE_THREAD``), so that three runs share two cores. A checkpoint every ``--ckpt-steps``
+steps lets a rerun of the same command resume (their ``--load_from_ckpt``); ``--collect`` reads
+a run folder's log, a partial run's too.
+
+Usage (one run per setting; each writes its run folder under ``--work`` and tidy rows into
+``--out``, replacing that run's earlier rows)::
 
     python -m venv /tmp/icldyn-venv
     /tmp/icldyn-venv/bin/pip install "jax[cpu]==0.4.26" "jaxlib==0.4.26" equinox==0.11.4 optax==0.2.2 \\
@@ -18,6 +29,7 @@ Usage (one run per setting; each writes its run folder under ``--work`` and a ro
     git clone <fetched mirror of aadityasingh/icl-dynamics> /tmp/icl-dynamics   # the .h5 file in it is not needed
     python scripts/reference_singh2023.py --repo /tmp/icl-dynamics --python /tmp/icldyn-venv/bin/python \\
         --setting layout2023 --steps 5000 --out icl_circuits/papers/singh2023/reference_code.csv
+    # the same for --setting l2 --steps 5000 and --setting threshold --steps 40000 --evals 40
 
 Settings (ours: ``reproduce singh2023``'s cpu conditions):
 
@@ -103,6 +115,8 @@ def run(repo: Path, python: str, setting: str, steps: int, seed: int, work: Path
         *("--pe_no_support", "0", "1", "0", "0", "--pe_unique_rest", "0", "1", "0", "0"),
         *("--pe_assign_query_label_random", "0", "0", "0", "0"),
     ]
+    if ckpts and int(ckpts[-1].stem) >= steps * bs:  # finished: their loop would not run at all
+        return 0.0
     start = time.time()
     env = {**os.environ, "XLA_FLAGS": XLA_ONE_THREAD}
     proc = subprocess.run([python, "main.py", *args], cwd=repo, capture_output=True, text=True, env=env)
