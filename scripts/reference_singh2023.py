@@ -82,7 +82,9 @@ def write_data(path: Path, k: int, d: int, eps: float, seed: int, python: str) -
     subprocess.run([python, "-c", code], check=True)
 
 
-def run(repo: Path, python: str, setting: str, steps: int, seed: int, work: Path, evals: int, ckpt_steps: int) -> float:
+def run(
+    repo: Path, python: str, setting: str, steps: int, seed: int, work: Path, evals: int, ckpt_steps: int
+) -> float | None:
     s = SETTINGS[setting]
     work.mkdir(parents=True, exist_ok=True)
     data = work / f"gauss_{setting}_s{seed}.h5"
@@ -116,7 +118,7 @@ def run(repo: Path, python: str, setting: str, steps: int, seed: int, work: Path
         *("--pe_assign_query_label_random", "0", "0", "0", "0"),
     ]
     if ckpts and int(ckpts[-1].stem) >= steps * bs:  # finished: their loop would not run at all
-        return 0.0
+        return None
     start = time.time()
     env = {**os.environ, "XLA_FLAGS": XLA_ONE_THREAD}
     proc = subprocess.run([python, "main.py", *args], cwd=repo, capture_output=True, text=True, env=env)
@@ -192,12 +194,13 @@ def main() -> None:
     a = p.parse_args()
     key = (a.setting, a.seed, a.steps)
     seconds = None
-    if a.collect and a.out.exists():  # keep the wall time an earlier invocation measured for this run
+    if a.out.exists():  # the wall time an earlier invocation measured for this run, if any
         with a.out.open(newline="") as f:
             this = [r for r in csv.DictReader(f) if (r["setting"], int(r["seed"]), int(r["steps"])) == key]
         seconds = float(this[0]["seconds"]) if this and this[0]["seconds"] else None
     if not a.collect:
-        seconds = run(a.repo, a.python, a.setting, a.steps, a.seed, a.work, a.evals, a.ckpt_steps)
+        took = run(a.repo, a.python, a.setting, a.steps, a.seed, a.work, a.evals, a.ckpt_steps)
+        seconds = seconds if took is None else took
     got = rows(a.work / f"{a.setting}_s{a.seed}_{a.steps}", a.python, a.setting, a.seed, a.steps, seconds)
     keep = []
     if a.out.exists():  # replace this run's earlier rows
