@@ -42,7 +42,9 @@ labels), 2 seeds, and:
   ===============  ============================================  ============================================  ==========================================================
 
 Copying one of the two context labels at random gives 0.5 on ``IC``, so a real ICL peak is
-``REAL_ICL`` (0.8). What the pilots behind these choices measured is in docs/reproductions/singh2023_appendix.md.
+``REAL_ICL`` (0.8). The authors' code run at the same cpu settings (``reference_code.csv``,
+``scripts/reference_singh2023.py``) is compared in :mod:`icl_circuits.papers.singh2023.reference`,
+where its run is as long as ours. What the pilots behind these choices measured is in docs/reproductions/singh2023_appendix.md.
 """
 
 from __future__ import annotations
