@@ -248,3 +248,15 @@ def test_reference_claims_compare_the_outcome_of_both_codes():
     assert reference.reference_claims(trans, {"none": 30, "mixed-l2": 30, "threshold": 30}, table) == []
     short = table[~((table["setting"] == "l2") & (table["step"] == 5000))]
     assert "l2" not in by_setting(reference.reference_claims(trans, steps, short))
+
+
+def test_committed_reference_rows_cover_the_three_settings_to_their_end():
+    from icl_circuits.papers.singh2023 import reference
+
+    table = reference.reference_table()
+    assert set(table.columns) == {"setting", "seed", "steps", "step", "metric", "value", "seconds"}
+    ref = reference.reference_transitions(table).set_index("setting")
+    assert ref["steps"].to_dict() == {"layout2023": 5000, "l2": 5000, "threshold": 40000}
+    assert (ref["reached"] == ref["steps"]).all() and (ref["seconds"] > 0).all()
+    accuracies = table[table["metric"] != "train_loss"]["value"]
+    assert accuracies.between(0, 1).all()

@@ -9,8 +9,9 @@ layout, ours: ``none``), ``threshold`` (Singh et al. 2025's layout at K 144, our
 evaluation: ``icl_novel`` (held-out classes, the two context classes relabelled 0 / 1: ICL with
 nothing to recall, as our ICL split), ``icl`` (their ICL evaluator: two *trained* classes
 relabelled 0 / 1, so recalling a class's own label is wrong), ``iwl`` (the query's class absent
-from the context), ``train_eval`` and ``train_loss`` (mean over the 50 steps up to the
-evaluation). It is data measured once and committed with the script that remakes it; nothing
+from the context), ``train_eval``, ``icl_in_context`` / ``icl_novel_in_context`` (their
+``in_context_acc``: the argmax over the context's labels only, 0.5 without matching) and
+``train_loss`` (mean over the 50 steps up to the evaluation; their L2 penalty included). It is data measured once and committed with the script that remakes it; nothing
 here runs JAX.
 
 Each comparison gives both codes' runs one of three outcomes by the same rule: ``no ICL`` (the
