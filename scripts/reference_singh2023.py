@@ -6,11 +6,22 @@ we write one with Gaussian class means (our Gaussian family: ``mu_k ~ N(0, I/D)`
 ``1 / sqrt(1 + eps^2)``), and their fresh per-exemplar Gaussian noise (``--noise_scale_train``,
 std per coordinate) is set to ``eps / sqrt(D) / sqrt(1 + eps^2)``: the exemplars then have our
 family's law. What differs, by their code's design: every class is its own label (no ``k mod
-L``), their ICL evaluator relabels the two context classes of a *trained* class pair to labels
-0 / 1 (``--pe_fs_relabel_scheme 01``, burstiness 4 in 8 pairs) where ours uses novel classes,
-and their IWL evaluator has no copy of the query's class in context (``--pe_no_support 1``).
+L``). Four evaluators of 1000 sequences each: ``icl``, their ICL evaluator, relabels the two
+context classes of a *trained* class pair to labels 0 / 1 (``--pe_fs_relabel_scheme 01``, the
+training burstiness), so recalling a class's own label is wrong; ``icl_novel`` does the same on
+``NOVEL`` held-out classes (``--class_split K 0 NOVEL``; the data file holds them after the K
+trained ones), ICL with nothing to recall, as our ICL split; ``iwl`` has no copy of the query's
+class in context (``--pe_no_support 1``); ``train_eval`` is the training layout.
 
-Usage (one run per setting; each writes its run folder under ``--work`` and a row into ``--out``)::
+Run time: their jitted step compiles once (``JAX_LOG_COMPILES=1``: one ``train_step``, one
+``eval_step`` per eval batch shape); all 1000 evaluation sequences go in one batch (one shape),
+evaluations are spaced ``--evals`` over the run, and XLA runs on one thread per process
+(``XLA_ONE_THREAD``), so that three runs share two cores. A checkpoint every ``--ckpt-steps``
+steps lets a rerun of the same command resume (their ``--load_from_ckpt``); ``--collect`` reads
+a run folder's log, a partial run's too.
+
+Usage (one run per setting; each writes its run folder under ``--work`` and tidy rows into
+``--out``, replacing that run's earlier rows)::
 
     python -m venv /tmp/icldyn-venv
     /tmp/icldyn-venv/bin/pip install "jax[cpu]==0.4.26" "jaxlib==0.4.26" equinox==0.11.4 optax==0.2.2 \\
@@ -18,6 +29,7 @@ Usage (one run per setting; each writes its run folder under ``--work`` and a ro
     git clone <fetched mirror of aadityasingh/icl-dynamics> /tmp/icl-dynamics   # the .h5 file in it is not needed
     python scripts/reference_singh2023.py --repo /tmp/icl-dynamics --python /tmp/icldyn-venv/bin/python \\
         --setting layout2023 --steps 5000 --out icl_circuits/papers/singh2023/reference_code.csv
+    # the same for --setting l2 --steps 5000 and --setting threshold --steps 40000 --evals 40
 
 Settings (ours: ``reproduce singh2023``'s cpu conditions):
 
@@ -38,7 +50,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -49,7 +63,12 @@ SETTINGS = {
     "threshold": {"K": 144, "D": 8, "eps": 0.5, "N": 2, "heads": 8, "mix": ["1.0"], "burst": ["1"], "wd": 0.0},
     "l2": {"K": 1024, "D": 63, "eps": 0.1, "N": 8, "heads": 2, "mix": ["0.9", "0.1"], "burst": ["4", "0"], "wd": 1e-3},
 }
-EVAL_BS = 512
+#: Held-out classes (``--class_split K 0 NOVEL``) for the novel-class ICL evaluator.
+NOVEL = 64
+EVAL_SEQS = 1000  # their default --eval_iters; one eval batch of all of them compiles one shape
+#: Steps of training loss averaged into each evaluation's ``train_loss`` (one batch's loss is noisy).
+LOSS_WINDOW = 50
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def write_data(path: Path, k: int, d: int, eps: float, seed: int, python: str) -> None:
@@ -63,70 +82,97 @@ def write_data(path: Path, k: int, d: int, eps: float, seed: int, python: str) -
     subprocess.run([python, "-c", code], check=True)
 
 
-def run(repo: Path, python: str, setting: str, steps: int, seed: int, work: Path) -> dict:
+def run(
+    repo: Path, python: str, setting: str, steps: int, seed: int, work: Path, evals: int, ckpt_steps: int
+) -> float | None:
     s = SETTINGS[setting]
     work.mkdir(parents=True, exist_ok=True)
     data = work / f"gauss_{setting}_s{seed}.h5"
-    write_data(data, s["K"], s["D"], s["eps"], seed, python)
+    if not data.exists():
+        write_data(data, s["K"] + NOVEL, s["D"], s["eps"], seed, python)
     bs = 128
-    n_eval = 20
-    every = max(bs, steps * bs // n_eval)
+    every = max(bs, steps * bs // evals)
     noise = s["eps"] / math.sqrt(s["D"]) / math.sqrt(1 + s["eps"] ** 2)
     name = f"{setting}_s{seed}_{steps}"
+    icl_burst = str(max(1, int(s["burst"][0])))
+    folder = work / name
+    ckpts = sorted((folder / "checkpoints").glob("*.eqx")) if folder.exists() else []
+    resume = ["--load_from_ckpt", str(ckpts[-1]), "--load_from_ckpt_cfg", str(folder / "config.json")] if ckpts else []
     args = [
         *("--run", name, "--raw_name", "--base_folder", str(work), "--suppress_output"),
         *("--data_type", "file", "--data_file", str(data), "--data_path_in_file", "means"),
-        *("--class_split", str(s["K"]), "0", "0", "--exemplar_split", "1", "0", "0"),
+        *("--class_split", str(s["K"]), "0", str(NOVEL), "--exemplar_split", "1", "0", "0"),
         *("--noise_scale_train", repr(noise)),
         *("--depth", "2", "--d_model", "64", "--num_heads", str(s["heads"]), "--pos_embedding_type", "ape"),
         *("--init_seed", str(100 + seed), "--train_seed", str(200 + seed), "--eval_seed", str(300 + seed)),
         *("--mixing_coeffs", *s["mix"], "--pt_burstiness", *s["burst"], "--train_context_len", str(s["N"])),
         *("--train_iters", str(steps * bs), "--train_bs", str(bs), "--train_microbs", str(bs)),
-        *("--eval_every", str(every), "--eval_bs", str(EVAL_BS)),
+        *("--eval_every", str(every), "--eval_iters", str(EVAL_SEQS), "--eval_bs", str(EVAL_SEQS)),
+        *("--ckpt_every", str(ckpt_steps * bs), *resume),
         *("--lr", "1e-3", "--optimizer", "adam", "--weight_decay", repr(s["wd"])),
-        *("--pe_names", "icl", "iwl", "train_eval"),
-        *("--pe_classes", "train", "train", "train", "--pe_exemplars", "train", "train", "train"),
-        *("--pe_burstiness", str(max(1, int(s["burst"][0]))), "0", s["burst"][0]),
-        *("--pe_fs_relabel_scheme", "01", "None", "None"),
-        *("--pe_no_support", "0", "1", "0", "--pe_unique_rest", "0", "1", "0"),
-        *("--pe_assign_query_label_random", "0", "0", "0"),
+        *("--pe_names", "icl", "iwl", "train_eval", "icl_novel"),
+        *("--pe_classes", "train", "train", "train", "test", "--pe_exemplars", "train", "train", "train", "train"),
+        *("--pe_burstiness", icl_burst, "0", s["burst"][0], icl_burst),
+        *("--pe_fs_relabel_scheme", "01", "None", "None", "01"),
+        *("--pe_no_support", "0", "1", "0", "0", "--pe_unique_rest", "0", "1", "0", "0"),
+        *("--pe_assign_query_label_random", "0", "0", "0", "0"),
     ]
+    if ckpts and int(ckpts[-1].stem) >= steps * bs:  # finished: their loop would not run at all
+        return None
     start = time.time()
-    proc = subprocess.run([python, "main.py", *args], cwd=repo, capture_output=True, text=True)
+    env = {**os.environ, "XLA_FLAGS": XLA_ONE_THREAD}
+    proc = subprocess.run([python, "main.py", *args], cwd=repo, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"reference_singh2023: {setting} failed:\n{proc.stderr[-3000:]}")
-    return {
-        "setting": setting,
-        "seed": seed,
-        "steps": steps,
-        "seconds": round(time.time() - start),
-        **curves(work / name / "log.h5", python, bs),
-    }
+    return time.time() - start
 
 
-def curves(log: Path, python: str, bs: int) -> dict:
-    """Peak and final ICL / IWL accuracy (mean over each evaluator's sequences) from their log.h5."""
+def rows(folder: Path, python: str, setting: str, seed: int, steps: int, seconds: float | None) -> list[dict]:
+    """Tidy ``setting, seed, steps, step, metric, value, seconds`` rows from a run's ``log.h5``.
+
+    Metrics: ``icl`` / ``iwl`` / ``train_eval`` / ``icl_novel`` (accuracy of each evaluator, mean
+    over its 1000 sequences) at every evaluation, ``icl_in_context`` / ``icl_novel_in_context``
+    (their ``in_context_acc``: the argmax over the labels in the context only, 0.5 without
+    matching), and ``train_loss`` (mean of the per-step training loss over the
+    ``LOSS_WINDOW`` steps up to it). A resumed run evaluates its resume step again: the last
+    evaluation of each step is kept. ``seconds``: the wall time of the (last) invocation.
+    """
     code = (
         "import h5py, json\n"
-        f"f = h5py.File({str(log)!r}, 'r')\n"
-        "it = [int(i) for i in f['eval_iter'][:]]\n"
-        "out = {k: [float(v.mean()) for v in f[k + '/acc'][:]] for k in ('icl', 'iwl', 'train_eval')}\n"
-        "print(json.dumps({'iter': it, **out}))\n"
+        f"f = h5py.File({str(folder / 'log.h5')!r}, 'r')\n"
+        "out = {k: [float(v.mean()) for v in f[k + '/acc'][:]] for k in ('icl', 'iwl', 'train_eval', 'icl_novel')}\n"
+        "out.update({k + '_in_context': [float(v.mean()) for v in f[k + '/in_context_acc'][:]] for k in ('icl', 'icl_novel')})\n"
+        "out['iter'] = [int(i) for i in f['eval_iter'][:]]\n"
+        "out['train_iter'] = [int(i) for i in f['train_iter'][:]]\n"
+        "out['train_loss'] = [float(v) for v in f['train_loss'][:]]\n"
+        "print(json.dumps(out))\n"
     )
-    import json
-
     got = json.loads(subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout)
-    icl, iwl = got["icl"], got["iwl"]
-    peak = max(range(len(icl)), key=icl.__getitem__)
-    return {
-        "icl_peak": round(icl[peak], 4),
-        "icl_peak_step": got["iter"][peak] // bs,
-        "icl_final": round(icl[-1], 4),
-        "iwl_final": round(iwl[-1], 4),
-        "train_final": round(got["train_eval"][-1], 4),
-        "final_step": got["iter"][-1] // bs,
-        "icl_curve": " ".join(f"{v:.3f}" for v in icl),
-    }
+    bs = 128
+    loss = dict(zip((i // bs for i in got["train_iter"]), got["train_loss"], strict=True))
+    last = {it // bs: j for j, it in enumerate(got["iter"])}
+    out = []
+    for step in sorted(last):
+        j = last[step]
+        window = [loss[t] for t in range(max(1, step - LOSS_WINDOW + 1), step + 1) if t in loss]
+        vals = {
+            k: got[k][j] for k in ("icl", "iwl", "train_eval", "icl_novel", "icl_in_context", "icl_novel_in_context")
+        }
+        if window:
+            vals["train_loss"] = sum(window) / len(window)
+        for metric, value in vals.items():
+            out.append(
+                {
+                    "setting": setting,
+                    "seed": seed,
+                    "steps": steps,
+                    "step": step,
+                    "metric": metric,
+                    "value": round(value, 5),
+                    "seconds": None if seconds is None else round(seconds),
+                }
+            )
+    return out
 
 
 def main() -> None:
@@ -137,16 +183,35 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("/tmp/icldyn-runs"))
+    p.add_argument("--evals", type=int, default=20, help="evaluations over the run (each: 3 x 1000 sequences)")
+    p.add_argument("--ckpt-steps", type=int, default=1000, help="checkpoint interval in steps (a rerun resumes)")
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="only read the run folder's log (a partial run's too); keeps the seconds --out has for it",
+    )
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
-    row = run(a.repo, a.python, a.setting, a.steps, a.seed, a.work)
-    new = not a.out.exists()
-    with a.out.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-    print(row)
+    key = (a.setting, a.seed, a.steps)
+    seconds = None
+    if a.out.exists():  # the wall time an earlier invocation measured for this run, if any
+        with a.out.open(newline="") as f:
+            this = [r for r in csv.DictReader(f) if (r["setting"], int(r["seed"]), int(r["steps"])) == key]
+        seconds = float(this[0]["seconds"]) if this and this[0]["seconds"] else None
+    if not a.collect:
+        took = run(a.repo, a.python, a.setting, a.steps, a.seed, a.work, a.evals, a.ckpt_steps)
+        seconds = seconds if took is None else took
+    got = rows(a.work / f"{a.setting}_s{a.seed}_{a.steps}", a.python, a.setting, a.seed, a.steps, seconds)
+    keep = []
+    if a.out.exists():  # replace this run's earlier rows
+        with a.out.open(newline="") as f:
+            keep = [r for r in csv.DictReader(f) if (r["setting"], int(r["seed"]), int(r["steps"])) != key]
+    with a.out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(got[0]))
+        w.writeheader()
+        w.writerows(keep + got)
+    icl = [r for r in got if r["metric"] == "icl"]
+    print(a.setting, "step", icl[-1]["step"], "ICL", " ".join(f"{r['value']:.3f}" for r in icl))
 
 
 if __name__ == "__main__":
