@@ -176,8 +176,9 @@ def section(python: str, simple_icl: Path, steps: tuple[int, int], rounds: int, 
         BEGIN,
         "## Training speed against the authors' code (chanb/simple_icl, jit-compiled JAX)",
         "",
-        f"`python -m benchmarks.run --section reference-speed --simple-icl PATH`: {(__doc__ or '').split(chr(10))[2]} "
-        "same model and batch; CPU seconds, one thread each, rounds interleaved (module docstring).",
+        "`python -m benchmarks.run --section reference-speed --simple-icl PATH`: the same model (2 blocks, 1 head, "
+        f"d 64, L = 1), batch {BATCH} and data (N = {N}) on both sides; CPU seconds of each process, one thread each, "
+        "rounds interleaved (module docstring).",
         "",
     ]
     return "\n".join([*head, *rows(times, members, load), END]) + "\n"
