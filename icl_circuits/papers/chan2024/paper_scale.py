@@ -147,7 +147,8 @@ def figure(table: pd.DataFrame, path: Path, steps: int = 50_000) -> Path:
     from probes.figures import save
 
     ours = table[table["metric"] == "acc"].assign(p_relevant=0.9)
-    refs = {f"authors' code, {k:,} steps": reference_table(k) for k in (10_000, steps)}
+    # The reference's σ 0.2 rows only: its table also holds the noise sweep's σ 0 and 0.4.
+    refs = {f"authors' code, {k:,} steps": reference_table(k).query("abs(sigma - 0.2) < 1e-9") for k in (10_000, steps)}
     ns = sorted(ours["N"].unique())
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
     for ax, (split, title) in zip(axes, PANELS.items(), strict=True):
