@@ -1,6 +1,6 @@
-"""The ``icl-circuits`` command line.
+"""What each ``icl-circuits`` subcommand does: one ``cmd_NAME(args)`` per command.
 
-Every error caused by the user (config, arguments, files) prints one line and exits 2.
+Every error caused by the user (config, arguments, files) is raised as a one-line ICLError.
 """
 
 from __future__ import annotations
@@ -8,21 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from icl_circuits.errors import ICLError
-from icl_circuits.limits import check_flags
 
 DEFAULT_ROOT = Path("checkpoints")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block
-        raise ICLError(f"{self.prog}: {message}")
-
-
-def _cmd_presets(args: argparse.Namespace) -> None:
+def cmd_presets(args: argparse.Namespace) -> None:
     from icl_circuits.presets import describe, get_preset
 
     if args.name:
@@ -56,7 +49,7 @@ def _load_config(args: argparse.Namespace):
     return apply_overrides(cfg, args.overrides)
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> None:
     from icl_circuits.runs.read import read_metrics
     from icl_circuits.training import train
 
@@ -88,7 +81,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.analyze:
         args.run = run
         args.eval_size, args.ablation, args.induction_heads, args.prev_token_heads = 512, "mean", None, None
-        _cmd_analyze(args)
+        cmd_analyze(args)
 
 
 def _train_seeds(cfg, seeds: list[int], out: Path, args: argparse.Namespace) -> None:
@@ -121,7 +114,7 @@ def _print_last(metrics) -> None:
     print(table.round(3).to_string())
 
 
-def _cmd_show(args: argparse.Namespace) -> None:
+def cmd_show(args: argparse.Namespace) -> None:
     from icl_circuits.llm.report import is_llm_run, load_finetune_config, show_lines
     from icl_circuits.runs.read import load_config, read_metrics
     from icl_circuits.runs.store import list_checkpoints, stopped_early
@@ -160,7 +153,7 @@ def _cmd_show(args: argparse.Namespace) -> None:
     _print_last(read_metrics(run))
 
 
-def _cmd_analyze(args: argparse.Namespace) -> None:
+def cmd_analyze(args: argparse.Namespace) -> None:
     from icl_circuits.llm.report import is_llm_run
     from icl_circuits.runs.read import load_config
     from probes.circuits import FoundCircuit
@@ -204,7 +197,7 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
     print((out / SUMMARY).read_text(), end="")
 
 
-def _cmd_refine(args: argparse.Namespace) -> None:
+def cmd_refine(args: argparse.Namespace) -> None:
     from icl_circuits.training.refine import refine
 
     added = refine(args.run, args.between[0], args.between[1], args.checkpoints, progress=not args.no_progress)
@@ -230,7 +223,7 @@ def _analyze_llm(args: argparse.Namespace) -> None:
     print((out / SUMMARY).read_text(), end="")
 
 
-def _cmd_circuits(args: argparse.Namespace) -> None:
+def cmd_circuits(args: argparse.Namespace) -> None:
     from probes.circuit_study import MAX_STEPS, find_circuits, study_lines
 
     steps: list[int] | str = args.steps
@@ -257,7 +250,7 @@ def _cmd_circuits(args: argparse.Namespace) -> None:
     print("\n".join(study_lines(study)))
 
 
-def _cmd_sweep(args: argparse.Namespace) -> None:
+def cmd_sweep(args: argparse.Namespace) -> None:
     from icl_circuits.sweeps.backends import make_backend
     from icl_circuits.sweeps.spec import SweepSpec, load_spec, parse_axis_arg
     from icl_circuits.sweeps.sweep import INDEX, RESULTS, SPEC, check_ok, load_sweep_spec, run_sweep
@@ -308,13 +301,14 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     check_ok(result)
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> None:
+def cmd_reproduce(args: argparse.Namespace) -> None:
     from icl_circuits.reproduce import REPRODUCTIONS, reproduce
     from icl_circuits.reproduce.common import CLAIMS, SUMMARY
 
     if args.list or not args.name:
+        width = max(map(len, REPRODUCTIONS))
         for name, (_, line) in REPRODUCTIONS.items():
-            print(f"{name:18s} {line}")
+            print(f"{name:{width}s}  {line}")
         return
     scale = "full" if args.full else args.scale
     out = Path(args.out) if args.out else Path("reproductions") / f"{args.name}-{scale}"
@@ -345,159 +339,6 @@ def _parse_heads(text: str, shape: tuple[int, int]) -> tuple[tuple[int, int], ..
     return tuple(heads)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="icl-circuits", description=__doc__.splitlines()[0] if __doc__ else None, allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser(
-        "presets", allow_abbrev=False, help="list presets with one-line descriptions, or print one's full config"
-    )
-    p.add_argument("name", nargs="?", help="a preset: print its full config as JSON (usable with train --config)")
-    p.set_defaults(func=_cmd_presets)
-
-    p = sub.add_parser(
-        "train", allow_abbrev=False, help="train a preset (or --config) into a run folder; resumes if it exists"
-    )
-    p.add_argument("preset", nargs="?", help="preset name (icl-circuits presets)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.n_classes=32 train.steps=2000")
-    p.add_argument("--config", help="a config.json to start from instead of a preset")
-    p.add_argument("--out", help=f"run folder (default {DEFAULT_ROOT}/NAME)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--analyze", action="store_true", help="run `analyze` on the run afterwards")
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the resolved config, checkpoint steps and an estimated time; write nothing. "
-        "Shrinking train.steps keeps n_checkpoints (at most steps + 1 are distinct) and eval_size "
-        "(evaluation cost per checkpoint): lower them too for a quick run",
-    )
-    p.add_argument("--seeds", help="seed replicates (0,1,2 or range(3)): one run folder each, OUT/seed=S")
-    p.add_argument(
-        "--vectorise",
-        choices=["auto", "yes", "no"],
-        default="auto",
-        help="--seeds in one vmapped model (auto: if it pays)",
-    )
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser(
-        "reproduce", allow_abbrev=False, help="reproduce a seed paper's experiment (figures, tables, claims)"
-    )
-    p.add_argument("name", nargs="?", help="which paper (--list shows them)")
-    p.add_argument("--list", action="store_true", help="list the reproductions")
-    p.add_argument(
-        "--scale", default="cpu", choices=["smoke", "cpu", "full"], help="size (default cpu: <= 30 min on 2 cores)"
-    )
-    p.add_argument("--full", action="store_true", help="the paper's scale (same as --scale full; for a GPU)")
-    p.add_argument("--out", help="output folder (default reproductions/NAME-SCALE); rerunning resumes it")
-    p.add_argument("--workers", type=int, default=None, help="parallel training processes (default: one per core)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the runs, validate every config, estimate the wall time (timed here) and disk; train nothing",
-    )
-    p.set_defaults(func=_cmd_reproduce)
-
-    p = sub.add_parser(
-        "refine", allow_abbrev=False, help="add checkpoints between two steps of a finished run by exact replay"
-    )
-    p.add_argument("run")
-    p.add_argument("--between", nargs=2, type=int, required=True, metavar=("A", "B"), help="steps A < B of the run")
-    p.add_argument("--checkpoints", type=int, default=10, help="checkpoints to add in (A, B] (default 10)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_refine)
-
-    p = sub.add_parser("show", allow_abbrev=False, help="config, checkpoints and last metrics of a run")
-    p.add_argument("run")
-    p.add_argument("--config", action="store_true", help="also print the full config")
-    p.set_defaults(func=_cmd_show)
-
-    p = sub.add_parser(
-        "analyze", allow_abbrev=False, help="probe every checkpoint: table, figures and summary in RUN/analysis"
-    )
-    p.add_argument("run")
-    p.add_argument("--eval-size", type=int, default=512, help="sequences per evaluation split")
-    p.add_argument("--ablation", default="mean", choices=["mean", "zero", "resample"])
-    p.add_argument("--induction-heads", help="the ICL circuit's induction heads, e.g. 1.0,1.3 (default: found)")
-    p.add_argument("--prev-token-heads", help="its previous-token heads, e.g. 0.1 (with --induction-heads)")
-    p.add_argument(
-        "--out", help="folder for the analysis cache and report (default RUN/analysis; e.g. for a read-only run)"
-    )
-    p.add_argument(
-        "--with",
-        dest="with_probes",
-        metavar="PROBES",
-        help="also run these opt-in probes, comma-separated: llc, llc_components, stages (docs/development.md)",
-    )
-    p.add_argument(
-        "--llm-steps", help="a fine-tuning run: checkpoints at which its top heads are ablated (default: first,last)"
-    )
-    p.add_argument(
-        "--llm-heads", type=int, default=3, help="a fine-tuning run: top induction heads ablated (default 3)"
-    )
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_analyze)
-
-    p = sub.add_parser(
-        "circuits",
-        allow_abbrev=False,
-        help="discover one split's circuit at chosen checkpoints (method, target, counterfactual): table, figure, edges",
-    )
-    p.add_argument("run")
-    p.add_argument("--split", help="the split whose logit difference the circuit explains (default: the ICL split)")
-    p.add_argument("--method", default="eap-ig", help="edge scores: exact, eap, eap-ig (default) or atp*")
-    p.add_argument("--steps", default="last", help="checkpoints: last (default), all, or steps like 100,3000")
-    p.add_argument(
-        "--target", type=float, default=0.9, help="faithfulness the circuit must reach, in (0, 1] (default 0.9)"
-    )
-    p.add_argument(
-        "--counterfactual",
-        default="mean",
-        help="what a patched edge carries: mean (default, over the split's sequences), zero, or a split's name",
-    )
-    p.add_argument("--n", type=int, default=64, help="sequences of the split (default 64)")
-    p.add_argument("--ig-steps", type=int, default=5, help="EAP-IG integration steps (default 5)")
-    p.add_argument(
-        "--min-effect",
-        type=float,
-        default=1.0,
-        help="least logit difference for a circuit to be looked for (default 1)",
-    )
-    p.add_argument("--out", help="folder for the tables and figure (default RUN/analysis/circuits-SPLIT-METHOD-...)")
-    p.set_defaults(func=_cmd_circuits)
-
-    p = sub.add_parser(
-        "sweep",
-        allow_abbrev=False,
-        help="train a grid of runs (spec file or KEY=VALUES axes) locally or on Ray; rerun to resume",
-    )
-    p.add_argument("spec", nargs="?", help="a TOML/JSON sweep spec, or an existing sweep folder to resume")
-    p.add_argument(
-        "axes",
-        nargs="*",
-        help="with --base: grid axes, e.g. 'data.n_classes=[32,1024]' 'seed=range(3)' 'data.n_classes=[2**i for i in range(5,8)]'",
-    )
-    p.add_argument("--base", help="preset every point starts from (instead of a SPEC file)")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="fixed override for every point (repeatable)"
-    )
-    p.add_argument("--out", help="sweep folder (default sweeps/SPEC-NAME or sweeps/BASE)")
-    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where runs execute (default local)")
-    p.add_argument("--workers", type=int, help="local: worker processes (default: one per core); ray: local Ray's CPUs")
-    p.add_argument("--address", help="ray: an existing cluster's head, e.g. 10.0.0.1:6379 (default: start Ray here)")
-    p.add_argument("--max-retries", type=int, default=2, help="retries of a run whose worker died (default 2)")
-    p.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: GPUs each run reserves (e.g. 0.25)")
-    p.add_argument("--probes", action="store_true", help="also run the probe suite on each run; adds rows to results")
-    p.add_argument("--probe-eval-size", type=int, default=512, help="sequences per split for --probes (default 512)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--vectorise", choices=["auto", "yes", "no"], default="auto", help="runs sharing a model in one vmapped job"
-    )
-    p.set_defaults(func=_cmd_sweep)
-    return parser
-
-
 def check_writable(folder: Path, what: str, hint: str) -> None:
     """Raise a one-line ICLError unless a file can be created in ``folder`` (made if missing).
 
@@ -512,49 +353,3 @@ def check_writable(folder: Path, what: str, hint: str) -> None:
         probe.unlink()
     except OSError as err:
         raise ICLError(f"{folder}: cannot write {what} here ({err.strerror or err}); {hint}") from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for any error the user caused)."""
-    try:
-        args = build_parser().parse_args(argv)
-        check_flags(vars(args))
-        args.func(args)
-    except ICLError as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        # The reader went away (`icl-circuits show RUN | head`): stop quietly, as cat does.
-        _silence_stdout()
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except RecursionError:  # a structure nested past Python's recursion limit, wherever it was read
-        print("error: input nested too deeply to parse (past Python's recursion limit)", file=sys.stderr)
-        return 2
-    except MemoryError:
-        print("error: out of memory; lower the sizes in the config (data, model, train.batch_size)", file=sys.stderr)
-        return 2
-    except OSError as err:  # a file or folder the user named that cannot be used
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
-
-
-if __name__ == "__main__":
-    sys.exit(main())

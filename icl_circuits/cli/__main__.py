@@ -1,0 +1,7 @@
+"""``python -m icl_circuits.cli``."""
+
+import sys
+
+from icl_circuits.cli import main
+
+sys.exit(main())
