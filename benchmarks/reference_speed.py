@@ -72,55 +72,13 @@ def _ours(steps: int, members: int, root: Path) -> float:
     return time.process_time() - t0
 
 
-#: Run in the reference's virtualenv: their model, optimiser, loss and generator, as
-#: ``scripts/reference_chan2024.py`` builds them; prints seconds per step after a warm-up.
-REFERENCE_LOOP = """
-import sys, time, types
-for name in ("tensorflow", "tensorflow_datasets"):
-    sys.modules.setdefault(name, types.ModuleType(name))
-from types import SimpleNamespace as NS
-import jax, jax.numpy as jnp, jax.random as jrandom, numpy as np, optax
-import src.models as models
-from src.datasets.synthetic import Synthetic
-from src.optimizer import get_optimizer
-ds = Synthetic(int(sys.argv[3]), 1, 5, 5, 0.9, 0.9, 64, 0, True, "none", 0.2, 0.0)
-stream = ds.get_sequences(0)
-model = models.InContextSupervisedTransformer(
-    output_dim=10, num_contexts=1, num_blocks=2, num_heads=1, embed_dim=64, widening_factor=4, query_pred_only=True
-)
-params = model.init(jrandom.split(jrandom.PRNGKey(0))[0], ds.input_space, ds.output_space)
-lr = NS(scheduler="constant_schedule", scheduler_kwargs=NS(value=3e-4))
-opt = get_optimizer(NS(optimizer="adam", lr=lr, opt_kwargs=NS(), max_grad_norm=False, mask_names=["input_tokenizer"]), params)
-state = opt.init(params)
-def loss_fn(p, b):
-    logits, _ = model.forward(p, b)
-    return jnp.mean(optax.softmax_cross_entropy(logits, b["target"][:, -1]))
-@jax.jit
-def step(p, s, b):
-    loss, grads = jax.value_and_grad(loss_fn)(p, b)
-    updates, s = opt.update(grads, s, p)
-    return optax.apply_updates(p, updates), s, loss
-def batch():
-    items = [next(stream) for _ in range(32)]
-    return {"example": np.stack([x["example"] for x in items]).astype(np.float32),
-            "target": np.stack([x["label"] for x in items]).astype(np.int32)}
-def loop(n):
-    global params, state
-    for _ in range(n):
-        params, state, loss = step(params, state, batch())
-    loss.block_until_ready()
-loop(20)
-t0 = time.process_time()
-loop(int(sys.argv[2]))
-print((time.process_time() - t0) / int(sys.argv[2]))
-"""
-
-
 def _theirs(steps: int, python: str, simple_icl: Path) -> float:
     """CPU seconds per step of the reference's jit-compiled step fed by its generator (after a warm-up)."""
-    # The checkout is importable through PYTHONPATH (its ``src`` package), in the reference's own venv.
-    env = {**os.environ, "XLA_FLAGS": XLA_ONE_THREAD, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(simple_icl)}
-    cmd = [python, "-c", REFERENCE_LOOP, str(simple_icl), str(steps), str(N)]
+    # ``scripts/reference_chan2024.py --time-steps`` in the reference's own venv: the model, optimiser,
+    # step and generator the side-by-side runs use.
+    env = {**os.environ, "XLA_FLAGS": XLA_ONE_THREAD, "JAX_PLATFORMS": "cpu"}
+    script = ROOT / "scripts" / "reference_chan2024.py"
+    cmd = [python, str(script), "--simple-icl", str(simple_icl), "--n", str(N), "--time-steps", str(steps)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

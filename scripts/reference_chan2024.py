@@ -24,7 +24,7 @@ Setup (CPU, about 1 GB; not part of the project's environment)::
     git clone -b iclr_2025 https://github.com/chanb/simple_icl /tmp/simple_icl
     python3 -m venv /tmp/refenv
     /tmp/refenv/bin/pip install "jax==0.4.30" "jaxlib==0.4.30" "flax==0.8.5" "numpy==1.26.4" \\
-        chex optax dill gymnasium prefetch_generator
+        chex optax dill gymnasium prefetch_generator "pandas==2.2.3"
 
 Usage::
 
@@ -60,8 +60,13 @@ SPLITS = {
 EVAL_SEQUENCES = 3000
 
 
-def run(ref: Path, n: int, seed: int, steps: int, every: int, sigma: float, p_rel: float) -> list[dict]:
-    """Train the reference model on N sequences and evaluate it every ``every`` steps (tidy rows)."""
+def build(ref: Path, n: int, seed: int, sigma: float, p_rel: float):
+    """The reference's model, optimiser, jit-compiled step and generator on N training sequences.
+
+    Returns a namespace: ``params``, ``opt_state``, ``step(params, opt_state, batch)``,
+    ``loss_fn``, ``model``, ``stream`` (the training generator), ``generator(size, train, p,
+    conditioning, flip)`` and ``stack(items)`` (a batch from generator items).
+    """
     # src.dataset (not used) imports TensorFlow; the modules used here do not, but keep them importable.
     for name in ("tensorflow", "tensorflow_datasets"):
         sys.modules.setdefault(name, types.ModuleType(name))
@@ -97,7 +102,6 @@ def run(ref: Path, n: int, seed: int, steps: int, every: int, sigma: float, p_re
     opt = get_optimizer(
         NS(optimizer="adam", lr=lr, opt_kwargs=NS(), max_grad_norm=False, mask_names=["input_tokenizer"]), params
     )
-    opt_state = opt.init(params)
 
     def loss_fn(p, b):
         logits, _ = model.forward(p, b)
@@ -109,9 +113,46 @@ def run(ref: Path, n: int, seed: int, steps: int, every: int, sigma: float, p_re
         updates, s = opt.update(grads, s, p)
         return optax.apply_updates(p, updates), s, loss
 
+    return NS(
+        model=model,
+        params=params,
+        opt_state=opt.init(params),
+        step=step,
+        loss_fn=loss_fn,
+        stream=stream,
+        generator=generator,
+        stack=stack,
+    )
+
+
+def seconds_per_step(ref: Path, n: int, steps: int, warmup: int = 20) -> float:
+    """CPU seconds per training step (batch 32, data and step) after ``warmup`` steps of jit compilation."""
+    r = build(ref, n, 0, 0.2, 0.9)
+    params, opt_state = r.params, r.opt_state
+
+    def loop(k: int):
+        nonlocal params, opt_state
+        for _ in range(k):
+            params, opt_state, loss = r.step(params, opt_state, r.stack([next(r.stream) for _ in range(32)]))
+        loss.block_until_ready()
+
+    loop(warmup)
+    t0 = time.process_time()
+    loop(steps)
+    return (time.process_time() - t0) / steps
+
+
+def run(ref: Path, n: int, seed: int, steps: int, every: int, sigma: float, p_rel: float) -> list[dict]:
+    """Train the reference model on N sequences and evaluate it every ``every`` steps (tidy rows)."""
+    import jax
+    import jax.numpy as jnp
+
+    r = build(ref, n, seed, sigma, p_rel)
+    params, opt_state, generator, stack = r.params, r.opt_state, r.generator, r.stack
+
     @jax.jit
     def accuracy(p, b):
-        logits, _ = model.forward(p, b)
+        logits, _ = r.model.forward(p, b)
         return jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(b["target"][:, -1], -1))
 
     evals = {}
@@ -129,11 +170,11 @@ def run(ref: Path, n: int, seed: int, steps: int, every: int, sigma: float, p_re
     else:
         train_set = {k: next(g) for k in range(4096)}
     train_batch = stack(list(train_set.values()))
-    train_loss = jax.jit(loss_fn)
+    train_loss = jax.jit(r.loss_fn)
 
     rows = []
     for t in range(1, steps + 1):
-        params, opt_state, _ = step(params, opt_state, stack([next(stream) for _ in range(32)]))
+        params, opt_state, _ = r.step(params, opt_state, stack([next(r.stream) for _ in range(32)]))
         if t % every == 0:
             key = {"N": n, "p_relevant": p_rel, "sigma": sigma, "seed": seed, "steps": steps, "step": t}
             rows.append({**key, "split": "train", "metric": "loss", "value": float(train_loss(params, train_batch))})
@@ -183,12 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="tidy CSV to append to")
     ap.add_argument("--summary", type=Path, nargs="+", help="print the lowest-training-loss table of CSVs and exit")
     ap.add_argument("--best-out", type=Path, help="with --summary: write the rows read to this CSV")
+    ap.add_argument("--time-steps", type=int, help="print CPU seconds per training step over this many steps and exit")
     args = ap.parse_args(argv)
     if args.summary:
         print(summary(args.summary, args.best_out))
         return 0
     if args.simple_icl is None or not (args.simple_icl / "src" / "datasets" / "synthetic.py").is_file():
         ap.error("--simple-icl: expected a checkout of chanb/simple_icl (branch iclr_2025) holding src/")
+    if args.time_steps:
+        print(seconds_per_step(args.simple_icl, args.n[0], args.time_steps))
+        return 0
     if args.out is None:
         ap.error("--out: expected a CSV path")
     import pandas as pd
