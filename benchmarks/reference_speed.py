@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import Goal
 from icl_circuits.config import apply_overrides
 from icl_circuits.presets import get_preset
 from icl_circuits.training import train
@@ -125,8 +126,24 @@ def rows(times: dict[str, list[float]], members: int, load: str) -> list[str]:
     ]
 
 
-def section(python: str, simple_icl: Path, steps: tuple[int, int], rounds: int, members: int) -> str:
-    """This benchmark's section of ``benchmarks/RESULTS.md``, measured now."""
+#: The summary table's rows for this benchmark (``benchmarks.run.update_goals`` matches them by name).
+GOAL_ONE = "Chan 2024, one run: ours / chanb/simple_icl's jit-compiled step, sequences per CPU second ≥ 1.0x"
+GOAL_GRID = "Chan 2024, the cpu grid: ours vectorised ({members} runs) / chanb/simple_icl run by run ≥ 3x"
+
+
+def goals(times: dict[str, list[float]], members: int) -> list[Goal]:
+    """The two ratios of the summary table, from the medians of ``times``."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    one = med["theirs"] / med["ours"]
+    grid = members * med["theirs"] / med["ours_vectorised"]
+    return [
+        Goal(GOAL_ONE, f"{one:.2f}x", one >= 1.0),
+        Goal(GOAL_GRID.format(members=members), f"{grid:.2f}x", grid >= 3.0),
+    ]
+
+
+def section(python: str, simple_icl: Path, steps: tuple[int, int], rounds: int, members: int) -> tuple[str, list[Goal]]:
+    """This benchmark's section of ``benchmarks/RESULTS.md`` and its summary goals, measured now."""
     before = os.getloadavg()[0]
     times = measure(python, simple_icl, steps, rounds, members)
     load = f"load average {before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
@@ -139,7 +156,7 @@ def section(python: str, simple_icl: Path, steps: tuple[int, int], rounds: int, 
         "rounds interleaved (module docstring).",
         "",
     ]
-    return "\n".join([*head, *rows(times, members, load), END]) + "\n"
+    return "\n".join([*head, *rows(times, members, load), END]) + "\n", goals(times, members)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,6 +56,8 @@ KEPT = {
     "reference-speed": (reference_speed.BEGIN, reference_speed.END),
     "llc": (llc.BEGIN, llc.END),
 }
+#: Summary rows that a kept section measures (goal names start so): a main run keeps their rows.
+KEPT_GOALS = (reference_speed.GOAL_ONE, reference_speed.GOAL_GRID.split("(")[0])
 #: Sections of the main report that ``--section`` also measures alone: their markers (the main
 #: run writes them afresh, so they are not kept).
 ALSO_APART = {"analysis": (scaling.BEGIN, scaling.END)}
@@ -88,9 +90,21 @@ def update_goals(text: str, goals: list[Goal]) -> str:
 
 def splice(old: str, begin: str, end: str, section: str) -> str:
     """``old`` with its section between ``begin`` and ``end`` replaced by ``section`` (appended if none)."""
+    section = section.rstrip("\n")  # the text around the markers keeps its own line breaks
     if begin in old and end in old:
         return old[: old.index(begin)] + section + old[old.index(end) + len(end) :]
     return old.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def keep_goal_rows(new_report: str, old: str, starts: tuple[str, ...] = KEPT_GOALS) -> str:
+    """``new_report`` with ``old``'s summary rows whose goal starts with one of ``starts``, after its last row."""
+    rows = [line for line in old.split("\n") if any(line.startswith(f"| {s}") for s in starts)]
+    lines = new_report.split("\n")
+    table = [i for i, line in enumerate(lines) if line.startswith("| ")]
+    if not rows or not table:
+        return new_report
+    at = table[-1] + 1 if lines[table[0]].startswith("| goal |") else table[0]
+    return "\n".join(lines[:at] + rows + lines[at:])
 
 
 def keep_section(new_report: str, old: str, begin: str, end: str) -> str:
@@ -147,6 +161,7 @@ def main(argv: list[str] | None = None) -> str:
         print(section)
         return section
     if args.section != "main":
+        section_goals: list[Goal] = []  # summary rows this section measures
         if args.section == "threads":
             section = threads.measure(args.steps, max(args.rounds or 2, 2))
         elif args.section == "llc":
@@ -156,10 +171,12 @@ def main(argv: list[str] | None = None) -> str:
         elif args.section == "reference-speed":
             if args.simple_icl is None:
                 parser.error("--section reference-speed: give --simple-icl PATH (scripts/reference_chan2024.py: setup)")
-            section = reference_speed.section(args.ref_python, args.simple_icl, (100, 500), args.rounds or 3, 17)
+            section, section_goals = reference_speed.section(
+                args.ref_python, args.simple_icl, (100, 500), args.rounds or 3, 17
+            )
         else:
             section = step_rates.measure(args.rounds or 3, args.repro_steps, old)
-        args.out.write_text(splice(old, *KEPT[args.section], section))
+        args.out.write_text(update_goals(splice(old, *KEPT[args.section], section), section_goals))
         print(section)
         return section
     scale = QUICK if args.quick else FULL
@@ -209,7 +226,7 @@ def main(argv: list[str] | None = None) -> str:
         else "\nNo CUDA device here, so no GPU table; on a CUDA machine the same command measures every "
         "section on the GPU (the analysis probes run on CPU).\n",
     ]
-    text = report(goals, sections, header)
+    text = keep_goal_rows(report(goals, sections, header), old)
     for begin, end in KEPT.values():
         text = keep_section(text, old, begin, end)
     text = keep_section(text, old, "<!-- rules:begin -->", "<!-- rules:end -->")  # written by hand, kept

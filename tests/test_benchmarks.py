@@ -117,6 +117,35 @@ def test_run_writes_the_report_and_keeps_or_replaces_the_measured_apart_sections
     assert after.replace("threads v2 7 2", "threads v1") == text
 
 
+def test_reference_speed_rows_survive_a_main_run_and_its_section_replaces_them(tmp_path, monkeypatch):
+    """The reference-speed goals are measured apart: a main run keeps their summary rows, the section rewrites them."""
+    from benchmarks import reference_speed, run
+
+    begin, end = run.KEPT["reference-speed"]
+    one, grid = reference_speed.GOAL_ONE, reference_speed.GOAL_GRID.format(members=17)
+    out = tmp_path / "RESULTS.md"
+    out.write_text(
+        f"# old\n\n| goal | measured | status |\n| --- | --- | --- |\n| {one} | 2.00x | met |\n"
+        f"| {grid} | 5.00x | met |\n\n{begin}\nold speed\n{end}\n"
+    )
+    monkeypatch.setattr(run, "bench_training", lambda root, scale: ([run.Goal("g", "1x", True)], ["## training"], {}))
+    for name in ("bench_overheads", "bench_ensemble"):
+        monkeypatch.setattr(run, name, lambda root, scale, info: ([], []))
+    for name in ("bench_analysis", "bench_circuits", "bench_memory", "bench_reference", "bench_llm"):
+        monkeypatch.setattr(run, name, lambda root, scale: ([], []))
+    text = run.main(["--quick", "--out", str(out)])
+    assert f"| g | 1x | met |\n| {one} | 2.00x | met |\n| {grid} | 5.00x | met |\n" in text and "old speed" in text
+    # Their step 4x slower per sequence than ours, our vectorised job 2x: 4x and 17 * 4 / 2 = 34x.
+    times = {"ours": [1.0, 1.0], "ours_vectorised": [2.0, 2.0], "theirs": [4.0, 4.0]}
+    goals = reference_speed.goals(times, 17)
+    assert [(g.measured, g.met) for g in goals] == [("4.00x", True), ("34.00x", True)]
+    monkeypatch.setattr(run.reference_speed, "section", lambda *a: (f"{begin}\nnew speed\n{end}\n", goals))
+    run.main(["--section", "reference-speed", "--simple-icl", str(tmp_path), "--out", str(out)])
+    after = out.read_text()
+    assert f"| {one} | 4.00x | met |" in after and f"| {grid} | 34.00x | met |" in after
+    assert "new speed" in after and "old speed" not in after and after.endswith(f"{end}\n")
+
+
 def test_section_analysis_replaces_its_section_and_its_summary_rows(tmp_path, monkeypatch):
     """``--section analysis``: its marked section and its goals' summary rows and notes change, nothing else."""
     from benchmarks import run
