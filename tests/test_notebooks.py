@@ -8,8 +8,10 @@ notebooks see exactly the packages the tests see.
 from __future__ import annotations
 
 import json
+import queue
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,37 @@ NOTEBOOKS = [
     "06_circuit_discovery",
 ]
 SWITCH = 'SMALL = os.environ.get("ICL_NOTEBOOK_SMALL", "0") == "1"'
+
+
+def _sliced(get_msg, step: float = 1.0):
+    """``get_msg`` that waits at most ``step`` seconds per poll, up to the caller's timeout."""
+
+    async def get(timeout: float | None = None):
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = step if end is None else max(0.0, min(step, end - time.monotonic()))
+            try:
+                return await get_msg(timeout=left)
+            except queue.Empty:
+                if end is not None and time.monotonic() >= end:
+                    raise
+
+    return get
+
+
+class _Client(nbclient.NotebookClient):
+    """nbclient whose waits for kernel messages poll the sockets every second.
+
+    pyzmq's asyncio poll can miss a socket's wake-up (seen in a widget cell after another
+    notebook in the same process) and looks at the socket again only when the poll times out,
+    so a reply already there waited out the whole 600 s cell timeout.
+    """
+
+    async def async_start_new_kernel_client(self):
+        kc = await super().async_start_new_kernel_client()
+        for channel in (kc.shell_channel, kc.iopub_channel):
+            channel.get_msg = _sliced(channel.get_msg)
+        return kc
 
 
 def read(name: str):
@@ -64,9 +97,7 @@ def test_notebook_runs(name, workdir, monkeypatch):
     monkeypatch.setenv("IPYTHONDIR", str(workdir / "ipython"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as the test suite (conftest); far faster on a busy machine
     nb = read(name)
-    client = nbclient.NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
-    )
+    client = _Client(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
     client.execute()  # raises CellExecutionError with the cell's traceback on failure
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
