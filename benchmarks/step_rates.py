@@ -8,7 +8,6 @@ The section between the ``step-rates`` markers of ``benchmarks/RESULTS.md``:
 
 from __future__ import annotations
 
-import csv
 import os
 import tempfile
 import time
@@ -180,27 +179,16 @@ def repro_subset(root: Path, steps: int, workers: int = 2) -> tuple[list, list]:
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 #: The cpu-scale reproductions' measured run times: one row each (docs/reproductions/README.md).
-RUN_TIMES = ROOT / "docs" / "reproductions" / "run_times.csv"
-
-
-def _min_s(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    return f"{m} min {s:02d} s" if m else f"{s} s"
-
-
 def reproduction_times() -> list[str]:
-    with RUN_TIMES.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    """Where each reproduction's run time lives (one table, rebuilt by ``make docs``), not a copy of it."""
     return [
-        "### Reproductions: wall time per reproduction (collected)",
+        "### Reproductions: wall time per reproduction",
         "",
-        "Collected from `docs/reproductions/run_times.csv`, not measured by this script: each reproduction's "
-        "cpu run from scratch, with the conditions it was timed under.",
-        "",
-        "| reproduction | cpu run time | conditions |",
-        "| --- | --- | --- |",
-        *[f"| `{r['reproduction']}` | {_min_s(float(r['seconds']))} | {r['conditions']} |" for r in rows],
+        "Not measured by this script: each reproduction's cpu run from scratch, with the conditions it was "
+        "timed under, is in [docs/reproductions/README.md](../docs/reproductions/README.md#run-times) "
+        "(from `docs/reproductions/run_times.csv`).",
     ]
 
 
