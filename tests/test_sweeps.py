@@ -249,7 +249,7 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
         stderr=subprocess.PIPE,
     )
     final = layout.step_dirname(steps)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a loaded machine: starting python, torch and the first run
     try:
         while not any((out / "runs").glob(f"*/{layout.CHECKPOINTS}/{final}")):
             assert proc.poll() is None, proc.stderr.read().decode()
