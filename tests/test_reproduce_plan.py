@@ -38,7 +38,7 @@ def test_dry_run_lists_every_sweep_with_its_run_count(name, tmp_path):
 
 
 #: Measured at cpu scale only: singh2023's full scale has none of the transient conditions.
-NO_FULL_SCALE = {"singh2023-competition", "singh2023-competition-threshold"}
+NO_FULL_SCALE = {"singh2023-competition", "singh2023-competition-threshold", "singh2023-threshold-l2"}
 
 
 @pytest.mark.parametrize("name", NAMES)

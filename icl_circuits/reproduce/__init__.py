@@ -9,7 +9,8 @@ numbers next to the papers'.
 >>> from icl_circuits.reproduce import REPRODUCTIONS, reproduce
 >>> sorted(REPRODUCTIONS)  # doctest: +NORMALIZE_WHITESPACE
 ['chan2024', 'chan2024-ablation', 'chan2024-llm', 'chan2024-omniglot', 'nguyen-reddy2024', 'nguyen-reddy2024-mechanism',
- 'reddy2023', 'singh2023', 'singh2023-competition', 'singh2023-competition-threshold', 'singh2024']
+ 'reddy2023', 'singh2023', 'singh2023-competition', 'singh2023-competition-threshold',
+ 'singh2023-threshold-l2', 'singh2024']
 >>> rep = reproduce("singh2024", "out/singh2024", scale="smoke")  # doctest: +SKIP
 """
 

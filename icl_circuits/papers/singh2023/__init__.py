@@ -16,4 +16,8 @@ REPRODUCTIONS = {
         "reproduce_competition_threshold",
         "Singh et al. 2023: is transience a competition between circuits? the 40,000-step threshold condition",
     ),
+    "singh2023-threshold-l2": (
+        "reproduce_threshold_l2",
+        "Singh et al. 2023: does the paper's L2 penalty keep ICL on both-strategies data? the threshold condition",
+    ),
 }
