@@ -10,6 +10,7 @@ from icl_circuits.errors import ConfigError
 from icl_circuits.papers.singh2023 import reproduce as sg
 from icl_circuits.papers.singh2023 import reproduce_threshold_l2 as tl2
 from icl_circuits.reproduce import reproduce
+from icl_circuits.sweeps import build_points
 
 
 def test_smoke_trains_both_regularisers_and_writes_their_claims(tmp_path):
@@ -33,7 +34,7 @@ def test_configs_are_the_threshold_condition_with_each_regulariser():
     ):
         assert specs[name].overrides == (*threshold.overrides, *extra) and specs[name].grid == threshold.grid
     cfg = sg.build_configs("cpu")["threshold"][0]
-    l2 = [p.config for p in tl2.build_points(specs["threshold-l2"])][0]
+    l2 = build_points(specs["threshold-l2"])[0].config
     assert l2.replace(train=l2.train.replace(l2=0.0, decay_on=cfg.train.decay_on)) == cfg
 
 

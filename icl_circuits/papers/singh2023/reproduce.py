@@ -325,20 +325,31 @@ def plot(curve: pd.DataFrame, trans: pd.DataFrame, conditions: dict, path: Path)
 
 
 # --------------------------------------------------------------------------- run
+def outcomes(
+    results: dict[str, pd.DataFrame], specs: dict[str, SweepSpec]
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
+    """``(curves, transitions, both)`` of each condition's trained sweep: ``both`` is the share of
+    training sequences both strategies solve (:func:`both_strategies`), for every condition but
+    Chan's mix (``mixed*``), which is not both-strategies data by design."""
+    parts, both = [], {}
+    for name, spec in specs.items():
+        first = build_points(spec)[0].config
+        if not name.startswith("mixed"):
+            both[f"{name} ({first.data.family})"] = both_strategies(first)
+        parts.append(curves(results[name], name, *split_names(first)))
+    curve = pd.concat(parts, ignore_index=True)
+    return curve, transitions(curve), both
+
+
 def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
     s = settings(scale)
     specs = condition_specs(s)
-    parts, both, steps = [], {}, {}
-    for name, spec in specs.items():
-        first = build_points(spec)[0].config
-        steps[name] = first.train.steps
-        if not name.startswith("mixed"):  # Chan's mix is not both-strategies data by design
-            both[f"{name} ({first.data.family})"] = both_strategies(first)
-        icl, iwl = split_names(first)
-        res = run_grid(out, name, spec.base, spec.overrides, spec.grid, workers=workers, progress=progress)
-        parts.append(curves(res, name, icl, iwl))
-    curve = pd.concat(parts, ignore_index=True)
-    trans = transitions(curve)
+    results = {
+        name: run_grid(out, name, spec.base, spec.overrides, spec.grid, workers=workers, progress=progress)
+        for name, spec in specs.items()
+    }
+    curve, trans, both = outcomes(results, specs)
+    steps = {name: build_points(spec)[0].config.train.steps for name, spec in specs.items()}
     figures = [plot(curve, trans, s["conditions"], out / "transience.png")]
     settings_out = {
         "preset": s["preset"],

@@ -18,24 +18,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from icl_circuits.errors import ConfigError
 from icl_circuits.papers.singh2023.claims import claims
-from icl_circuits.papers.singh2023.reproduce import (
-    CPU_DECAY,
-    CPU_L2,
-    both_strategies,
-    condition_specs,
-    curves,
-    plot,
-    settings,
-    split_names,
-    transitions,
-)
+from icl_circuits.papers.singh2023.reproduce import CPU_DECAY, CPU_L2, condition_specs, outcomes, plot, settings
 from icl_circuits.reproduce.common import Reproduction, run_grids
 from icl_circuits.reproduce.plan import Plan
-from icl_circuits.sweeps import SweepSpec, build_points
+from icl_circuits.sweeps import SweepSpec
 
 NAME = "singh2023-threshold-l2"
 THRESHOLD = "both-strategies data at the memorisation threshold (K 144, query class + 1 distractor; 40,000 steps)"
@@ -78,14 +66,8 @@ def plan(scale: str) -> Plan:
 def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
     s = _settings(scale)
     sweeps = specs(scale)
-    firsts = {name: build_points(spec)[0].config for name, spec in sweeps.items()}
     grids = {name: (spec.base, spec.overrides, spec.grid) for name, spec in sweeps.items()}
-    results = run_grids(out, grids, workers=workers, progress=progress)
-    curve = pd.concat(
-        [curves(results[name], name, *split_names(first)) for name, first in firsts.items()], ignore_index=True
-    )
-    trans = transitions(curve)
-    both = {f"{name} ({first.data.family})": both_strategies(first) for name, first in firsts.items()}
+    curve, trans, both = outcomes(run_grids(out, grids, workers=workers, progress=progress), sweeps)
     return Reproduction(
         name=NAME,
         scale=scale,
