@@ -233,28 +233,41 @@ def nr_causal_tables(plan_: list) -> dict[str, pd.DataFrame]:
     return {"nr_causal": causal, "nr_verdict": verdict(causal)}
 
 
-def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
-    specs = _specs(scale, CONDITIONS)
-    train_sweeps(out, {**specs, NR_SWEEP: nr.sweep_spec(scale)}, workers, progress)
-    tables, causal_plan = measure_runs(out, scale, CONDITIONS)
-    nr_tables, nr_plan = measure_nguyen_reddy(out, scale)
-    train_forks([f for *_, forks in causal_plan for f in forks] + [f for *_, forks in nr_plan for f in forks], workers)
-    tables |= causal_tables(causal_plan) | nr_tables | nr_causal_tables(nr_plan)
-    figures = [plot(tables["curves"], tables["head_scores"], out / "competition.png")]
+def run_competition(
+    out: Path,
+    scale: str,
+    workers: int | None,
+    progress: bool,
+    name: str,
+    conditions: tuple[str, ...],
+    nguyen_reddy: bool,
+) -> Reproduction:
+    """Train the ``conditions``' sweeps (and Nguyen & Reddy's, with ``nguyen_reddy``) in one pool,
+    measure every run, train all their forks in one pool, and judge them."""
+    specs = _specs(scale, conditions)
+    train_sweeps(out, {**specs, **({NR_SWEEP: nr.sweep_spec(scale)} if nguyen_reddy else {})}, workers, progress)
+    tables, causal_plan = measure_runs(out, scale, conditions)
+    nr_tables, nr_plan = measure_nguyen_reddy(out, scale) if nguyen_reddy else ({}, [])
+    train_forks([f for *_, forks in causal_plan + nr_plan for f in forks], workers)
+    tables |= causal_tables(causal_plan)
+    settings = {
+        "conditions": {c: list(specs[c].overrides) for c in conditions},
+        "horizon": {c: HORIZON[c] for c in conditions},
+    }
+    found = [*claims(tables["verdict"], tables["shared"]), *cut_claims(tables["path_cut"])]
+    if nguyen_reddy:
+        tables |= nr_tables | nr_causal_tables(nr_plan)
+        settings["nguyen_reddy"] = list(nr.sweep_spec(scale).overrides)
+        found += nr_claims(tables["nr_transience"], tables["nr_verdict"], tables["nr_path_cut"], nr.describe(scale))
     return Reproduction(
-        name="singh2023-competition",
+        name=name,
         scale=scale,
-        settings={
-            "conditions": {c: list(specs[c].overrides) for c in CONDITIONS},
-            "horizon": {c: HORIZON[c] for c in CONDITIONS},
-            "nguyen_reddy": list(nr.sweep_spec(scale).overrides),
-            "effect": EFFECT,
-        },
-        claims=[
-            *claims(tables["verdict"], tables["shared"]),
-            *cut_claims(tables["path_cut"]),
-            *nr_claims(tables["nr_transience"], tables["nr_verdict"], tables["nr_path_cut"], nr.describe(scale)),
-        ],
+        settings={**settings, "effect": EFFECT},
+        claims=found,
         tables=tables,
-        figures=figures,
+        figures=[plot(tables["curves"], tables["head_scores"], out / "competition.png")],
     )
+
+
+def run(out: Path, scale: str = "cpu", workers: int | None = None, progress: bool = True) -> Reproduction:
+    return run_competition(out, scale, workers, progress, "singh2023-competition", CONDITIONS, nguyen_reddy=True)
