@@ -177,7 +177,7 @@ def _init_worker(driver_pid: int) -> None:
     _watch_driver(driver_pid, os.getppid())
 
 
-def _mp_context():
+def mp_context():
     """forkserver (torch preloaded once, cheap workers) where available, else spawn; never fork."""
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods:
@@ -243,7 +243,7 @@ class LocalBackend:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _pool(self, n: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(n, mp_context=_mp_context(), initializer=_init_worker, initargs=(os.getpid(),))
+        return ProcessPoolExecutor(n, mp_context=mp_context(), initializer=_init_worker, initargs=(os.getpid(),))
 
     def _settle(self, fut: Future, job: Job, attempts: dict, queue: list, on_done) -> bool:
         """Report a finished future; requeue its job if its worker died. True if the pool broke."""

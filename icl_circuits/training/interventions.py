@@ -178,7 +178,6 @@ class Interventions:
         self.items = list(interventions)
         self.n_layers = model.cfg.n_layers
         self._bridge = None
-        self._frozen: list[tuple[torch.nn.Parameter, tuple, Tensor]] = []
 
     @property
     def bridge(self):

@@ -58,7 +58,7 @@ def _train(fork: Fork) -> str:
 
 def train_forks(forks: list[Fork], workers: int | None = None) -> None:
     """Make and train every fork not yet at its end, ``workers`` at a time (default: the cores)."""
-    from icl_circuits.sweeps.backends import _mp_context, default_workers
+    from icl_circuits.sweeps.backends import default_workers, mp_context
     from icl_circuits.training.interventions import fork_run
 
     todo = []
@@ -76,5 +76,5 @@ def train_forks(forks: list[Fork], workers: int | None = None) -> None:
         for fork in todo:
             _train(fork)
         return
-    with ProcessPoolExecutor(n, mp_context=_mp_context()) as pool:
+    with ProcessPoolExecutor(n, mp_context=mp_context()) as pool:
         list(pool.map(_train, todo))
