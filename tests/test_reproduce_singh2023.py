@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from icl_circuits.papers.singh2023 import reproduce as sg
+from icl_circuits.papers.singh2023.claims import FADES, PERSISTS, TAKEOVER
 from icl_circuits.reproduce import reproduce
 from icl_circuits.training.optim import l2_penalty
 
@@ -167,9 +168,9 @@ def _desc(name: str) -> str:
 
 #: Claims that do not reproduce at the cpu scale (docs/reproductions/singh2023.md: measured, with the pilots).
 EXPECTED_MISSES = {
-    f"{_desc('none')}: ICL emerges, then fades while the training loss keeps falling",
-    f"{_desc('none')}: ICL gives way to IWL",
-    f"{_desc('mixed-l2')}: ICL persists",
+    f"{_desc('none')}: {FADES}",
+    f"{_desc('none')}: {TAKEOVER}",
+    f"{_desc('mixed-l2')}: {PERSISTS}",
     "detect_transition marks every fading run transient and every regularised-to-persist run not",
 }
 
@@ -186,10 +187,10 @@ def test_cpu_scale_reproduces_the_claims(tmp_path):
         ("layout2023", "threshold", "l2"), False
     ), rep.claims_markdown()
     held = {c.claim for c in rep.claims if c.holds}
-    assert f"{_desc('mixed-none')}: ICL emerges, then fades while the training loss keeps falling" in held
-    assert f"{_desc('mixed-all-decay')}: ICL persists" in held
+    assert f"{_desc('mixed-none')}: {FADES}" in held
+    assert f"{_desc('mixed-all-decay')}: {PERSISTS}" in held
     # Singh et al. 2025's layout at the threshold K: the one both-strategies fade at this scale.
-    assert f"{_desc('threshold')}: ICL emerges, then fades while the training loss keeps falling" in held
+    assert f"{_desc('threshold')}: {FADES}" in held
 
 
 def _reference_rows(setting, steps, novel, loss):

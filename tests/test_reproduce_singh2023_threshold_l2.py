@@ -9,6 +9,7 @@ import pytest
 from icl_circuits.errors import ConfigError
 from icl_circuits.papers.singh2023 import reproduce as sg
 from icl_circuits.papers.singh2023 import reproduce_threshold_l2 as tl2
+from icl_circuits.papers.singh2023.claims import PERSISTS
 from icl_circuits.reproduce import reproduce
 from icl_circuits.sweeps import build_points
 
@@ -21,7 +22,7 @@ def test_smoke_trains_both_regularisers_and_writes_their_claims(tmp_path):
     assert len(rep.tables["transitions"]) == 2  # one seed each at smoke scale
     # The data claim, one "persists" claim per condition.
     assert len(rep.claims) == 3 and rep.claims[0].holds is True
-    assert [c.claim.endswith("ICL persists") for c in rep.claims] == [False, True, True]
+    assert [c.claim.endswith(PERSISTS) for c in rep.claims] == [False, True, True]
     assert [f.name for f in rep.figures] == ["transience.png"] and rep.figures[0].exists()
 
 
@@ -45,7 +46,7 @@ def test_full_scale_is_one_line():
 
 
 #: The paper's penalty does not keep ICL at the threshold (docs/reproductions/singh2023.md).
-EXPECTED_MISSES = {f"{tl2.CONDITIONS['threshold-l2'][0]}: ICL persists"}
+EXPECTED_MISSES = {f"{tl2.CONDITIONS['threshold-l2'][0]}: {PERSISTS}"}
 
 
 @pytest.mark.slow
@@ -54,4 +55,4 @@ def test_cpu_scale_claims(tmp_path):
     misses = {c.claim for c in rep.claims if c.holds is False}
     assert misses == EXPECTED_MISSES, rep.claims_markdown()
     held = {c.claim for c in rep.claims if c.holds}
-    assert f"{tl2.CONDITIONS['threshold-decay'][0]}: ICL persists" in held
+    assert f"{tl2.CONDITIONS['threshold-decay'][0]}: {PERSISTS}" in held

@@ -17,6 +17,13 @@ REAL_ICL = 0.8
 PERSIST_TOL = 0.1
 #: In the fading conditions memorisation must end at least this high (IWL took over).
 IWL_TAKEOVER = 0.9
+#: Each claim's words and, beside them, the rule that judges it.
+FADES = (
+    f"ICL emerges, then fades while the training loss keeps falling (peak >= {REAL_ICL}, then a fall of at "
+    "least max(0.1, rise / 4) to the end, with the loss at the end below the loss at the peak)"
+)
+TAKEOVER = f"ICL gives way to IWL (IWL >= {IWL_TAKEOVER} at the end, above ICL)"
+PERSISTS = f"ICL persists (peak >= {REAL_ICL}, the end within {PERSIST_TOL} of it)"
 
 
 def _per_seed(rows: pd.DataFrame, fmt) -> str:
@@ -64,7 +71,7 @@ def claims(trans: pd.DataFrame, conditions: dict, both: dict[str, float] | None 
         )
         out.append(
             Claim(
-                f"{conditions[cond][0]}: ICL emerges, then fades while the training loss keeps falling",
+                f"{conditions[cond][0]}: {FADES}",
                 papers.get(cond, "transient"),
                 _per_seed(rows, _fade),
                 ok and bool(rows["transient"].all()),
@@ -74,7 +81,7 @@ def claims(trans: pd.DataFrame, conditions: dict, both: dict[str, float] | None 
         rows = trans[trans["condition"] == cond]
         out.append(
             Claim(
-                f"{conditions[cond][0]}: ICL gives way to IWL",
+                f"{conditions[cond][0]}: {TAKEOVER}",
                 "IWL takes over",
                 _per_seed(rows, lambda r: f"IWL {r.iwl_final:.2f} vs ICL {r.final:.2f}"),
                 bool(len(rows))
@@ -98,7 +105,7 @@ def claims(trans: pd.DataFrame, conditions: dict, both: dict[str, float] | None 
         ok = (rows["peak"] >= REAL_ICL) & (rows["final"] >= rows["peak"] - PERSIST_TOL)
         out.append(
             Claim(
-                f"{conditions[cond][0]}: ICL persists",
+                f"{conditions[cond][0]}: {PERSISTS}",
                 "Singh 2023: L2 regularisation keeps ICL",
                 _per_seed(rows, lambda r: f"ICL {r.peak:.2f}@{r.peak_step} -> {r.final:.2f}, IWL {r.iwl_final:.2f}"),
                 bool(len(rows)) and bool(ok.all()),
